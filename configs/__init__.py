@@ -1,0 +1,18 @@
+"""Configuration of tierflow: the ``*.def.toml`` defaults, ``*.user.toml`` overlays and the
+typed loader that reads them.
+
+>>> from configs import load_config, load_db_config   # doctest: +SKIP
+>>> load_config().tier_root("source")                  # doctest: +SKIP
+"""
+
+from configs.layers import deep_merge, find_config_dir
+from configs.settings import DatabaseConfig, TierflowConfig, load_config, load_db_config
+
+__all__ = [
+    "DatabaseConfig",
+    "TierflowConfig",
+    "deep_merge",
+    "find_config_dir",
+    "load_config",
+    "load_db_config",
+]

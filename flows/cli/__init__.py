@@ -1,0 +1,101 @@
+"""The ``tierflow`` command line (Typer + Rich).
+
+Errors print as one line with a hint; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from flows.cli import db as db_commands
+from flows.cli._app import CliState, console, print_json, report_error, state
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tierflow",
+    help="tierflow: tiered data operations for large microscopy volumes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db_commands.app, name="db")
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None, typer.Option("--config", help="A configs folder (default: found upward from here).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    ctx.obj = CliState(config_path=config, debug=debug)
+
+
+@app.command("config")
+def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The resolved configuration and where each part came from (secrets masked)."""
+    from configs import load_config, load_db_config
+
+    path = state(ctx).config_path
+    tierflow, database = load_config(path), load_db_config(path)
+    report = {
+        "config_dir": str(tierflow.meta.config_dir) if tierflow.meta.config_dir else None,
+        "found_by": tierflow.meta.found_by,
+        "files": [str(f) for f in tierflow.meta.files + database.meta.files],
+        "env_overrides": sorted(set(tierflow.meta.env_overrides + database.meta.env_overrides)),
+        "paths": tierflow.meta.paths | {"database.data_dir": database.meta.paths["data_dir"]},
+        "tierflow": tierflow.model_dump(mode="json"),
+        "database": database.model_dump(mode="json"),
+    }
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"[bold]configs[/]  {report['config_dir']} (found by {report['found_by']})")
+    for file in report["files"]:
+        console.print(f"  read {file}")
+    for name in report["env_overrides"]:
+        console.print(f"  env  {name}")
+    for key, value in report["paths"].items():
+        console.print(f"[bold]{key}[/]  {value}")
+    console.print(f"[bold]database[/]  mode={database.mode} host={database.host} port={database.port} "
+                  f"dbname={database.dbname} user={database.user} password={'***' if database.password else 'unset'}")
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The main job on embedded defaults (for now: start, migrate and show the results database)."""
+    from configs import load_db_config
+    from flows.cli.db import _server_info, database_status
+    from flows.database import open_database
+
+    config = load_db_config(state(ctx).config_path)
+    with console.status("starting the embedded results database and migrating it"):
+        db = open_database(config, migrate=True)
+    _, server = _server_info(ctx)
+    report = database_status(db, config.mode, server)
+    console.print(f"results database ready: {report['url']} (PostgreSQL {report['server_version']}, "
+                  f"schema {report['schema_revision']})")
+    console.print(f"tables: {', '.join(f'{k}={v}' for k, v in report['row_counts'].items())}")
+    console.print("next: `tierflow db status`, `tierflow config`; the pipeline arrives with the next issues.")
+
+
+def main() -> None:
+    """Entry point of the ``tierflow`` console script."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        report_error(KeyboardInterrupt("interrupted"))
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the CLI's single place that turns errors into messages
+        if debug:
+            raise
+        report_error(exc)
+        sys.exit(1)

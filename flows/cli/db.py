@@ -1,0 +1,105 @@
+"""``tierflow db``: the results database (upgrade, status, url, stop)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from configs import load_db_config
+from flows.cli._app import console, print_json, state
+from flows.database import embedded_server, open_database
+from storage.db.database import Database
+from storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
+
+app = typer.Typer(help="The results database: upgrade, status, url, stop.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def database_status(db: Database, mode: str, server: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything `tierflow db status` reports (the password is never part of it)."""
+    current = current_revision(db)
+    head = head_revision()
+    return {
+        "mode": mode,
+        "url": db.masked_url,
+        "server_version": db.ping(),
+        "server": server,
+        "schema_revision": current,
+        "schema_head": head,
+        "schema_current": current == head,
+        "row_counts": db.row_counts(),
+    }
+
+
+def _server_info(ctx: typer.Context) -> tuple[Any, dict[str, Any] | None]:
+    config = load_db_config(state(ctx).config_path)
+    if config.mode != "embedded":
+        return config, None
+    status = embedded_server(config).status()
+    return config, {
+        "data_dir": str(status.data_dir),
+        "running": status.running,
+        "pid": status.pid,
+        "port": status.port,
+    }
+
+
+@app.command()
+def upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the schema to the newest revision (starts the embedded server)."""
+    config = load_db_config(state(ctx).config_path)
+    db = open_database(config)
+    before = current_revision(db)
+    upgrade_schema(db)
+    after = current_revision(db)
+    if before == after:
+        console.print(f"schema already at revision [bold]{after}[/] (head) on {db.masked_url}")
+    else:
+        console.print(f"schema upgraded {before or 'empty'} -> [bold]{after}[/] on {db.masked_url}")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Server, schema revision and row counts per table."""
+    config = load_db_config(state(ctx).config_path)
+    db = open_database(config)
+    _, server = _server_info(ctx)
+    report = database_status(db, config.mode, server)
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"[bold]database[/]  {report['url']}  ({report['mode']}, PostgreSQL {report['server_version']})")
+    if server:
+        console.print(f"[bold]server[/]    pid {server['pid']} port {server['port']} data {server['data_dir']}")
+    schema = report["schema_revision"] or "none"
+    note = "[green]current[/]" if report["schema_current"] else f"[yellow]behind head {report['schema_head']}[/]: run `tierflow db upgrade`"
+    console.print(f"[bold]schema[/]    revision {schema} ({note})")
+    if report["row_counts"]:
+        table = Table("table", "rows", title="rows per table")
+        for name, count in report["row_counts"].items():
+            table.add_row(name, str(count))
+        console.print(table)
+
+
+@app.command()
+def url(ctx: typer.Context) -> None:
+    """The database URL, with the password masked."""
+    config = load_db_config(state(ctx).config_path)
+    console.print(open_database(config).masked_url, soft_wrap=True)
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the embedded server (an external server is not tierflow's to stop)."""
+    config = load_db_config(state(ctx).config_path)
+    if config.mode != "embedded":
+        console.print(f"database mode is {config.mode!r}: nothing to stop (tierflow manages only its embedded server)")
+        raise typer.Exit(0)
+    server = embedded_server(config)
+    if server.stop():
+        console.print(f"stopped the embedded PostgreSQL at {server.root}")
+    else:
+        console.print(f"the embedded PostgreSQL at {server.root} was not running")

@@ -1,0 +1,1 @@
+"""The results database: models, migrations, the embedded server and query functions."""

@@ -1,0 +1,70 @@
+"""The block ledger: which blocks of which operation are done, failed or running."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from storage.db.models import BLOCK_STATUSES, BlockRecord
+
+__all__ = ["block_progress", "done_blocks", "failed_blocks", "record_blocks"]
+
+_COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
+
+
+def record_blocks(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert ledger rows in one statement; returns how many.
+
+    Each row needs ``run_id, op, op_key, array_uri, block_id, status`` and may carry
+    ``attempt, host, slurm_job_id, seconds, bytes, error, started_at, finished_at``.
+    """
+    values = []
+    for row in rows:
+        unknown = set(row) - _COLUMNS
+        if unknown:
+            raise ValueError(f"block ledger row for block {row.get('block_id')!r} has unknown keys {sorted(unknown)}")
+        if row.get("status") not in BLOCK_STATUSES:
+            raise ValueError(f"block {row.get('block_id')!r}: status {row.get('status')!r} not in {BLOCK_STATUSES}")
+        values.append(dict(row))
+    if values:
+        session.execute(insert(BlockRecord), values)
+    return len(values)
+
+
+def done_blocks(session: Session, op_key: str, array_uri: str) -> set[str]:
+    """Ids of the blocks of one operation on one array that some run finished (one query)."""
+    return set(
+        session.scalars(
+            select(BlockRecord.block_id)
+            .where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri, BlockRecord.status == "done")
+            .distinct()
+        )
+    )
+
+
+def failed_blocks(session: Session, run_id: int) -> list[str]:
+    """Ids of the blocks a run attempted whose latest attempt failed."""
+    latest = (
+        select(BlockRecord.op_key, BlockRecord.block_id, func.max(BlockRecord.id).label("last"))
+        .where(BlockRecord.run_id == run_id)
+        .group_by(BlockRecord.op_key, BlockRecord.block_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(BlockRecord.block_id)
+        .join(latest, BlockRecord.id == latest.c.last)
+        .where(BlockRecord.status == "failed")
+        .order_by(BlockRecord.block_id)
+    )
+    return list(rows)
+
+
+def block_progress(session: Session, run_id: int) -> dict[str, int]:
+    """Count of ledger rows per status for one run."""
+    rows = session.execute(
+        select(BlockRecord.status, func.count()).where(BlockRecord.run_id == run_id).group_by(BlockRecord.status)
+    )
+    return {status: int(count) for status, count in rows}

@@ -1,0 +1,84 @@
+"""Runs: one row per flow run (or CLI operation)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import String, cast, select
+from sqlalchemy.orm import Session
+
+from storage.db.models import RUN_STATUSES, Run
+from storage.errors import TierflowError
+
+__all__ = ["finish_run", "get_run", "list_runs", "start_run"]
+
+
+def start_run(
+    session: Session,
+    *,
+    flow_name: str,
+    parameters: dict[str, Any] | None = None,
+    flow_run_id: uuid.UUID | str | None = None,
+    code_version: str | None = None,
+    host: str | None = None,
+) -> Run:
+    """Record a run as started now; an existing row for ``flow_run_id`` is reused (a resume).
+
+    Returns
+    -------
+    Run
+        The row, flushed (its ``id`` is set).
+    """
+    flow_run_uuid = uuid.UUID(str(flow_run_id)) if flow_run_id is not None else None
+    run = None
+    if flow_run_uuid is not None:
+        run = session.scalars(select(Run).where(Run.flow_run_id == flow_run_uuid)).one_or_none()
+    if run is None:
+        run = Run(flow_run_id=flow_run_uuid, flow_name=flow_name)
+        session.add(run)
+    run.parameters = dict(parameters or {})
+    run.code_version = code_version
+    run.host = host or socket.gethostname()
+    run.status = "running"
+    run.started_at = datetime.now(UTC)
+    run.ended_at = None
+    run.message = None
+    session.flush()
+    return run
+
+
+def finish_run(session: Session, run: Run, status: str, message: str | None = None) -> Run:
+    """Record a run's end state (``completed``, ``failed``, ``cancelled`` or ``crashed``)."""
+    if status not in RUN_STATUSES:
+        raise TierflowError(f"run status {status!r} is not one of {RUN_STATUSES}")
+    run.status = status
+    run.message = message
+    run.ended_at = datetime.now(UTC)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, ref: int | str | uuid.UUID) -> Run | None:
+    """Find a run by numeric id, Prefect flow-run id, or a unique prefix of the flow-run id."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        return session.get(Run, int(ref))
+    text = str(ref).lower()
+    try:
+        return session.scalars(select(Run).where(Run.flow_run_id == uuid.UUID(text))).one_or_none()
+    except ValueError:
+        pass
+    matches = session.scalars(select(Run).where(cast(Run.flow_run_id, String).startswith(text)).limit(2)).all()
+    if len(matches) > 1:
+        raise TierflowError(f"run prefix {ref!r} matches more than one run", hint="give more characters of the id")
+    return matches[0] if matches else None
+
+
+def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None) -> list[Run]:
+    """The newest runs first."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if flow_name:
+        query = query.where(Run.flow_name == flow_name)
+    return list(session.scalars(query))

@@ -1,0 +1,59 @@
+"""The exception hierarchy of tierflow.
+
+Every error a user can cause derives from :class:`TierflowError`, carries a message that names
+the file, key, URI or block at fault, and (where one exists) a hint saying what to do about it.
+The CLI prints ``message`` and ``hint`` on one line each; the traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TierflowError",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "EmbeddedServerError",
+    "SchemaOutOfDateError",
+]
+
+
+class TierflowError(Exception):
+    """Base class of every error tierflow raises on purpose.
+
+    Parameters
+    ----------
+    message
+        What is wrong, naming the file, key or object at fault.
+    hint
+        What the user can do to fix it, or ``None``.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class ConfigError(TierflowError):
+    """A configuration file or environment variable is missing, malformed or out of bounds."""
+
+
+class DatabaseError(TierflowError):
+    """The results database cannot be used as configured."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The results database cannot be reached (the password is never part of the message)."""
+
+
+class EmbeddedServerError(DatabaseError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+class SchemaOutOfDateError(DatabaseError):
+    """The database schema is behind the code's migrations."""

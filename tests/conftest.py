@@ -1,0 +1,102 @@
+"""Shared fixtures: real PostgreSQL (embedded), throwaway projects, service requirements.
+
+Tests needing a service the machine may lack (SLURM, Ceph) call :func:`require_service`: on a
+laptop they skip with a message saying how to enable them; under ``CI=true`` they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage.db.database import Database
+from storage.db.embedded import EmbeddedPostgres
+from storage.db.migrate import upgrade
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIERFLOW = str(Path(sys.executable).with_name("tierflow"))
+
+
+def require_service(available: bool, what: str, how: str) -> None:
+    """Skip (laptop) or fail (``CI=true``) when a real service a test needs is missing."""
+    if available:
+        return
+    message = f"{what} is not available here; {how}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _clean_tierflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own TIERFLOW_* variables."""
+    for name in list(os.environ):
+        if name.startswith("TIERFLOW_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One real embedded PostgreSQL for the session (each test gets its own database in it)."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres", dbname="postgres")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def empty_db(pg_server: EmbeddedPostgres) -> Iterator[Database]:
+    """A fresh, empty database of its own on the session server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = Database(pg_server.url())
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(pg_server.url().set(database=name))
+    yield db
+    db.dispose()
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def db(empty_db: Database) -> Database:
+    """A fresh database migrated to the newest schema."""
+    upgrade(empty_db)
+    return empty_db
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    """A throwaway checkout: ``configs/`` with the committed defaults, tiers under ``var/``.
+
+    Any embedded server started in it is stopped at teardown.
+    """
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    for default in (REPO_ROOT / "configs").glob("*.def.toml"):
+        shutil.copy(default, root / "configs" / default.name)
+    (root / "analysis" / "notebooks").mkdir(parents=True)
+    yield root
+    server = EmbeddedPostgres(root / "var" / "tier4-ephemeral" / "state" / "postgres")
+    server.stop()
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``tierflow`` console script as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    full_env.update(env or {})
+    done = subprocess.run(
+        [TIERFLOW, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"tierflow {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done

@@ -1,0 +1,111 @@
+"""The README's database promises, through the installed `tierflow` command:
+zero-config embedded use from anywhere in a checkout, an external server from one config
+file, and a password that shows nowhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from storage.db.database import Database
+from storage.db.embedded import EmbeddedPostgres
+from storage.db.migrate import head_revision
+from storage.errors import DatabaseUnavailableError
+
+from conftest import run_cli
+
+
+def test_no_config_at_all_upgrade_then_status_from_a_nested_folder(project):
+    nested = project / "analysis" / "notebooks"
+    upgraded = run_cli("db", "upgrade", cwd=nested)
+    assert f"-> {head_revision()}" in upgraded.stdout
+    status = json.loads(run_cli("db", "status", "--json", cwd=nested).stdout)
+    assert status["mode"] == "embedded"
+    assert status["schema_revision"] == head_revision() and status["schema_current"] is True
+    assert status["server"]["running"] is True
+    assert status["server"]["data_dir"] == str(project / "var" / "tier4-ephemeral" / "state" / "postgres" / "data")
+    assert status["row_counts"] == {
+        "runs": 0, "block_ledger": 0, "snapshots": 0, "artifacts": 0, "snapshot_files": 0,
+        "artifact_lineage": 0, "object_features": 0, "retention_events": 0, "object_intensities": 0,
+    }
+    embedded_password = EmbeddedPostgres(project / "var" / "tier4-ephemeral" / "state" / "postgres").password()
+    for args in (("db", "status"), ("db", "url"), ("config",), ("config", "--json")):
+        done = run_cli(*args, cwd=nested)
+        assert embedded_password not in done.stdout + done.stderr
+    assert "***" in run_cli("db", "url", cwd=nested).stdout
+    # a second upgrade is a no-op
+    assert "already at revision" in run_cli("db", "upgrade", cwd=project).stdout
+
+
+@pytest.fixture
+def other_server(tmp_path):
+    """A second PostgreSQL on its own port stands in for a lab's external server."""
+    server = EmbeddedPostgres(tmp_path / "external-pg", user="lab", dbname="results")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_external_server_from_db_user_toml_moves_everything_there(project, other_server):
+    port = other_server.status().port
+    password = other_server.password()
+    (project / "configs" / "db.user.toml").write_text(
+        f'[database]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'dbname = "results"\nuser = "lab"\npassword = "{password}"\n'
+    )
+    outputs = [
+        run_cli("db", "upgrade", cwd=project),
+        run_cli("db", "status", "--json", cwd=project),
+        run_cli("db", "status", cwd=project),
+        run_cli("db", "url", cwd=project),
+        run_cli("--debug", "config", cwd=project),
+        run_cli("db", "stop", cwd=project),
+    ]
+    status = json.loads(outputs[1].stdout)
+    assert status["mode"] == "external" and status["server"] is None
+    assert status["url"] == f"postgresql+psycopg2://lab:***@127.0.0.1:{port}/results"
+    assert status["schema_current"] is True
+    for done in outputs:
+        assert password not in done.stdout + done.stderr
+    # the tables are on the other server, and no embedded server was created for the project
+    assert "runs" in Database(other_server.url()).row_counts()
+    assert not (project / "var" / "tier4-ephemeral" / "state" / "postgres" / "data").exists()
+
+
+def test_wrong_password_is_one_readable_line_without_any_password(project, other_server):
+    port = other_server.status().port
+    wrong = "Wr0ng-Secret-Value"
+    (project / "configs" / "db.user.toml").write_text(
+        f'[database]\nmode = "external"\nport = {port}\nuser = "lab"\ndbname = "results"\npassword = "{wrong}"\n'
+    )
+    done = run_cli("db", "status", cwd=project, check=False)
+    assert done.returncode == 1
+    assert "password authentication failed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert wrong not in done.stdout + done.stderr
+    assert other_server.password() not in done.stdout + done.stderr
+    debug = run_cli("--debug", "db", "status", cwd=project, check=False)
+    assert "Traceback" in debug.stderr and wrong not in debug.stdout + debug.stderr
+
+
+def test_missing_password_error_through_the_cli(project):
+    (project / "configs" / "db.user.toml").write_text('[database]\nmode = "external"\nport = 5432\n')
+    done = run_cli("db", "status", cwd=project, check=False)
+    assert done.returncode == 1
+    assert "db.user.toml" in done.stderr and "password" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_password_stays_out_of_exceptions_and_logs(other_server, caplog):
+    wrong = "Another-Wrong-Secret"
+    db = Database(other_server.url().set(password=wrong))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DatabaseUnavailableError) as info:
+        db.ping()
+    text = str(info.value) + repr(info.value) + repr(db) + caplog.text
+    assert wrong not in text and other_server.password() not in text
+    assert "lab:***@" in str(info.value)
+    good = Database(other_server.url())
+    good.ping()
+    assert other_server.password() not in repr(good) + good.masked_url + caplog.text
