@@ -14,6 +14,13 @@ __all__ = [
     "DatabaseUnavailableError",
     "EmbeddedServerError",
     "SchemaOutOfDateError",
+    "InvalidNameError",
+    "TierError",
+    "ObjectNotFoundError",
+    "ObjectExistsError",
+    "IntegrityError",
+    "SnapshotConflictError",
+    "RawLayoutError",
 ]
 
 
@@ -57,3 +64,31 @@ class EmbeddedServerError(DatabaseError):
 
 class SchemaOutOfDateError(DatabaseError):
     """The database schema is behind the code's migrations."""
+
+
+class InvalidNameError(TierflowError, ValueError):
+    """A dataset name, snapshot id or object key is unsafe (``..``, ``/``, absolute, control chars)."""
+
+
+class TierError(TierflowError):
+    """A storage tier cannot do what was asked (unreachable, misconfigured, refused)."""
+
+
+class ObjectNotFoundError(TierError, FileNotFoundError):
+    """No object at that key on that tier."""
+
+
+class ObjectExistsError(TierError, FileExistsError):
+    """The key exists on a write-once tier: nothing there can be overwritten."""
+
+
+class IntegrityError(TierError):
+    """Bytes read back do not match their recorded sha256."""
+
+
+class SnapshotConflictError(TierflowError):
+    """A snapshot id exists on Tier 1 with different content."""
+
+
+class RawLayoutError(TierflowError):
+    """A raw folder does not have tierflow's raw layout; the message shows how it should look."""

@@ -1,0 +1,447 @@
+"""A tier in an S3 bucket: Ceph RADOS Gateway (or any S3 server) through boto3.
+
+Path-style addressing, an explicit ``endpoint_url``, credentials from arguments or the standard
+boto3 chain (never logged or shown in ``repr``), multipart uploads above a threshold with a
+bounded number of parts in flight, sha256 computed on the way and stored as object metadata.
+
+Write-once (Tier 1) on S3 takes two guards, because Ceph 16.2's RGW honours
+``If-None-Match: *`` on a plain PUT but ignores it on CompleteMultipartUpload:
+
+* single-part uploads send ``If-None-Match: *`` (the server refuses an overwrite atomically);
+* multipart uploads first *claim* the key by writing a small claim object under
+  ``.tierflow-claims/`` with ``If-None-Match: *``; only the writer that created the claim
+  uploads. A claim whose object never appeared (a crashed upload) goes stale after
+  ``claim_stale_seconds`` and may then be taken over.
+
+Both check ``HeadObject`` first, so the usual case fails fast with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
+from storage.tiers.base import COPY_BUFFER, HashingReader, ObjectInfo, Tier
+from storage.tiers.names import check_key
+
+__all__ = ["S3Tier", "parse_s3_uri"]
+
+CLAIMS = ".tierflow-claims"
+MIB = 1024 * 1024
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into ``(bucket, prefix)`` (prefix without slashes at the ends).
+
+    Raises
+    ------
+    TierError
+        If the URI is not of that form.
+    """
+    if not uri.startswith("s3://") or len(uri) <= 5:
+        raise TierError(f"{uri!r} is not an S3 URI", hint="write it as s3://bucket/prefix")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise TierError(f"{uri!r} names no bucket", hint="write it as s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: Exception) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+class S3Tier(Tier):
+    """A tier rooted at ``s3://bucket/prefix``.
+
+    Parameters
+    ----------
+    name
+        The tier's role.
+    root
+        ``s3://bucket/prefix``.
+    endpoint_url
+        The RADOS Gateway (or other S3 server), e.g. ``https://rgw.lab.example.org``.
+    region
+        Signing region (RGW accepts any; ``us-east-1`` by default).
+    access_key_id, secret_access_key
+        Credentials; ``None`` uses boto3's chain (environment, ``~/.aws/credentials``, profile).
+    profile
+        A named profile of ``~/.aws/credentials``.
+    verify
+        TLS verification: ``True``, ``False`` or the path of a CA bundle.
+    multipart_threshold, multipart_chunksize
+        Bytes above which uploads are multipart, and the part size (>= 5 MiB).
+    max_concurrency
+        Parts uploaded at once (bounds memory to ``max_concurrency * multipart_chunksize``).
+    write_once
+        Refuse to overwrite or delete existing keys.
+    claim_stale_seconds
+        Age after which an unfulfilled multipart claim may be taken over.
+    """
+
+    supports_conditional_put = True
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        profile: str | None = None,
+        verify: bool | str = True,
+        multipart_threshold: int = 64 * MIB,
+        multipart_chunksize: int = 16 * MIB,
+        max_concurrency: int = 4,
+        write_once: bool = False,
+        claim_stale_seconds: float = 3600.0,
+    ) -> None:
+        super().__init__(name, write_once=write_once)
+        self.bucket, self.prefix = parse_s3_uri(root)
+        if multipart_chunksize < 5 * MIB:
+            raise TierError(f"tier {name}: multipart_chunksize {multipart_chunksize} is below S3's 5 MiB minimum")
+        self.endpoint_url = endpoint_url
+        self.region = region or "us-east-1"
+        self.verify = verify
+        self.multipart_threshold = max(multipart_threshold, 5 * MIB)
+        self.multipart_chunksize = multipart_chunksize
+        self.max_concurrency = max(1, max_concurrency)
+        self.claim_stale_seconds = claim_stale_seconds
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._profile = profile
+        self._client: Any = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (created on first use; thread-safe for concurrent calls)."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            session = boto3.session.Session(profile_name=self._profile)
+            self._client = session.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                aws_access_key_id=self._access_key_id,
+                aws_secret_access_key=self._secret_access_key,
+                verify=self.verify,
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    # RGW over HTTPS rejects aws-chunked trailing checksums (411 MissingContentLength)
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    max_pool_connections=max(10, self.max_concurrency * 2),
+                    connect_timeout=10,
+                    read_timeout=120,
+                ),
+            )
+        return self._client
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """The access key id and secret this tier signs with (for zarr's object store)."""
+        if self._access_key_id and self._secret_access_key:
+            return self._access_key_id, self._secret_access_key
+        import boto3
+
+        found = boto3.session.Session(profile_name=self._profile).get_credentials()
+        if found is None:
+            return None, None
+        frozen = found.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key
+
+    def _object_key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, object_key: str) -> str:
+        return object_key[len(self.prefix) + 1 :] if self.prefix else object_key
+
+    def _fail(self, exc: Exception, key: str, action: str) -> TierError:
+        code, status = _error_code(exc), _status(exc)
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return ObjectNotFoundError(f"no object {self.uri(key)} on tier {self.name}")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+            return TierError(
+                f"{action} {self.uri(key)}: access denied by {self.endpoint_url or 'S3'} ({code or status})",
+                hint="check the access key and secret of this tier (configs/tierflow.user.toml or the AWS_* variables)",
+            )
+        if code == "NoSuchBucket":
+            return TierError(
+                f"{action} {self.uri(key)}: bucket {self.bucket!r} does not exist at {self.endpoint_url or 'S3'}",
+                hint="create the bucket, or fix the tier's root",
+            )
+        return TierError(f"{action} {self.uri(key)} failed: {code or type(exc).__name__} {exc}")
+
+    # -- addressing -------------------------------------------------------------------------
+
+    def uri(self, key: str = "") -> str:
+        base = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"{base}/{key}" if key else base
+
+    def key_of(self, uri: str) -> str:
+        base = self.uri() + "/"
+        if not uri.startswith(base):
+            raise TierError(f"{uri} is not on tier {self.name} ({self.uri()})")
+        return uri[len(base) :]
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"S3Tier({self.name!r}, {self.uri()!r}, endpoint={self.endpoint_url!r}, write_once={self.write_once})"
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put_stream(
+        self, key: str, stream: IO[bytes], *, expected_sha256: str | None = None, size_hint: int | None = None
+    ) -> ObjectInfo:
+        object_key = self._object_key(key)
+        if self.write_once and self.exists(key):
+            raise ObjectExistsError(f"{self.uri(key)} exists and tier {self.name} is write-once")
+        first = stream.read(self.multipart_threshold + 1)
+        if len(first) <= self.multipart_threshold:
+            return self._put_single(key, object_key, first, expected_sha256)
+        if expected_sha256 is None and hasattr(stream, "seekable") and stream.seekable():
+            # Metadata must be sent before the parts: hash a seekable source first.
+            expected_sha256 = self._prehash(stream, first)
+        if not self.write_once:
+            return self._put_multipart(key, object_key, first, stream, expected_sha256)
+        with self._claim(key):
+            return self._put_multipart(key, object_key, first, stream, expected_sha256)
+
+    def _prehash(self, stream: IO[bytes], first: bytes) -> str:
+        start = stream.tell()
+        digest = hashlib.sha256(first)
+        while chunk := stream.read(COPY_BUFFER):
+            digest.update(chunk)
+        stream.seek(start)
+        return digest.hexdigest()
+
+    def _put_single(self, key: str, object_key: str, data: bytes, expected: str | None) -> ObjectInfo:
+        digest = hashlib.sha256(data).hexdigest()
+        if expected is not None and digest != expected:
+            raise IntegrityError(
+                f"bytes for {self.uri(key)} hash to {digest[:16]}..., expected {expected[:16]}...",
+                hint="the source changed while it was being copied; nothing was written",
+            )
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": object_key, "Body": data, "Metadata": {"sha256": digest}}
+        if self.write_once:
+            arguments["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**arguments)
+        except Exception as exc:  # noqa: BLE001 - botocore raises ClientError and transport errors
+            if _status(exc) in (409, 412) or _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ObjectExistsError(f"{self.uri(key)} exists and tier {self.name} is write-once") from None
+            raise self._fail(exc, key, "writing") from None
+        return ObjectInfo(key, len(data), datetime.now(UTC), digest)
+
+    def _put_multipart(
+        self, key: str, object_key: str, first: bytes, stream: IO[bytes], expected: str | None
+    ) -> ObjectInfo:
+        metadata = {"sha256": expected} if expected else {}
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=object_key, Metadata=metadata)["UploadId"]
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, key, "writing") from None
+        digest = hashlib.sha256()
+        size = 0
+        parts: dict[int, str] = {}
+        pending: set[Future[tuple[int, str]]] = set()
+
+        def send(number: int, body: bytes) -> tuple[int, str]:
+            answer = self.client.upload_part(
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            return number, answer["ETag"]
+
+        try:
+            with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="s3-part") as pool:
+                buffer, number = first, 0
+                while buffer or number == 0:
+                    while len(buffer) < self.multipart_chunksize:
+                        more = stream.read(self.multipart_chunksize - len(buffer))
+                        if not more:
+                            break
+                        buffer += more
+                    body, buffer = buffer[: self.multipart_chunksize], buffer[self.multipart_chunksize :]
+                    if not body:
+                        break
+                    digest.update(body)
+                    size += len(body)
+                    number += 1
+                    if len(pending) >= self.max_concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        parts.update(future.result() for future in done)
+                    pending.add(pool.submit(send, number, body))
+                parts.update(future.result() for future in pending)
+            actual = digest.hexdigest()
+            if expected is not None and actual != expected:
+                raise IntegrityError(
+                    f"bytes for {self.uri(key)} hash to {actual[:16]}..., expected {expected[:16]}...",
+                    hint="the source changed while it was being copied; nothing was written",
+                )
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
+            )
+        except BaseException as exc:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                pass
+            if isinstance(exc, (IntegrityError, KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, Exception):
+                raise self._fail(exc, key, "writing") from None
+            raise
+        return ObjectInfo(key, size, datetime.now(UTC), digest.hexdigest())
+
+    @contextmanager
+    def _claim(self, key: str) -> Iterator[None]:
+        """Hold the write-once claim on ``key`` for a multipart upload (see the module docstring)."""
+        claim_key = f"{CLAIMS}/{key}"
+        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        for attempt in range(2):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._object_key(claim_key), Body=body, IfNoneMatch="*"
+                )
+                break
+            except Exception as exc:  # noqa: BLE001
+                if not (_status(exc) in (409, 412) or _error_code(exc) == "PreconditionFailed"):
+                    raise self._fail(exc, key, "claiming") from None
+                if self.exists(key) or attempt == 1 or not self._claim_is_stale(claim_key):
+                    raise ObjectExistsError(
+                        f"{self.uri(key)} exists or is being written by another tierflow process, "
+                        f"and tier {self.name} is write-once"
+                    ) from None
+                self.client.delete_object(Bucket=self.bucket, Key=self._object_key(claim_key))
+        try:
+            yield
+        except BaseException:
+            if not self.exists(key):  # nothing was written: release the key for a later attempt
+                self.client.delete_object(Bucket=self.bucket, Key=self._object_key(claim_key))
+            raise
+
+    def _claim_is_stale(self, claim_key: str) -> bool:
+        try:
+            info = self.client.head_object(Bucket=self.bucket, Key=self._object_key(claim_key))
+        except Exception:  # noqa: BLE001 - vanished meanwhile: treat as stale, the retry decides
+            return True
+        age = (datetime.now(UTC) - info["LastModified"]).total_seconds()
+        return age > self.claim_stale_seconds
+
+    def delete(self, key: str) -> None:
+        if self.write_once and self.exists(key):
+            raise TierError(f"refusing to delete {self.uri(key)}: tier {self.name} is write-once")
+        self.discard_unverified(key)
+
+    def discard_unverified(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, key, "deleting") from None
+
+    def delete_prefix(self, prefix: str) -> tuple[int, int]:
+        if self.write_once:
+            return super().delete_prefix(prefix)  # refuses per object
+        infos = list(self.list(prefix))
+        for start in range(0, len(infos), 1000):
+            batch = infos[start : start + 1000]
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._object_key(i.key)} for i in batch], "Quiet": True},
+            )
+        return len(infos), sum(info.size for info in infos)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"]
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, key, "reading") from None
+        return _closing(body)
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, key, "reading") from None
+        return ObjectInfo(key, int(head["ContentLength"]), head.get("LastModified"), head.get("Metadata", {}).get("sha256"))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        stripped = prefix.strip("/")
+        if stripped:
+            check_key(stripped)
+        full = "/".join(part for part in (self.prefix, stripped) if part)
+        paginator = self.client.get_paginator("list_objects_v2")
+        # a folder prefix: "a/b" lists "a/b/..." and the object "a/b" itself, never "a/bc"
+        searches = [full + "/"] if full else [""]
+        try:
+            if stripped:
+                try:
+                    yield self.stat(stripped)
+                except ObjectNotFoundError:
+                    pass
+            for search in searches:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=search):
+                    for item in page.get("Contents", []):
+                        relative = self._relative(item["Key"])
+                        if relative.startswith(CLAIMS + "/"):
+                            continue
+                        yield ObjectInfo(relative, int(item["Size"]), item.get("LastModified"))
+        except (ObjectNotFoundError, TierError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, stripped or "", "listing") from None
+
+    # -- arrays -----------------------------------------------------------------------------
+
+    def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
+        from obstore.store import S3Store
+        from zarr.storage import ObjectStore
+
+        key = check_key(prefix.strip("/"))
+        access_key, secret_key = self.credentials()
+        client_options: dict[str, Any] = {"allow_http": True}
+        if self.verify is False:
+            client_options["allow_invalid_certificates"] = True
+        config: dict[str, Any] = {"region": self.region, "virtual_hosted_style_request": False}
+        if self.endpoint_url:
+            config["endpoint"] = self.endpoint_url
+        if access_key and secret_key:
+            config.update(access_key_id=access_key, secret_access_key=secret_key)
+        store = S3Store(self.bucket, prefix=self._object_key(key), client_options=client_options, **config)
+        return ObjectStore(store, read_only=read_only or self.write_once)
+
+
+
+
+@contextmanager
+def _closing(body: Any) -> Iterator[IO[bytes]]:
+    try:
+        yield body
+    finally:
+        body.close()
