@@ -23,6 +23,7 @@ __all__ = [
     "DatabaseConfig",
     "ExecutionSettings",
     "PrefectSettings",
+    "RetentionSettings",
     "TierSettings",
     "TierflowConfig",
     "load_config",
@@ -38,10 +39,19 @@ class _Section(BaseModel):
 
 
 class TierSettings(_Section):
-    """One storage tier: a backend and a root."""
+    """One storage tier: a backend and a root (and, for S3, how to reach the gateway)."""
 
     backend: Literal["posix", "s3"] = Field("posix", description="`posix` (local/CephFS path) or `s3` (RADOS Gateway)")
     root: str = Field(..., min_length=1, description="A path, or s3://bucket/prefix for the s3 backend")
+    endpoint_url: str | None = Field(None, description="S3: the RADOS Gateway URL")
+    region: str = Field("us-east-1", description="S3: signing region (RGW accepts any)")
+    profile: str | None = Field(None, description="S3: a profile of ~/.aws/credentials")
+    access_key_id: SecretStr | None = Field(None, description="S3: access key (user overlay only)")
+    secret_access_key: SecretStr | None = Field(None, description="S3: secret key (user overlay only)")
+    verify: bool | str = Field(True, description="S3: TLS verification: true, false or a CA bundle path")
+    multipart_threshold_mb: int = Field(64, ge=5, le=5120)
+    multipart_chunk_mb: int = Field(16, ge=5, le=5120)
+    max_concurrency: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _root_matches_backend(self) -> TierSettings:
@@ -81,6 +91,14 @@ class ExecutionSettings(_Section):
         if any(side <= 0 for side in self.block_shape):
             raise ValueError(f"block_shape {list(self.block_shape)} must be positive on every axis")
         return self
+
+
+class RetentionSettings(_Section):
+    """When retention deletes from Tiers 2-4 (Tier 1 is never touched)."""
+
+    scratch_max_age_days: float = Field(30, ge=0, description="0 disables the age rule for scratch")
+    output_grace_days: float = Field(7, ge=0)
+    ephemeral_max_age_days: float = Field(14, ge=0, description="0 disables rotation of Tier 4 logs/tmp")
 
 
 class PrefectSettings(_Section):
@@ -127,6 +145,7 @@ class TierflowConfig(_FilesThenEnv):
     )
     tiers: TiersSettings
     execution: ExecutionSettings = ExecutionSettings()
+    retention: RetentionSettings = RetentionSettings()
     prefect: PrefectSettings = PrefectSettings()
     _meta: ConfigMeta = PrivateAttr()
 

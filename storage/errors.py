@@ -21,6 +21,8 @@ __all__ = [
     "IntegrityError",
     "SnapshotConflictError",
     "RawLayoutError",
+    "InsufficientMemoryError",
+    "InsufficientDiskError",
 ]
 
 
@@ -92,3 +94,11 @@ class SnapshotConflictError(TierflowError):
 
 class RawLayoutError(TierflowError):
     """A raw folder does not have tierflow's raw layout; the message shows how it should look."""
+
+
+class InsufficientMemoryError(TierflowError, MemoryError):
+    """A planned run's estimated peak RAM exceeds what is available (raised before it starts)."""
+
+
+class InsufficientDiskError(TierflowError, OSError):
+    """A planned run's estimated output size exceeds the free space on its scratch root."""

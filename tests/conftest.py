@@ -100,3 +100,36 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, check: boo
     if check and done.returncode != 0:
         raise AssertionError(f"tierflow {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect server for the session (Prefect's test harness: a temporary SQLite DB).
+
+    Yields its API URL, so subprocesses (the CLI) can report to the same server.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def raw_folder(tmp_path: Path) -> Path:
+    """A small raw folder in tierflow's layout: 2 samples x 2 channels x 2 time points."""
+    import numpy as np
+    import tifffile
+
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(0)
+    for sample in ("s1", "s2"):
+        for channel in (0, 1):
+            for time_point in (0, 1):
+                folder = raw / sample
+                folder.mkdir(parents=True, exist_ok=True)
+                stack = rng.integers(0, 4000, (4, 32, 32), dtype=np.uint16)
+                tifffile.imwrite(folder / f"emb_c{channel}_t{time_point:03d}.tif", stack, photometric="minisblack")
+    return raw

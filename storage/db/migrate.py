@@ -54,6 +54,8 @@ def _run(db: Database, action: str, revision: str) -> None:
     config = _config()
     try:
         with db.engine.begin() as connection:
+            # one migrator at a time: concurrent flow starts may all ask for an upgrade
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7312700419)")
             config.attributes["connection"] = connection
             getattr(command, action)(config, revision)
     except DBAPIError as exc:

@@ -206,6 +206,11 @@ class S3Tier(Tier):
             raise TierError(f"{uri} is not on tier {self.name} ({self.uri()})")
         return uri[len(base) :]
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None  # boto3 clients do not pickle; each process makes its own
+        return state
+
     def __repr__(self) -> str:  # never the credentials
         return f"S3Tier({self.name!r}, {self.uri()!r}, endpoint={self.endpoint_url!r}, write_once={self.write_once})"
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.db.models import Snapshot, SnapshotFile
 from storage.errors import TierflowError
+from storage.snapshots import ManifestEntry
 
 __all__ = ["ManifestEntry", "get_snapshot", "list_snapshots", "record_snapshot", "snapshot_files"]
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One file of a snapshot manifest."""
-
-    relative_path: str
-    bytes: int
-    sha256: str
-    media_type: str | None = None
 
 
 def record_snapshot(

@@ -1,0 +1,40 @@
+"""Prefect settings tierflow applies before Prefect is imported.
+
+Prefect reads its settings from the environment when it is first imported, so flows and the CLI
+call :func:`configure_prefect` (or rely on the safe defaults set when :mod:`flows` is imported)
+before importing any module that imports ``prefect``. Values the user set in the environment
+always win.
+"""
+
+from __future__ import annotations
+
+import os
+
+from configs import TierflowConfig
+
+__all__ = ["apply_defaults", "configure_prefect"]
+
+_DEFAULTS = {
+    # Clusters and CI have no internet: never try to send usage analytics.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral server's first start migrates its SQLite database: 20 s is not enough.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # Task results stay in memory; tierflow's own results live in PostgreSQL and on the tiers.
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+}
+
+
+def apply_defaults() -> None:
+    """Set tierflow's safe Prefect defaults where the environment has no value."""
+    for name, value in _DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def configure_prefect(config: TierflowConfig) -> None:
+    """Apply ``[prefect]`` from the configuration (environment variables still win)."""
+    apply_defaults()
+    settings = config.prefect
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(settings.ephemeral_startup_timeout_seconds))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", str(settings.analytics_enabled).lower())
+    if settings.api_url:
+        os.environ.setdefault("PREFECT_API_URL", settings.api_url)

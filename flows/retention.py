@@ -1,0 +1,67 @@
+"""The ``retention`` flow: apply the per-tier rules of ``[retention]`` (Tier 1 is never touched).
+
+``dry_run=True`` computes and returns the plan without deleting; a real run computes the same
+plan, deletes exactly it, and records a retention event per deletion. Both report storage
+accounting per tier (bytes used, promoted, reclaimable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from configs import load_config, load_db_config
+from flows.database import open_database
+from flows.runs import recorded_run
+from flows.tiers import open_tiers
+from storage.retention import RetentionRules, apply_retention, plan_retention, tier_accounting
+
+__all__ = ["retention", "rules_from_config"]
+
+
+def rules_from_config(config: Any) -> RetentionRules:
+    """``[retention]`` as :class:`RetentionRules` (0 days disables an age rule)."""
+    settings = config.retention
+    return RetentionRules(
+        scratch_max_age_days=settings.scratch_max_age_days or None,
+        output_grace_days=settings.output_grace_days,
+        ephemeral_max_age_days=settings.ephemeral_max_age_days or None,
+    )
+
+
+@flow(name="retention")
+def retention(dry_run: bool = False, config_dir: str | None = None) -> dict[str, Any]:
+    """Delete what the retention rules allow (or, with ``dry_run``, only list it).
+
+    Returns
+    -------
+    dict
+        ``plan`` (each item: tier, uri, bytes, reason, action), ``deleted_bytes``, ``dry_run``
+        and ``accounting`` per tier.
+    """
+    logger = get_run_logger()
+    config = load_config(config_dir)
+    tiers = open_tiers(config).by_name()
+    managed = {name: tier for name, tier in tiers.items() if name != "source"}
+    db = open_database(load_db_config(config_dir), migrate=True)
+    now = datetime.now(UTC)
+    rules = rules_from_config(config)
+    with db.session() as session:
+        plan = plan_retention(session, managed, rules, now)
+    if not dry_run:
+        with recorded_run(db, "retention", {"dry_run": False}) as run_id, db.session() as session:
+            apply_retention(session, managed, plan, run_id=run_id, now=now)
+    with db.session() as session:  # what is reclaimable now (after a real run: what is left)
+        remaining = plan if dry_run else plan_retention(session, managed, rules, datetime.now(UTC))
+        accounting = tier_accounting(session, tiers, remaining)
+    for item in plan:
+        logger.info("%s %s (%d bytes): %s", "would delete" if dry_run else "deleted", item.uri, item.bytes, item.reason)
+    return {
+        "dry_run": dry_run,
+        "plan": [asdict(item) for item in plan],
+        "deleted_bytes": sum(item.bytes for item in plan),
+        "accounting": accounting,
+    }

@@ -1,0 +1,63 @@
+"""Build the four storage tiers the configuration describes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from configs import TierflowConfig
+from configs.settings import TierSettings
+from storage.tiers import PosixTier, S3Tier, Tier
+
+__all__ = ["Tiers", "open_tier", "open_tiers"]
+
+MIB = 1024 * 1024
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def open_tier(name: str, settings: TierSettings, root: str) -> Tier:
+    """One tier from its settings; Tier 1 (``source``) is always write-once."""
+    write_once = name == "source"
+    if settings.backend == "posix":
+        return PosixTier(name, root, write_once=write_once)
+    return S3Tier(
+        name,
+        root,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        access_key_id=_secret(settings.access_key_id),
+        secret_access_key=_secret(settings.secret_access_key),
+        profile=settings.profile,
+        verify=settings.verify,
+        multipart_threshold=settings.multipart_threshold_mb * MIB,
+        multipart_chunksize=settings.multipart_chunk_mb * MIB,
+        max_concurrency=settings.max_concurrency,
+        write_once=write_once,
+    )
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """The four tiers of one configuration."""
+
+    source: Tier
+    output: Tier
+    scratch: Tier
+    ephemeral: Tier
+
+    def __iter__(self) -> Iterator[Tier]:
+        return iter((self.source, self.output, self.scratch, self.ephemeral))
+
+    def by_name(self) -> dict[str, Tier]:
+        """``{"source": ..., "output": ..., "scratch": ..., "ephemeral": ...}``."""
+        return {tier.name: tier for tier in self}
+
+
+def open_tiers(config: TierflowConfig) -> Tiers:
+    """The tiers of a configuration (nothing is contacted until used)."""
+    return Tiers(
+        *(open_tier(name, getattr(config.tiers, name), config.tier_root(name)) for name in ("source", "output", "scratch", "ephemeral"))
+    )
