@@ -33,15 +33,8 @@ from storage.errors import InsufficientDiskError, InsufficientMemoryError, Tierf
 from storage.raw_layout import read_stack_header
 
 __all__ = [
-    "WARN_FRACTION",
-    "ArrayHeader",
-    "PreflightReport",
-    "PreflightWarning",
-    "ResourceEstimate",
-    "estimate_resources",
-    "format_bytes",
-    "preflight_check",
-    "read_header",
+    "WARN_FRACTION", "ArrayHeader", "PreflightReport", "PreflightWarning", "ResourceEstimate",
+    "estimate_resources", "format_bytes", "preflight_check", "read_header",
 ]
 
 WARN_FRACTION = 0.8
@@ -117,7 +110,9 @@ def read_header(source: str | os.PathLike[str] | zarr.Array) -> ArrayHeader:
         try:
             array = zarr.open_array(path, mode="r")  # reads the metadata document only
         except Exception as exc:
-            raise TierflowError(f"{path} is not a zarr array ({type(exc).__name__}: {exc})") from exc
+            raise TierflowError(
+                f"{path} is not a zarr array ({type(exc).__name__}: {exc})"
+            ) from exc
         return _zarr_header(array, str(path))
     if path.is_dir() or path.name.lower().endswith((".tif", ".tiff")):
         shape, dtype = read_stack_header(path)
@@ -136,10 +131,14 @@ class ResourceEstimate:
     breakdown: dict[str, int]
 
 
-def _per_axis(value: int | Sequence[int], ndim: int, what: str, source: str, minimum: int) -> tuple[int, ...]:
+def _per_axis(
+    value: int | Sequence[int], ndim: int, what: str, source: str, minimum: int
+) -> tuple[int, ...]:
     values = (value,) * ndim if isinstance(value, (int, np.integer)) else tuple(value)
     if len(values) != ndim:
-        raise TierflowError(f"`{what}` {values} has {len(values)} axes but the array {source} has {ndim}")
+        raise TierflowError(
+            f"`{what}` {values} has {len(values)} axes but the array {source} has {ndim}"
+        )
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
             raise TierflowError(f"`{what}` {values} must hold integers >= {minimum}")
@@ -245,12 +244,19 @@ def estimate_resources(
             largest = parts
         disk += math.prod(header.shape) * out_size * n_outputs
     peak = workers * largest["per_worker_bytes"]
-    breakdown = {**largest, "workers": workers, "copies_in_flight": copies, "peak_ram_bytes": peak, "disk_bytes": disk}
+    breakdown = {**largest, "workers": workers, "copies_in_flight": copies}
+    breakdown |= {"peak_ram_bytes": peak, "disk_bytes": disk}
     return ResourceEstimate(peak_ram_bytes=peak, disk_bytes=disk, breakdown=breakdown)
 
 
 def format_bytes(n: float) -> str:
-    """Bytes as GiB (from 1 GiB up) or MiB, two decimals: ``format_bytes(3 * 2**29)`` -> ``'1.50 GiB'``."""
+    """Bytes as GiB (from 1 GiB up) or MiB, with two decimals.
+
+    Examples
+    --------
+    >>> format_bytes(3 * 2**29), format_bytes(5 * 2**19)
+    ('1.50 GiB', '2.50 MiB')
+    """
     return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
@@ -266,7 +272,11 @@ def _level(ratio: float) -> Level:
 
 @dataclass(frozen=True)
 class PreflightReport:
-    """The outcome of :func:`preflight_check`; ``str()`` gives a short readable report."""
+    """The outcome of :func:`preflight_check`; ``str()`` gives a short readable report.
+
+    ``scratch_dir`` is the existing folder whose free space was measured; ``forced`` is true
+    when the run is over budget and goes ahead because of ``force=True``.
+    """
 
     estimate: ResourceEstimate
     available_ram: int
@@ -288,7 +298,8 @@ class PreflightReport:
         b = self.estimate.breakdown
         return (
             f"peak RAM {format_bytes(self.estimate.peak_ram_bytes)} estimated of "
-            f"{format_bytes(self.available_ram)} available ({self.ram_ratio:.0%}, {self.ram_level}): "
+            f"{format_bytes(self.available_ram)} available "
+            f"({self.ram_ratio:.0%}, {self.ram_level}): "
             f"{b['workers']} worker(s) x {format_bytes(b['per_worker_bytes'])} "
             f"({b['copies_in_flight']} block copies in flight)"
         )
@@ -308,8 +319,8 @@ class PreflightReport:
         return "\n".join(lines)
 
 
-_RAM_HINT = "use a smaller block_shape, a smaller halo or fewer workers, or a machine with more free memory"
-_DISK_HINT = "choose another scratch root with more free space, free space there, or write fewer outputs"
+_RAM_HINT = "use a smaller block_shape, a smaller halo or fewer workers, or more free memory"
+_DISK_HINT = "choose another scratch root with more free space, free space there, or fewer outputs"
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -381,7 +392,9 @@ def preflight_check(
     >>> print(report)  # doctest: +SKIP
     """
     headers = _as_headers(headers_or_sources)
-    estimate = estimate_resources(headers, block_shape=block_shape, halo=halo, workers=workers, **estimate_kwargs)
+    estimate = estimate_resources(
+        headers, block_shape=block_shape, halo=halo, workers=workers, **estimate_kwargs
+    )
     measured_at = _nearest_existing(Path(scratch_dir))
     if available_ram is None:
         available_ram = int(psutil.virtual_memory().available)
@@ -389,11 +402,12 @@ def preflight_check(
         available_disk = int(shutil.disk_usage(measured_at).free)
     ram_ratio = _ratio(estimate.peak_ram_bytes, available_ram)
     disk_ratio = _ratio(estimate.disk_bytes, available_disk)
+    levels = (_level(ram_ratio), _level(disk_ratio))
+    over = [level == "over" for level in levels]
     report = PreflightReport(
-        estimate, int(available_ram), int(available_disk), ram_ratio, disk_ratio,
-        _level(ram_ratio), _level(disk_ratio), measured_at, forced=bool(force),
+        estimate, int(available_ram), int(available_disk), ram_ratio, disk_ratio, *levels,
+        scratch_dir=measured_at, forced=bool(force) and any(over),
     )
-    over = [lvl == "over" for lvl in (report.ram_level, report.disk_level)]
     if any(over) and not force:
         lines = [text for text, bad in zip((report.ram_text(), report.disk_text()), over) if bad]
         message = "preflight refused the run: " + "\npreflight refused the run: ".join(lines)
@@ -406,7 +420,10 @@ def preflight_check(
         (report.disk_level, report.disk_text(), _DISK_HINT),
     ):
         if level == "warn":
-            warnings.warn(PreflightWarning(f"preflight: {text}; above {WARN_FRACTION:.0%}: {hint}"), stacklevel=2)
+            advice = f"above {WARN_FRACTION:.0%}: {hint}"
         elif level == "over":
-            warnings.warn(PreflightWarning(f"preflight: {text}; running anyway because force=True"), stacklevel=2)
+            advice = "running anyway because force=True"
+        else:
+            continue
+        warnings.warn(PreflightWarning(f"preflight: {text}; {advice}"), stacklevel=2)
     return report

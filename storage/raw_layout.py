@@ -1,32 +1,26 @@
 """tierflow's raw layout, and the intake checks that hold a raw folder to it.
 
-A raw folder (``RAW_DIR``) holds one folder per sample; each sample folder holds one volume per
-channel and time point, either as a multi-page TIFF stack or as a folder of 2-D slices::
+One folder per sample; in it one volume per channel and time point, as a multi-page TIFF stack
+or a folder of 2-D slices (see :data:`RAW_LAYOUT_PICTURE`)::
 
     RAW_DIR/
-      <sample>/                                  one folder per sample (letters, digits, . _ -)
-        <prefix>_c<channel>_t<time>.tif          a TIFF stack, z-slices as pages (.tiff, .ome.tif too)
-        <prefix>_c<channel>_t<time>/             or a folder of 2-D slices (*.tif, name order = z)
+      <sample>/                             one folder per sample (letters, digits, . _ -)
+        <prefix>_c<channel>_t<time>.tif     a TIFF stack, z as pages (.tiff, .ome.tif too)
+        <prefix>_c<channel>_t<time>/        or a folder of 2-D slices (*.tif, name order = z)
 
-Channel and time point are non-negative integers in the name. The tokens ``c<N>`` and ``t<N>``
-come in either order, separated by ``_`` or ``-``, in any case, and the prefix is optional:
-``embryo1_c0_t12.tif``, ``embryo1-T12-C0.ome.tif`` and ``c1_t3/`` all parse. Hidden entries
-(starting with ``.``) and common junk (``Thumbs.db``, ``.DS_Store``, ``desktop.ini``) are ignored.
-
-Three checks, from coarse to fine:
-
-* :func:`diagnose_raw_layout` checks the folder's shape and raises one :class:`RawLayoutError`
-  that lists every problem at once, followed by the picture above;
-* :func:`classify_raw_files` parses every stack and slice folder and never raises: what it cannot
-  use becomes a human-readable warning;
-* :func:`discover_tasks` filters the classified volumes by sample, channel and time point and
-  says what was requested, what is present and what is skipped, and why.
-
-Only TIFF headers are read (page count and shape), never pixels.
+Channel and time point are non-negative integers; ``c<N>`` and ``t<N>`` come in either order,
+separated by ``_`` or ``-``, in any case, the prefix optional (``embryo1_c0_t12.tif``,
+``e1-T12-C0.ome.tif``, ``c1_t3/``). Hidden entries (``.*``) and junk (``Thumbs.db``,
+``.DS_Store``, ``desktop.ini``) are ignored. From coarse to fine:
+:func:`diagnose_raw_layout` raises one :class:`RawLayoutError` listing every shape problem;
+:func:`classify_raw_files` parses every volume and turns what it cannot use into warnings;
+:func:`discover_tasks` filters by sample, channel and time point and says what it skipped and
+why. Only TIFF headers are read, never pixels.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,15 +34,8 @@ from storage.errors import InvalidNameError, RawLayoutError, TierflowError
 from storage.tiers.names import check_name
 
 __all__ = [
-    "RAW_LAYOUT_PICTURE",
-    "RawClassification",
-    "RawFile",
-    "TaskDiscovery",
-    "classify_raw_files",
-    "diagnose_raw_layout",
-    "discover_tasks",
-    "parse_volume_name",
-    "read_stack_header",
+    "RAW_LAYOUT_PICTURE", "RawClassification", "RawFile", "TaskDiscovery", "classify_raw_files",
+    "diagnose_raw_layout", "discover_tasks", "parse_volume_name", "read_stack_header",
 ]
 
 RAW_LAYOUT_PICTURE = """\
@@ -86,6 +73,11 @@ class RawFile:
     kind: Literal["stack", "slices"]
     n_files: int
 
+    @property
+    def label(self) -> str:
+        """``"<sample> c<channel> t<time_point>"``, as used in messages."""
+        return f"{self.sample} c{self.channel} t{self.time_point}"
+
 
 @dataclass(frozen=True)
 class RawClassification:
@@ -95,27 +87,31 @@ class RawClassification:
     warnings: list[str]
 
 
-def _ignored(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _JUNK
-
-
 def _entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not _ignored(p))
+    return sorted(
+        p for p in folder.iterdir() if not (p.name.startswith(".") or p.name.lower() in _JUNK)
+    )
 
 
 def _is_tiff(path: Path) -> bool:
     return path.name.lower().endswith(_TIFF_SUFFIXES)
 
 
-def _explain(exc: InvalidNameError) -> str:
-    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+def _slices(folder: Path) -> list[Path]:
+    return [p for p in _entries(folder) if p.is_file() and _is_tiff(p)]
+
+
+def _name_problem(name: str) -> str | None:
+    try:
+        check_name(name, "sample folder name")
+    except InvalidNameError as exc:
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return None
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    if len(names) > _MAX_LISTED:
-        shown += f" and {len(names) - _MAX_LISTED} more"
-    return shown
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
 
 
 def parse_volume_name(name: str) -> tuple[int, int] | None:
@@ -124,7 +120,7 @@ def parse_volume_name(name: str) -> tuple[int, int] | None:
     Parameters
     ----------
     name
-        A file name (``.tif``, ``.tiff``, ``.ome.tif`` suffix is stripped) or a folder name.
+        A file name (a ``.tif``, ``.tiff`` or ``.ome.tif`` suffix is dropped) or folder name.
 
     Returns
     -------
@@ -133,31 +129,23 @@ def parse_volume_name(name: str) -> tuple[int, int] | None:
 
     Examples
     --------
-    >>> parse_volume_name("embryo1_c0_t12.tif")
-    (0, 12)
-    >>> parse_volume_name("T3-C1.ome.tif")
-    (1, 3)
+    >>> parse_volume_name("embryo1_c0_t12.tif"), parse_volume_name("T3-C1.ome.tif")
+    ((0, 12), (1, 3))
     >>> parse_volume_name("notes.txt") is None
     True
     """
     stem = name
-    for suffix in _TIFF_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    for suffix in (s for s in _TIFF_SUFFIXES if name.lower().endswith(s)):
+        stem = name[: -len(suffix)]
+        break
     match = _VOLUME_NAME.match(stem)
     if match is None:
         return None
-    channel = match.group("c1") or match.group("c2")
-    time_point = match.group("t1") or match.group("t2")
-    return int(channel), int(time_point)
+    return int(match["c1"] or match["c2"]), int(match["t1"] or match["t2"])
 
 
 def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
-    """Check that ``raw_dir`` has the raw layout's shape; list every problem in one error.
-
-    Only the folder shape is checked (per-sample folders, something inside each); the names and
-    contents of stacks are :func:`classify_raw_files`'s business.
+    """Check the shape of ``raw_dir`` (per-sample folders, something in each); list all problems.
 
     Parameters
     ----------
@@ -172,9 +160,9 @@ def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
     Raises
     ------
     RawLayoutError
-        One multi-line message naming every problem found (missing path, a file instead of a
-        folder, an empty folder, loose files at the top level, empty sample folders, sample
-        names that are not allowed), followed by a picture of the expected layout.
+        One multi-line message naming every problem (missing path, a file, an empty folder,
+        loose top-level files, empty sample folders, disallowed sample names), then a picture
+        of the expected layout. File names and contents are :func:`classify_raw_files`'s job.
 
     Examples
     --------
@@ -188,10 +176,9 @@ def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
         problems.append(f"{raw} does not exist")
     elif not raw.is_dir():
         problems.append(f"{raw} is a file, not a folder")
+    elif not (entries := _entries(raw)):
+        problems.append(f"{raw} is empty: no sample folders")
     else:
-        entries = _entries(raw)
-        if not entries:
-            problems.append(f"{raw} is empty: no sample folders")
         loose = [p.name for p in entries if not p.is_dir()]
         if loose:
             problems.append(
@@ -199,22 +186,18 @@ def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
                 f"belong: {_listing(loose)}"
             )
         for folder in (p for p in entries if p.is_dir()):
-            try:
-                check_name(folder.name, "sample folder name")
-            except InvalidNameError as exc:
-                problems.append(f"{folder.name}/: {_explain(exc)}")
-                continue
-            content = _entries(folder)
-            if not any(p.is_dir() or _is_tiff(p) for p in content):
+            if problem := _name_problem(folder.name):
+                problems.append(f"{folder.name}/: {problem}")
+            elif not any(p.is_dir() or _is_tiff(p) for p in _entries(folder)):
                 problems.append(
                     f"sample folder {folder.name}/ is empty: no TIFF stacks or slice folders inside"
                 )
-                continue
-            samples.append(folder.name)
+            else:
+                samples.append(folder.name)
     if problems:
         lines = [f"RAW_DIR {raw} does not have tierflow's raw layout ({len(problems)} problem(s)):"]
         lines += [f"  - {problem}" for problem in problems]
-        raise RawLayoutError("\n".join(lines + [RAW_LAYOUT_PICTURE]))
+        raise RawLayoutError("\n".join([*lines, RAW_LAYOUT_PICTURE]))
     return sorted(samples)
 
 
@@ -222,47 +205,39 @@ def _tiff_problem(path: Path) -> str | None:
     """Open a TIFF's header only; return why it cannot be used, or ``None``."""
     try:
         with tifffile.TiffFile(path) as tif:
-            if len(tif.pages) == 0 or not tif.series:
+            if len(tif.pages) == 0 or not tif.series or not tif.series[0].shape:
                 return "holds no image pages"
-            tif.series[0].shape  # noqa: B018 - parses the header, reads no pixels
     except Exception as exc:  # tifffile raises many types for damaged files
         return f"cannot be opened as TIFF ({type(exc).__name__}: {exc})"
     return None
 
 
-def _classify_sample(raw: Path, folder: Path, found: list[RawFile], warnings: list[str]) -> None:
-    content = _entries(folder)
-    if not content:
-        warnings.append(f"{folder.name}/: sample folder holds no TIFF stacks or slice folders")
-    for entry in content:
-        rel = entry.relative_to(raw).as_posix()
-        parsed = parse_volume_name(entry.name)
-        if entry.is_dir():
-            if parsed is None:
-                warnings.append(f"{rel}/: folder name not parseable; {EXPECTED_NAME}")
-                continue
-            slices = [p for p in _entries(entry) if p.is_file() and _is_tiff(p)]
-            others = [p.name for p in _entries(entry) if not (p.is_file() and _is_tiff(p))]
-            if not slices:
-                warnings.append(f"{rel}/: slice folder holds no TIFF slices (*.tif); skipped")
-                continue
-            if others:
-                warnings.append(
-                    f"{rel}/: slice folder holds non-TIFF entries, ignored: {_listing(others)}"
-                )
-            problem = _tiff_problem(slices[0])
-            if problem:
-                warnings.append(f"{rel}/{slices[0].name}: first slice {problem}; folder skipped")
-                continue
-            found.append(RawFile(folder.name, *parsed, path=entry, kind="slices", n_files=len(slices)))
-        elif not _is_tiff(entry):
+def _classify_entry(raw: Path, sample: str, entry: Path, warnings: list[str]) -> RawFile | None:
+    rel = entry.relative_to(raw).as_posix()
+    parsed = parse_volume_name(entry.name)
+    if not entry.is_dir():
+        if not _is_tiff(entry):
             warnings.append(f"{rel}: not a TIFF (.tif, .tiff, .ome.tif); ignored")
         elif parsed is None:
             warnings.append(f"{rel}: file name not parseable; {EXPECTED_NAME}")
         elif problem := _tiff_problem(entry):
             warnings.append(f"{rel}: {problem}; skipped")
         else:
-            found.append(RawFile(folder.name, *parsed, path=entry, kind="stack", n_files=1))
+            return RawFile(sample, *parsed, path=entry, kind="stack", n_files=1)
+        return None
+    if parsed is None:
+        warnings.append(f"{rel}/: folder name not parseable; {EXPECTED_NAME}")
+        return None
+    slices = _slices(entry)
+    if not slices:
+        warnings.append(f"{rel}/: slice folder holds no TIFF slices (*.tif); skipped")
+        return None
+    if others := [p.name for p in _entries(entry) if p not in slices]:
+        warnings.append(f"{rel}/: slice folder holds non-TIFF entries, ignored: {_listing(others)}")
+    if problem := _tiff_problem(slices[0]):
+        warnings.append(f"{rel}/{slices[0].name}: first slice {problem}; folder skipped")
+        return None
+    return RawFile(sample, *parsed, path=entry, kind="slices", n_files=len(slices))
 
 
 def classify_raw_files(raw_dir: str | Path) -> RawClassification:
@@ -276,34 +251,32 @@ def classify_raw_files(raw_dir: str | Path) -> RawClassification:
     Returns
     -------
     RawClassification
-        ``files``: one :class:`RawFile` per usable volume, sorted by (sample, channel,
-        time point). ``warnings``: one line per entry that was not used and why (name not
-        parseable, not a TIFF, empty or mixed slice folder, unreadable TIFF header, duplicate
-        sample/channel/time point, loose file, disallowed sample name, missing ``raw_dir``).
-        Of duplicates, the first by sorted path is kept.
+        ``files``: one :class:`RawFile` per usable volume, sorted by (sample, channel, time
+        point). ``warnings``: one line per entry not used, naming it and saying why (name not
+        parseable, not a TIFF, empty or mixed slice folder, TIFF header unreadable, duplicate
+        sample/channel/time point - the first by sorted path is kept -, loose file,
+        disallowed sample name, ``raw_dir`` missing).
 
     Examples
     --------
-    >>> result = classify_raw_files("/data/raw/run42")  # doctest: +SKIP
-    >>> [(f.sample, f.channel, f.time_point, f.kind) for f in result.files]  # doctest: +SKIP
-    [('embryo1', 0, 0, 'stack'), ('embryo1', 1, 0, 'slices')]
+    >>> [f.label for f in classify_raw_files("/data/raw/run42").files]  # doctest: +SKIP
+    ['embryo1 c0 t0', 'embryo1 c1 t0']
     """
     raw = Path(raw_dir)
-    warnings: list[str] = []
     if not raw.is_dir():
         what = "is a file, not a folder" if raw.exists() else "does not exist"
         return RawClassification([], [f"RAW_DIR {raw} {what}; nothing to classify"])
+    warnings: list[str] = []
     found: list[RawFile] = []
-    for entry in _entries(raw):
-        if not entry.is_dir():
-            warnings.append(f"{entry.name}: loose file at the top level, not in a sample folder; ignored")
-            continue
-        try:
-            check_name(entry.name, "sample folder name")
-        except InvalidNameError as exc:
-            warnings.append(f"{entry.name}/: {_explain(exc)}; skipped")
-            continue
-        _classify_sample(raw, entry, found, warnings)
+    for folder in _entries(raw):
+        if not folder.is_dir():
+            warnings.append(f"{folder.name}: loose file at the top level, not in a sample folder")
+        elif problem := _name_problem(folder.name):
+            warnings.append(f"{folder.name}/: {problem}; skipped")
+        elif not (content := _entries(folder)):
+            warnings.append(f"{folder.name}/: sample folder holds no TIFF stacks or slice folders")
+        else:
+            found += filter(None, (_classify_entry(raw, folder.name, e, warnings) for e in content))
     kept: dict[tuple[str, int, int], RawFile] = {}
     for item in sorted(found, key=lambda f: f.path.as_posix()):
         key = (item.sample, item.channel, item.time_point)
@@ -311,26 +284,12 @@ def classify_raw_files(raw_dir: str | Path) -> RawClassification:
             first = kept[key].path.relative_to(raw).as_posix()
             warnings.append(
                 f"{item.path.relative_to(raw).as_posix()}: duplicate of {first} (sample "
-                f"{item.sample}, channel {item.channel}, time point {item.time_point}); kept {first}"
+                f"{item.sample}, channel {item.channel}, time point {item.time_point}); "
+                f"kept {first}"
             )
-            continue
-        kept[key] = item
-    return RawClassification(sorted(kept.values(), key=lambda f: (f.sample, f.channel, f.time_point)), warnings)
-
-
-def _zyx(shape: tuple[int, ...], axes: str, what: str) -> tuple[int, ...]:
-    dims = tuple(int(n) for n in shape)
-    while len(dims) > 3 and dims[0] == 1:
-        dims = dims[1:]
-    if len(dims) == 2:
-        dims = (1, *dims)
-    if len(dims) != 3:
-        raise RawLayoutError(
-            f"{what} has shape {tuple(shape)} (axes {axes!r}); tierflow expects one channel as "
-            f"(z, y, x) per file",
-            hint="split channels and time points into separate files named _c<N>_t<N>",
-        )
-    return dims
+        else:
+            kept[key] = item
+    return RawClassification([kept[k] for k in sorted(kept)], warnings)
 
 
 def read_stack_header(path_or_folder: str | Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -344,14 +303,13 @@ def read_stack_header(path_or_folder: str | Path) -> tuple[tuple[int, ...], np.d
     Returns
     -------
     tuple
-        ``((z, y, x), dtype)``: for a stack, its first series' shape (leading length-1 axes
-        dropped; a single page counts as z = 1); for a slice folder, the number of slices times
-        the first slice's (y, x).
+        ``((z, y, x), dtype)``: a stack's first series shape (leading length-1 axes dropped; a
+        single page is z = 1), or for a slice folder the slice count times the first's (y, x).
 
     Raises
     ------
     RawLayoutError
-        If the path is missing, holds no TIFFs, cannot be opened as TIFF, or is not one channel
+        If the path is missing, holds no TIFF, cannot be opened as TIFF, or is not one channel
         of 3-D or 2-D data; the message names the file.
 
     Examples
@@ -363,31 +321,37 @@ def read_stack_header(path_or_folder: str | Path) -> tuple[tuple[int, ...], np.d
     if not path.exists():
         raise RawLayoutError(f"{path} does not exist")
     if path.is_dir():
-        slices = [p for p in _entries(path) if p.is_file() and _is_tiff(p)]
-        if not slices:
+        if not (slices := _slices(path)):
             raise RawLayoutError(f"slice folder {path} holds no TIFF slices (*.tif)")
         (_, y, x), dtype = read_stack_header(slices[0])
         return (len(slices), y, x), dtype
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise RawLayoutError(f"{path} holds no image series")
-            series = tif.series[0]
-            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
-    except RawLayoutError:
-        raise
-    except Exception as exc:  # tifffile raises many types for damaged files
-        raise RawLayoutError(f"{path} cannot be opened as TIFF ({type(exc).__name__}: {exc})") from exc
-    return _zyx(shape, axes, str(path)), dtype
+    if problem := _tiff_problem(path):
+        raise RawLayoutError(f"{path} {problem}")
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, axes, dtype = tuple(int(n) for n in series.shape), series.axes, series.dtype
+    zyx = shape
+    while len(zyx) > 3 and zyx[0] == 1:
+        zyx = zyx[1:]
+    zyx = (1, *zyx) if len(zyx) == 2 else zyx
+    if len(zyx) != 3:
+        raise RawLayoutError(
+            f"{path} has shape {shape} (axes {axes!r}); tierflow expects one channel as (z, y, x)",
+            hint="split channels and time points into separate files named _c<N>_t<N>",
+        )
+    return zyx, np.dtype(dtype)
+
+
+_AXES = ("samples", "channels", "time_points")
+_LABELS = ("sample", "channel", "time point")
 
 
 @dataclass(frozen=True)
 class TaskDiscovery:
     """What :func:`discover_tasks` found: tasks to run, requested vs present, skipped and why.
 
-    ``requested`` and ``present`` map ``"samples"``, ``"channels"`` and ``"time_points"`` to
-    sorted lists; ``skipped`` holds ``(what, reason)`` pairs such as
-    ``("sample s9", "requested but not present in RAW_DIR")``.
+    ``requested`` and ``present`` map ``"samples"``, ``"channels"``, ``"time_points"`` to sorted
+    lists; ``skipped`` holds ``(what, reason)`` pairs.
     """
 
     tasks: list[RawFile]
@@ -407,8 +371,8 @@ class TaskDiscovery:
             f"present:   {counts(self.present)}",
             f"to run:    {len(self.tasks)} volume(s)",
             f"skipped:   {len(self.skipped)}",
+            *(f"  - {what}: {why}" for what, why in self.skipped[:_MAX_LISTED]),
         ]
-        lines += [f"  - {what}: {why}" for what, why in self.skipped[:_MAX_LISTED]]
         if len(self.skipped) > _MAX_LISTED:
             lines.append(f"  - and {len(self.skipped) - _MAX_LISTED} more")
         if self.warnings:
@@ -416,18 +380,18 @@ class TaskDiscovery:
         return "\n".join(lines)
 
 
-_AXES = ("samples", "channels", "time_points")
-
-
-def _requested_ints(values: Iterable[int] | None, what: str) -> list[int] | None:
+def _requested(values: Iterable | None, what: str) -> list | None:
     if values is None:
         return None
-    out = []
+    if what == "samples":
+        values = [values] if isinstance(values, str) else values
+        return sorted({check_name(v, "requested sample") for v in values})
+    out = set()
     for value in [values] if isinstance(values, int) else values:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise TierflowError(f"`{what}` holds {value!r}; give non-negative integers")
-        out.append(int(value))
-    return sorted(set(out))
+        out.add(int(value))
+    return sorted(out)
 
 
 def discover_tasks(
@@ -442,18 +406,18 @@ def discover_tasks(
     Parameters
     ----------
     raw_dir
-        The raw folder (``RAW_DIR``); classified with :func:`classify_raw_files`, whose
-        warnings are passed on. Run :func:`diagnose_raw_layout` first for a hard stop.
+        The raw folder, classified with :func:`classify_raw_files` (its warnings are passed
+        on). Call :func:`diagnose_raw_layout` first for a hard stop on a malformed folder.
     samples, channels, time_points
         What to process; ``None`` means everything present.
 
     Returns
     -------
     TaskDiscovery
-        ``tasks`` sorted by (sample, channel, time point); ``skipped`` lists requested items
-        not present (``"sample s9"``, ``"channel 3"``, ``"time point 7"``), requested
-        combinations missing from a sample (``"s1 c0 t5"``) and present volumes left out by a
-        filter (``"s1 c2 t5"``, ``"channel 2 not requested"``).
+        ``tasks`` sorted by (sample, channel, time point). ``skipped``: requested items not
+        present (``("sample s9", "requested but not present in RAW_DIR")``), combinations
+        missing from a present sample (``("s1 c0 t5", "not present in RAW_DIR")``) and
+        present volumes left out (``("s1 c2 t5", "channel 2 not requested")``).
 
     Raises
     ------
@@ -464,44 +428,42 @@ def discover_tasks(
 
     Examples
     --------
-    >>> found = discover_tasks("/data/raw/run42", channels=[0])  # doctest: +SKIP
-    >>> print(found.summary())  # doctest: +SKIP
+    >>> print(discover_tasks("/data/raw/run42", channels=[0]).summary())  # doctest: +SKIP
     """
     classification = classify_raw_files(raw_dir)
     files = classification.files
     present = {
-        "samples": sorted({f.sample for f in files}),
-        "channels": sorted({f.channel for f in files}),
-        "time_points": sorted({f.time_point for f in files}),
+        axis: sorted({(f.sample, f.channel, f.time_point)[i] for f in files})
+        for i, axis in enumerate(_AXES)
     }
-    if isinstance(samples, str):
-        samples = [samples]
-    wanted: dict[str, list | None] = {
-        "samples": None if samples is None else sorted({check_name(s, "requested sample") for s in samples}),
-        "channels": _requested_ints(channels, "channels"),
-        "time_points": _requested_ints(time_points, "time_points"),
+    wanted = dict(zip(_AXES, (samples, channels, time_points)))
+    requested = {
+        axis: present[axis] if (chosen := _requested(wanted[axis], axis)) is None else chosen
+        for axis in _AXES
     }
-    requested = {k: present[k] if wanted[k] is None else wanted[k] for k in _AXES}
-    skipped: list[tuple[str, str]] = []
-    for key, label in zip(_AXES, ("sample", "channel", "time point")):
-        for value in requested[key]:
-            if value not in present[key]:
-                skipped.append((f"{label} {value}", "requested but not present in RAW_DIR"))
+    skipped = [
+        (f"{label} {value}", "requested but not present in RAW_DIR")
+        for axis, label in zip(_AXES, _LABELS)
+        for value in requested[axis]
+        if value not in present[axis]
+    ]
     have = {(f.sample, f.channel, f.time_point) for f in files}
-    for sample in (s for s in requested["samples"] if s in present["samples"]):
-        for channel in (c for c in requested["channels"] if c in present["channels"]):
-            for time_point in (t for t in requested["time_points"] if t in present["time_points"]):
-                if (sample, channel, time_point) not in have:
-                    skipped.append((f"{sample} c{channel} t{time_point}", "not present in RAW_DIR"))
+    grid = [[v for v in requested[axis] if v in present[axis]] for axis in _AXES]
+    skipped += [
+        (f"{s} c{c} t{t}", "not present in RAW_DIR")
+        for s, c, t in itertools.product(*grid)
+        if (s, c, t) not in have
+    ]
     tasks: list[RawFile] = []
     for f in files:
+        values = (f.sample, f.channel, f.time_point)
         reasons = [
             f"{label} {value} not requested"
-            for key, label, value in zip(_AXES, ("sample", "channel", "time point"), (f.sample, f.channel, f.time_point))
-            if value not in requested[key]
+            for axis, label, value in zip(_AXES, _LABELS, values)
+            if value not in requested[axis]
         ]
         if reasons:
-            skipped.append((f"{f.sample} c{f.channel} t{f.time_point}", "; ".join(reasons)))
+            skipped.append((f.label, "; ".join(reasons)))
         else:
             tasks.append(f)
     return TaskDiscovery(tasks, requested, present, skipped, list(classification.warnings))

@@ -25,6 +25,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TIERFLOW = str(Path(sys.executable).with_name("tierflow"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under root, give this session a base temp folder of its own.
+
+    The embedded PostgreSQL runs as an unprivileged OS user when tierflow runs as root, so its
+    data folders must stay traversable; every pytest session resets ``/tmp/pytest-of-root`` to
+    mode 0700, which would lock out servers that another, concurrent session started there.
+    """
+    if os.geteuid() == 0 and not config.option.basetemp:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="tierflow-pytest-")
+        config._tierflow_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    basetemp = getattr(config, "_tierflow_basetemp", None)
+    if basetemp:
+        shutil.rmtree(basetemp, ignore_errors=True)
+
+
 def require_service(available: bool, what: str, how: str) -> None:
     """Skip (laptop) or fail (``CI=true``) when a real service a test needs is missing."""
     if available:

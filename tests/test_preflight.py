@@ -27,7 +27,9 @@ from storage.preflight import (
 )
 
 
-def make_zarr(path: Path, shape=(8, 32, 32), chunks=(4, 16, 16), dtype="uint16", **kwargs) -> zarr.Array:
+def make_zarr(
+    path: Path, shape=(8, 32, 32), chunks=(4, 16, 16), dtype="uint16", **kwargs
+) -> zarr.Array:
     array = zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, **kwargs)
     array[...] = np.arange(math.prod(shape), dtype=dtype).reshape(shape)
     return array
@@ -51,10 +53,12 @@ def test_read_header_tiff_stack_and_slice_folder(tmp_path: Path) -> None:
 def test_read_header_zarr_path_and_open_array(tmp_path: Path) -> None:
     array = make_zarr(tmp_path / "a.zarr", shape=(9, 30, 31), chunks=(4, 16, 16), dtype="float32")
     header = read_header(tmp_path / "a.zarr")
-    assert header == ArrayHeader((9, 30, 31), np.dtype("float32"), (4, 16, 16), str(tmp_path / "a.zarr"))
+    expected = ArrayHeader((9, 30, 31), np.dtype("float32"), (4, 16, 16), str(tmp_path / "a.zarr"))
+    assert header == expected
     assert header.nbytes == 9 * 30 * 31 * 4
     opened = read_header(array)
-    assert (opened.shape, opened.dtype, opened.chunks) == (header.shape, header.dtype, header.chunks)
+    assert (opened.shape, opened.dtype) == (expected.shape, expected.dtype)
+    assert opened.chunks == (4, 16, 16)
     sharded = make_zarr(tmp_path / "s.zarr", chunks=(2, 8, 8), shards=(4, 16, 16))
     assert read_header(sharded).chunks == (4, 16, 16)
 
@@ -111,7 +115,8 @@ def test_estimate_matches_the_documented_model_by_hand() -> None:
 
 def test_estimate_refuses_mismatched_arguments() -> None:
     header = ArrayHeader((8, 32, 32), "uint16", None, "a.tif")
-    with pytest.raises(TierflowError, match=r"`block_shape` \(64, 64\) has 2 axes but the array a.tif has 3"):
+    axes = r"`block_shape` \(64, 64\) has 2 axes but the array a.tif has 3"
+    with pytest.raises(TierflowError, match=axes):
         estimate_resources([header], block_shape=(64, 64))
     with pytest.raises(TierflowError, match="`halo`"):
         estimate_resources([header], block_shape=(4, 4, 4), halo=(1, -1, 1))
@@ -161,7 +166,8 @@ def test_at_ninety_percent_it_warns_with_figures(tmp_path: Path, estimate) -> No
     assert format_bytes(estimate.peak_ram_bytes) in message
     assert format_bytes(report.available_ram) in message and "90%" in message
     assert report.ram_level == "warn" and report.disk_level == "ok"
-    with pytest.warns(PreflightWarning, match=rf"output {format_bytes(estimate.disk_bytes)}") as record:
+    disk = format_bytes(estimate.disk_bytes)
+    with pytest.warns(PreflightWarning, match=rf"output {disk}") as record:
         report = check(tmp_path, 0.5, 0.9, estimate)
     assert len(record) == 1 and report.disk_level == "warn"
 
@@ -205,3 +211,8 @@ def test_sources_and_default_availability(tmp_path: Path) -> None:
     assert 0 < report.available_disk <= shutil.disk_usage(tmp_path).total
     assert report.available_ram > 0 and report.ok
     assert report.estimate.disk_bytes == 2 * 8 * 32 * 32 * 2
+
+
+def test_force_within_budget_is_not_reported_as_forced(tmp_path: Path, estimate) -> None:
+    report = check(tmp_path, 0.5, 0.5, estimate, force=True)
+    assert not report.forced and "force=True" not in str(report)

@@ -31,7 +31,9 @@ def write_stack(path: Path, shape: tuple[int, ...] = SHAPE, dtype: str = "uint16
     return path
 
 
-def write_slices(folder: Path, n: int = 5, yx: tuple[int, int] = (32, 24), dtype: str = "uint8") -> Path:
+def write_slices(
+    folder: Path, n: int = 5, yx: tuple[int, int] = (32, 24), dtype: str = "uint8"
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for z in range(n):
         tifffile.imwrite(folder / f"z{z:04d}.tif", np.full(yx, z, dtype=dtype))
@@ -203,10 +205,13 @@ def test_classify_never_raises_on_an_unusable_dir(tmp_path: Path, kind: str) -> 
 def test_discover_everything_by_default(raw: Path) -> None:
     found = discover_tasks(raw)
     assert found.requested == found.present
-    assert found.present == {"samples": ["s1", "s2", "s3"], "channels": [0, 1], "time_points": [0, 1]}
+    assert found.present == {
+        "samples": ["s1", "s2", "s3"], "channels": [0, 1], "time_points": [0, 1]
+    }
     assert len(found.tasks) == 10
     # s3 has only t0: its t1 volumes are reported as gaps
-    assert sorted(found.skipped) == [("s3 c0 t1", "not present in RAW_DIR"), ("s3 c1 t1", "not present in RAW_DIR")]
+    gap = "not present in RAW_DIR"
+    assert sorted(found.skipped) == [("s3 c0 t1", gap), ("s3 c1 t1", gap)]
 
 
 def test_discover_filters_with_reasons(raw: Path) -> None:
@@ -218,7 +223,9 @@ def test_discover_filters_with_reasons(raw: Path) -> None:
     assert skipped["channel 4"] == "requested but not present in RAW_DIR"
     assert skipped["s1 c0 t1"] == "channel 0 not requested"
     assert skipped["s1 c1 t0"] == "time point 0 not requested"
-    assert skipped["s2 c0 t0"] == "sample s2 not requested; channel 0 not requested; time point 0 not requested"
+    assert skipped["s2 c0 t0"] == (
+        "sample s2 not requested; channel 0 not requested; time point 0 not requested"
+    )
     assert skipped["s3 c1 t0"] == "sample s3 not requested; time point 0 not requested"
     assert len(found.tasks) + sum(" not requested" in why for why in skipped.values()) == 10
     summary = found.summary()

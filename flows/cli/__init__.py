@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli import data as data_commands
 from flows.cli import db as db_commands
 from flows.cli._app import CliState, console, print_json, report_error, state
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db_commands.app, name="db")
+data_commands.register(app)
 
 
 @app.callback()
