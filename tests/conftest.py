@@ -21,6 +21,8 @@ from storage.db.database import Database
 from storage.db.embedded import EmbeddedPostgres
 from storage.db.migrate import upgrade
 
+pytest_plugins = ["s3_servers"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIERFLOW = str(Path(sys.executable).with_name("tierflow"))
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
@@ -180,17 +181,17 @@ class S3Tier(Tier):
 
     def _fail(self, exc: Exception, key: str, action: str) -> TierError:
         code, status = _error_code(exc), _status(exc)
+        if code == "NoSuchBucket":
+            return TierError(
+                f"{action} {self.uri(key)}: bucket {self.bucket!r} does not exist at {self.endpoint_url or 'S3'}",
+                hint="create the bucket, or fix the tier's root",
+            )
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return ObjectNotFoundError(f"no object {self.uri(key)} on tier {self.name}")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
             return TierError(
                 f"{action} {self.uri(key)}: access denied by {self.endpoint_url or 'S3'} ({code or status})",
                 hint="check the access key and secret of this tier (configs/tierflow.user.toml or the AWS_* variables)",
-            )
-        if code == "NoSuchBucket":
-            return TierError(
-                f"{action} {self.uri(key)}: bucket {self.bucket!r} does not exist at {self.endpoint_url or 'S3'}",
-                hint="create the bucket, or fix the tier's root",
             )
         return TierError(f"{action} {self.uri(key)} failed: {code or type(exc).__name__} {exc}")
 
@@ -281,7 +282,7 @@ class S3Tier(Tier):
         try:
             with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="s3-part") as pool:
                 buffer, number = first, 0
-                while buffer or number == 0:
+                while True:  # until the stream is exhausted
                     while len(buffer) < self.multipart_chunksize:
                         more = stream.read(self.multipart_chunksize - len(buffer))
                         if not more:
@@ -433,6 +434,9 @@ class S3Tier(Tier):
         client_options: dict[str, Any] = {"allow_http": True}
         if self.verify is False:
             client_options["allow_invalid_certificates"] = True
+        elif isinstance(self.verify, str):
+            # obstore has its own TLS stack: it takes the CA bundle as PEM text
+            client_options["root_certificate"] = Path(self.verify).read_text()
         config: dict[str, Any] = {"region": self.region, "virtual_hosted_style_request": False}
         if self.endpoint_url:
             config["endpoint"] = self.endpoint_url
