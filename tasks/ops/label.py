@@ -1,0 +1,172 @@
+"""Connected components of a volume larger than memory, block by block, merged exactly.
+
+Three stages, each bounded in memory:
+
+1. **local** — label each block on its own (:func:`label_block`) and keep only its object count
+   and its six boundary faces (:func:`block_faces`): the merge state, kept on scratch.
+2. **merge** — give each block a range of provisional global ids, find which ids touch across
+   block faces, edges and corners for the chosen connectivity (:func:`face_equivalences`), and
+   compute one lookup table provisional id -> final id (:func:`merge_equivalences`).
+3. **relabel** — label each block again (labelling is deterministic, cheaper than storing local
+   labels) and map it through the lookup table.
+
+The result is the same partition as ``scipy.ndimage.label`` on the whole volume with the same
+connectivity (6, 18 or 26 in 3-D; 4 or 8 in 2-D); final ids are consecutive from 1 in the order of
+the blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import product
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "CONNECTIVITIES",
+    "block_faces",
+    "face_equivalences",
+    "label_block",
+    "merge_equivalences",
+    "rank_of",
+]
+
+CONNECTIVITIES = {3: {6: 1, 18: 2, 26: 3}, 2: {4: 1, 8: 2}}
+
+
+def rank_of(connectivity: int, ndim: int) -> int:
+    """The neighbourhood rank of a connectivity: how many axes a neighbour step may change."""
+    try:
+        return CONNECTIVITIES[ndim][connectivity]
+    except KeyError:
+        allowed = sorted(CONNECTIVITIES.get(ndim, {}))
+        raise ValueError(f"connectivity {connectivity} is not one of {allowed} for {ndim}-D images") from None
+
+
+def label_block(mask: np.ndarray, *, connectivity: int) -> tuple[np.ndarray, int]:
+    """Label the non-zero voxels of one block; returns (``uint32`` labels, count)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, rank_of(connectivity, mask.ndim))
+    labels = np.empty(mask.shape, dtype=np.uint32)
+    count = ndimage.label(mask != 0, structure=structure, output=labels)
+    return labels, int(count)
+
+
+def block_faces(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The first and last plane along every axis: ``{"0-": ..., "0+": ..., "1-": ...}``."""
+    faces = {}
+    for axis in range(labels.ndim):
+        faces[f"{axis}-"] = np.take(labels, 0, axis=axis).copy()
+        faces[f"{axis}+"] = np.take(labels, labels.shape[axis] - 1, axis=axis).copy()
+    return faces
+
+
+def _boundary(faces: Mapping[str, np.ndarray], sides: Mapping[int, int], ndim: int) -> np.ndarray:
+    """The voxels of a block on the boundary given by ``sides`` (axis -> -1 first / +1 last),
+    as an array over the remaining axes (taken from the stored faces)."""
+    axes = sorted(sides)
+    first = axes[0]
+    part = faces[f"{first}{'+' if sides[first] > 0 else '-'}"]
+    remaining = [a for a in range(ndim) if a != first]
+    for axis in axes[1:]:
+        position = remaining.index(axis)
+        index = part.shape[position] - 1 if sides[axis] > 0 else 0
+        part = np.take(part, index, axis=position)
+        remaining.pop(position)
+    return part
+
+
+def _pairs_with_shift(a: np.ndarray, b: np.ndarray, shift: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Label pairs (a[u], b[u + shift]) over all positions where both exist and are non-zero."""
+    src, dst = [], []
+    for size, s in zip(a.shape, shift, strict=True):
+        src.append(slice(max(0, -s), size - max(0, s)))
+        dst.append(slice(max(0, s), size - max(0, -s)))
+    left, right = a[tuple(src)].ravel(), b[tuple(dst)].ravel()
+    keep = (left != 0) & (right != 0)
+    return left[keep], right[keep]
+
+
+def face_equivalences(
+    grid_shape: Sequence[int],
+    faces: Mapping[tuple[int, ...], Mapping[str, np.ndarray]],
+    offsets: Mapping[tuple[int, ...], int],
+    *,
+    connectivity: int,
+) -> np.ndarray:
+    """Pairs of provisional global ids that touch across block boundaries.
+
+    Parameters
+    ----------
+    grid_shape
+        Blocks per axis.
+    faces
+        Block index -> its :func:`block_faces`.
+    offsets
+        Block index -> the provisional id of its label 0 (its label ``k`` is ``offset + k``).
+    connectivity
+        6, 18 or 26 (3-D); 4 or 8 (2-D).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 2)`` int64 pairs (duplicates possible).
+    """
+    ndim = len(grid_shape)
+    rank = rank_of(connectivity, ndim)
+    block_steps = [d for d in product((-1, 0, 1), repeat=ndim) if any(d) and next(x for x in d if x) > 0]
+    found: list[np.ndarray] = []
+    for index in product(*(range(n) for n in grid_shape)):
+        for step in block_steps:
+            crossing = [axis for axis in range(ndim) if step[axis]]
+            if len(crossing) > rank:
+                continue
+            other = tuple(i + s for i, s in zip(index, step, strict=True))
+            if any(not 0 <= o < n for o, n in zip(other, grid_shape, strict=True)):
+                continue
+            mine = _boundary(faces[index], {a: step[a] for a in crossing}, ndim)
+            theirs = _boundary(faces[other], {a: -step[a] for a in crossing}, ndim)
+            free = rank - len(crossing)  # how many in-boundary axes a neighbour step may also change
+            for shift in product((-1, 0, 1), repeat=mine.ndim):
+                if sum(1 for s in shift if s) > free:
+                    continue
+                left, right = _pairs_with_shift(mine, theirs, shift)
+                if left.size:
+                    found.append(np.stack([left.astype(np.int64) + offsets[index], right.astype(np.int64) + offsets[other]], axis=1))
+    return np.unique(np.concatenate(found), axis=0) if found else np.empty((0, 2), dtype=np.int64)
+
+
+def merge_equivalences(total: int, pairs: np.ndarray) -> np.ndarray:
+    """Lookup table ``provisional id -> final id`` (0 stays 0; finals consecutive from 1).
+
+    Parameters
+    ----------
+    total
+        Number of provisional ids (labels of all blocks together).
+    pairs
+        Equivalent provisional ids, ``(n, 2)``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    size = total + 1
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    # renumber components by first appearance so final ids follow provisional order; 0 -> 0
+    first_seen = np.full(component.max() + 1, -1, dtype=np.int64)
+    order = np.arange(size - 1, -1, -1)
+    first_seen[component[order]] = order
+    ranking = np.argsort(first_seen, kind="stable")
+    final = np.empty_like(ranking)
+    final[ranking] = np.arange(ranking.size)
+    lut = final[component]
+    return (lut - lut[0]).astype(np.uint64 if total >= 2**32 - 1 else np.uint32)
+
+
+def provisional_offsets(counts: Mapping[tuple[int, ...], int], order: Iterable[tuple[int, ...]]) -> tuple[dict[tuple[int, ...], int], int]:
+    """Give each block a contiguous range of provisional ids, in ``order``; returns (offsets, total)."""
+    offsets, total = {}, 0
+    for index in order:
+        offsets[index] = total
+        total += counts[index]
+    return offsets, total
