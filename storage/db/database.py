@@ -73,6 +73,10 @@ class Database:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
+    def __getstate__(self) -> dict[str, object]:
+        # engines and pools do not pickle: a worker process opens its own
+        return {"url": self.url, "connect_timeout": self.connect_timeout, "_engine": None, "_sessions": None}
+
     @property
     def masked_url(self) -> str:
         """The URL with the password replaced by ``***``."""

@@ -1,0 +1,81 @@
+"""Orchestration of block-wise connected components: local -> merge -> relabel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.arrays import ArrayLocation
+from storage.db.database import Database
+from storage.db.repo.ledger import done_blocks
+from storage.errors import TierflowError
+from storage.geometry import BlockGrid
+from tasks.blockwise import BatchFailed, FaultHook, SourceRef, plan_batches
+from tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
+from tasks.ops.label import CONNECTIVITIES
+
+__all__ = ["LABEL_VERSION", "run_label"]
+
+
+def _gather(runner: ThreadPoolTaskRunner, task: Any, job: LabelJob, batches: list[list[str]]) -> tuple[int, list[str], str]:
+    futures = [runner.submit(task, parameters={"job": job, "block_ids": batch}) for batch in batches]
+    done, failed, first = 0, [], ""
+    for future in futures:
+        try:
+            done += future.result()["done"]
+        except BatchFailed as exc:
+            failed.extend(exc.block_ids)
+            first = first or exc.message
+    return done, failed, first
+
+
+def run_label(
+    *,
+    db: Database,
+    run_id: int,
+    op_key: str,
+    source: SourceRef,
+    target: ArrayLocation,
+    shape: tuple[int, ...],
+    block_shape: tuple[int, ...],
+    params: dict[str, Any],
+    workers: int,
+    max_batches: int,
+    fault: FaultHook | None = None,
+) -> dict[str, Any]:
+    """Run the three label stages, skipping whatever the ledger says is done.
+
+    Raises
+    ------
+    BlockFailuresError
+        (from :mod:`flows.op`) listing the failed blocks of the first stage that failed.
+    """
+    from flows.op import BlockFailuresError
+
+    ndim = len(shape)
+    unknown = sorted(set(params) - {"connectivity"})
+    if unknown:
+        raise TierflowError(f"label has no parameter(s) {unknown}; it takes connectivity")
+    connectivity = int(params.get("connectivity", 26 if ndim == 3 else 8))
+    if connectivity not in CONNECTIVITIES.get(ndim, {}):
+        raise TierflowError(f"label: connectivity {connectivity} is not one of {sorted(CONNECTIVITIES.get(ndim, {}))} for {ndim}-D input")
+    job = LabelJob(op_key, run_id, source, target, tuple(shape), tuple(block_shape), connectivity, db, fault)
+    grid = BlockGrid(shape, block_shape)
+    all_ids = [b.block_id for b in grid]
+    summary: dict[str, Any] = {"blocks": len(grid), "connectivity": connectivity}
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        for stage, task in (("local", label_local), ("merge", label_merge), ("relabel", label_relabel)):
+            with db.session() as session:
+                done = done_blocks(session, job.stage_key(stage), target.uri)
+            if stage == "merge":
+                summary.update(runner.submit(label_merge, parameters={"job": job}).result())
+                continue
+            remaining = [b for b in all_ids if b not in done]
+            batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)
+            computed, failed, first = _gather(runner, task, job, batches)
+            summary[f"{stage}_computed"] = computed
+            if failed:
+                raise BlockFailuresError(f"label:{stage}", run_id, failed, first)
+    summary["computed"] = summary.get("relabel_computed", 0)
+    return summary

@@ -1,0 +1,216 @@
+"""The ``op`` flow: run one block-wise operation on any zarr or TIFF input, local or on S3.
+
+``op_key`` = sha256 of (op name, op version, resolved parameters, content id of the input): the
+ledger remembers which blocks of which op_key are done in which output, so
+
+* a re-run with the same inputs finds every block done in **one** query and submits nothing;
+* a change of any parameter or of the input's content gives a new key and recomputes;
+* a failed run ends with :class:`BlockFailuresError` listing the failed blocks, and
+  ``tierflow resume RUN`` runs the same op again, which recomputes only those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from configs import TierflowConfig, load_config, load_db_config
+from flows.database import open_database
+from flows.runs import recorded_run
+from flows.tiers import open_tier, open_tiers
+from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
+from storage.db.database import Database
+from storage.db.repo.ledger import done_blocks
+from storage.errors import TierflowError
+from storage.geometry import BlockGrid
+from storage.tiers import PosixTier, Tier, parse_s3_uri
+from storage.volumes import fingerprint_path
+from tasks.blockwise import BatchFailed, FaultHook, MapJob, open_source, plan_batches, run_map_batch
+from flows.label import LABEL_VERSION, run_label
+from tasks.ops.catalog import get_map_op
+from tasks.ops.filters import histogram_counts, otsu_from_histogram
+
+__all__ = ["BlockFailuresError", "op_key", "resolve_location", "run_op"]
+
+MULTI_STAGE = {"label": LABEL_VERSION}
+
+
+class BlockFailuresError(TierflowError):
+    """A run ended with failed blocks; ``block_ids`` lists them all."""
+
+    def __init__(self, op: str, run_id: int, block_ids: list[str], first_error: str) -> None:
+        self.block_ids = sorted(block_ids)
+        self.run_id = run_id
+        super().__init__(
+            f"{op}: {len(self.block_ids)} block(s) failed in run {run_id}: {', '.join(self.block_ids)} ({first_error})",
+            hint=f"fix the cause, then `tierflow resume {run_id}` recomputes only these blocks",
+        )
+
+
+def _tier_for_s3(config: TierflowConfig, uri: str) -> Tier:
+    bucket, _ = parse_s3_uri(uri)
+    for name in ("source", "output", "scratch"):
+        settings = getattr(config.tiers, name)
+        if settings.backend == "s3" and parse_s3_uri(config.tier_root(name))[0] == bucket:
+            return open_tier(name, settings.model_copy(update={"root": f"s3://{bucket}"}), f"s3://{bucket}")
+    source = config.tiers.source
+    if source.backend != "s3":
+        raise TierflowError(f"{uri}: no configured tier is on S3, so tierflow does not know its endpoint",
+                            hint="configure an S3 tier (endpoint_url, credentials) in configs/tierflow.user.toml")
+    return open_tier("scratch", source.model_copy(update={"root": f"s3://{bucket}"}), f"s3://{bucket}")
+
+
+def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
+    """A zarr array location for a local path or an ``s3://bucket/key`` URI."""
+    if where.startswith("s3://"):
+        tier = _tier_for_s3(config, where)
+        return ArrayLocation(tier, parse_s3_uri(where)[1])
+    path = Path(where).expanduser().resolve()
+    return ArrayLocation(PosixTier("scratch", path.parent), path.name)
+
+
+def _content_id(source: str | ArrayLocation) -> str:
+    if isinstance(source, ArrayLocation):
+        digest = hashlib.sha256()
+        for info in sorted(source.tier.list(source.key), key=lambda i: i.key):
+            digest.update(f"{info.key}\0{info.size}\0{info.mtime}\n".encode())
+        return digest.hexdigest()
+    return fingerprint_path(source)
+
+
+def op_key(op: str, version: str, params: dict[str, Any], content_id: str) -> str:
+    """The cache key of an operation on an input."""
+    text = json.dumps({"op": op, "version": version, "params": params, "input": content_id}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@task(name="map-blocks", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+def map_blocks(job: MapJob, block_ids: list[str]) -> dict[str, Any]:
+    """Compute one batch of blocks (see :mod:`tasks.blockwise`)."""
+    return run_map_batch(job, block_ids)
+
+
+@task(name="histogram-blocks", retries=2, retry_delay_seconds=1, cache_policy=NONE)
+def histogram_blocks(source: str | ArrayLocation, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str]) -> list[int]:
+    """Summed value counts of a batch of blocks (for Otsu on integer images)."""
+    grid, volume, total = BlockGrid(shape, block_shape), open_source(source), None
+    for block_id in block_ids:
+        counts = histogram_counts(volume.read(grid.block(block_id).write_roi))
+        total = counts if total is None else total + counts
+    return total.tolist() if total is not None else []
+
+
+def _otsu(source: str | ArrayLocation, volume: Any, block_shape: tuple[int, ...], workers: int) -> float:
+    grid = BlockGrid(volume.shape, block_shape)
+    batches = plan_batches(grid, [b.block_id for b in grid], max_batches=64, min_batches=workers)
+    futures = histogram_blocks.map(source, volume.shape, block_shape, batches)
+    import numpy as np
+
+    counts = sum(np.asarray(f.result(), dtype=np.int64) for f in futures)
+    return otsu_from_histogram(counts, dtype=volume.dtype)
+
+
+@flow(name="op")
+def run_op(
+    op: str,
+    input: str,
+    output: str,
+    params: dict[str, Any] | None = None,
+    block_shape: tuple[int, ...] | None = None,
+    workers: int | None = None,
+    config_dir: str | None = None,
+    fault: FaultHook | None = None,
+) -> dict[str, Any]:
+    """Run ``op`` block-wise from ``input`` to ``output``.
+
+    Parameters
+    ----------
+    op
+        ``gaussian``, ``threshold`` or ``label`` (see ``tierflow op --help``).
+    input
+        A zarr array, TIFF stack or folder of TIFF slices (local), or an ``s3://`` zarr URI.
+    output
+        Where the zarr result goes (local path or ``s3://`` URI); chunks = block shape.
+    params
+        Operation parameters (``sigma=2``, ``value=otsu``, ``connectivity=26``...).
+    block_shape
+        Block shape; default ``[execution].block_shape`` (clipped to the volume's axes).
+    workers
+        Parallel batches; default ``[execution].max_workers`` (0 = one per core).
+    config_dir
+        A configs folder; default found upward.
+    fault
+        Test-only fault injection: called with each block id before it is written.
+
+    Returns
+    -------
+    dict
+        ``run_id``, ``op_key``, ``output`` (URI), block counts and timings.
+
+    Raises
+    ------
+    BlockFailuresError
+        Listing every failed block, after all other blocks are done and recorded.
+    """
+    logger = get_run_logger()
+    config = load_config(config_dir)
+    db: Database = open_database(load_db_config(config_dir), migrate=True)
+    source: str | ArrayLocation = resolve_location(config, input) if input.startswith("s3://") else str(Path(input).expanduser().resolve())
+    target = resolve_location(config, output)
+    volume = open_source(source)
+    ndim = len(volume.shape)
+    shape_blocks = tuple(block_shape or config.execution.block_shape)[-ndim:]
+    workers = workers or config.execution.max_workers or os.cpu_count() or 1
+    version = MULTI_STAGE.get(op) or get_map_op(op).version
+    parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks), "workers": workers}
+    with recorded_run(db, "op", parameters) as run_id:
+        if op in MULTI_STAGE:
+            key = op_key(op, version, dict(params or {}), _content_id(source))
+            summary = run_label(
+                db=db, run_id=run_id, op_key=key, source=source, target=target, shape=volume.shape,
+                block_shape=shape_blocks, params=dict(params or {}), workers=workers,
+                max_batches=config.execution.max_task_runs // 3, fault=fault,
+            )
+            logger.info("label: %s", summary)
+            return {"run_id": run_id, "op_key": key, "output": target.uri, **summary}
+        spec = get_map_op(op)
+        resolved = spec.resolve(params or {})
+        if op == "threshold" and str(resolved["value"]).lower() == "otsu":
+            resolved["value"] = _otsu(source, volume, shape_blocks, workers)
+            logger.info("Otsu threshold from a block-wise histogram: %s", resolved["value"])
+        key = op_key(op, spec.version, resolved, _content_id(source))
+        halo = spec.halo(resolved, ndim)
+        out_dtype = spec.out_dtype(resolved, volume.dtype)
+        check_chunks_align(shape_blocks, shape_blocks, target.uri)
+        create_output_array(target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks,
+                            attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}})
+        grid = BlockGrid(volume.shape, shape_blocks, halo)
+        with db.session() as session:
+            already = done_blocks(session, key, target.uri)
+        remaining = [b.block_id for b in grid if b.block_id not in already]
+        logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
+        job = MapJob(op, resolved, key, run_id, source, target, tuple(volume.shape), shape_blocks, halo, db, fault=fault)
+        batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
+        runner = ThreadPoolTaskRunner(max_workers=workers)
+        failed: list[str] = []
+        first_error = ""
+        computed = 0
+        with runner:
+            futures = [runner.submit(map_blocks, parameters={"job": job, "block_ids": batch}) for batch in batches]
+            for future in futures:
+                try:
+                    computed += future.result()["done"]
+                except BatchFailed as exc:
+                    failed.extend(exc.block_ids)
+                    first_error = first_error or exc.message
+        if failed:
+            raise BlockFailuresError(op, run_id, failed, first_error)
+        return {"run_id": run_id, "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
+                "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved}

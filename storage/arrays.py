@@ -1,0 +1,105 @@
+"""Output arrays of block-wise operations: where they live and how they are created.
+
+An output is created with chunks that divide the block shape, so every block writes whole
+chunks and no two blocks ever write the same chunk. Scratch arrays use Blosc-LZ4 (on 2 cores the
+codec, not the disk, limits I/O: zstd wrote ~100 MiB/s here, lz4 ~200 MiB/s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storage.errors import TierflowError
+from storage.tiers.base import Tier
+
+__all__ = ["ArrayLocation", "check_chunks_align", "create_output_array"]
+
+
+@dataclass(frozen=True)
+class ArrayLocation:
+    """A zarr array at ``key`` on ``tier``."""
+
+    tier: Tier
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return self.tier.uri(self.key)
+
+    def exists(self) -> bool:
+        return self.tier.exists(f"{self.key}/zarr.json")
+
+    def open(self, *, read_only: bool = True) -> Any:
+        import zarr
+
+        return zarr.open_array(store=self.tier.zarr_store(self.key, read_only=read_only), mode="r" if read_only else "r+")
+
+
+def _compressors(codec: str) -> Any:
+    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+    if codec == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)]
+    if codec == "zstd":
+        return [ZstdCodec(level=3)]
+    if codec == "none":
+        return None
+    raise TierflowError(f"compression {codec!r} is not one of lz4, zstd, none")
+
+
+def check_chunks_align(block_shape: Sequence[int], chunks: Sequence[int], uri: str) -> None:
+    """Refuse a block shape that is not a multiple of the output's chunks (two blocks would
+    then write the same chunk)."""
+    if any(b % c for b, c in zip(block_shape, chunks, strict=True)):
+        raise TierflowError(
+            f"block shape {tuple(block_shape)} is not a multiple of the chunks {tuple(chunks)} of {uri}",
+            hint="choose a block shape that is a multiple of the output's chunk shape",
+        )
+
+
+def create_output_array(
+    location: ArrayLocation,
+    *,
+    shape: Sequence[int],
+    dtype: np.dtype | str,
+    chunks: Sequence[int],
+    compression: str = "lz4",
+    attributes: Mapping[str, Any] | None = None,
+    fill_value: Any = 0,
+) -> Any:
+    """Create the output array, or reuse an existing one of the same shape, dtype and chunks
+    (a resumed or repeated run writes into it).
+
+    Raises
+    ------
+    TierflowError
+        If an array of another shape, dtype or chunking is already there.
+    """
+    import zarr
+
+    if location.exists():
+        array = location.open(read_only=False)
+        if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype) or tuple(array.chunks) != tuple(chunks):
+            raise TierflowError(
+                f"{location.uri} exists as {array.shape} {array.dtype} chunks {array.chunks}, "
+                f"not {tuple(shape)} {np.dtype(dtype)} chunks {tuple(chunks)}",
+                hint="choose another output, or delete the old array first",
+            )
+        if attributes:
+            array.attrs.update(dict(attributes))
+        return array
+    array = zarr.create_array(
+        store=location.tier.zarr_store(location.key),
+        shape=tuple(shape),
+        chunks=tuple(chunks),
+        dtype=np.dtype(dtype),
+        compressors=_compressors(compression),
+        fill_value=fill_value,
+        dimension_names=("z", "y", "x")[-len(shape):] if len(shape) <= 3 else None,
+        attributes=dict(attributes or {}),
+    )
+    return array

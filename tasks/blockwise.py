@@ -1,0 +1,178 @@
+"""Block-wise execution of a map operation: a task takes a *batch* of blocks.
+
+A batch is a contiguous group of blocks. Its task
+
+1. takes a PostgreSQL advisory lock per block (so two runs never compute the same block),
+2. asks the ledger which of its blocks are done already (one query) and skips them,
+3. reads the union of the remaining blocks' read ROIs **once** (each chunk decoded once per
+   batch, instead of once per block that needs it as halo),
+4. runs the kernel on that region and writes each block's inner part (whole chunks),
+5. records every block in the ledger (done or failed, attempt, host, SLURM job id, seconds,
+   bytes) in one insert, and raises listing the failed blocks, so Prefect retries only those.
+
+Task arguments are paths, block ids and content ids, never arrays (Prefect hashes arguments;
+a zarr array hashes by reference).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from storage.arrays import ArrayLocation
+from storage.db.database import Database
+from storage.db.locks import advisory_locks
+from storage.db.repo.ledger import done_blocks, record_blocks
+from storage.errors import TierflowError
+from storage.geometry import Block, BlockGrid, Roi
+from storage.volumes import Volume, ZarrVolume, open_volume
+from tasks.ops.catalog import get_map_op
+
+__all__ = ["BatchFailed", "MapJob", "open_source", "plan_batches", "run_map_batch"]
+
+SourceRef = str | ArrayLocation
+FaultHook = Callable[[str], None]
+
+
+class BatchFailed(TierflowError):
+    """Some blocks of a batch failed; ``block_ids`` names them."""
+
+    def __init__(self, op: str, block_ids: Sequence[str], first_error: str) -> None:
+        self.block_ids = list(block_ids)
+        super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
+
+
+def open_source(ref: SourceRef) -> Volume:
+    """Open an input: a local path (any registered loader) or a zarr array on a tier."""
+    if isinstance(ref, ArrayLocation):
+        return ZarrVolume(ref.open(read_only=True), ref.uri)
+    return open_volume(ref)
+
+
+@dataclass(frozen=True)
+class MapJob:
+    """Everything a batch task needs (no arrays: locations, ids and parameters)."""
+
+    op: str
+    params: dict[str, Any]
+    op_key: str
+    run_id: int
+    source: SourceRef
+    target: ArrayLocation
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    halo: tuple[int, ...]
+    db: Database
+    mask: SourceRef | None = None
+    fault: FaultHook | None = field(default=None, compare=False)
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.shape, self.block_shape, self.halo)
+
+    def lock_name(self, block_id: str) -> str:
+        return f"{self.op_key}|{self.target.uri}|{block_id}"
+
+
+def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1, target_voxels: int = 16 * 2**20) -> list[list[str]]:
+    """Group blocks into contiguous batches: few enough task runs, large enough to amortise the
+    per-task overhead, and at least ``min_batches`` (to keep every worker busy)."""
+    wanted = set(block_ids)
+    if not wanted:
+        return []
+    block_voxels = int(np.prod(grid.block_shape))
+    per_batch = max(1, min(target_voxels // block_voxels, -(-len(wanted) // max(1, min_batches))))
+    per_batch = max(per_batch, -(-len(wanted) // max_batches))
+    # grow a super-block along the last axes first (they are contiguous in memory and on disk)
+    factors = [1] * len(grid.grid_shape)
+    for axis in reversed(range(len(factors))):
+        while factors[axis] < grid.grid_shape[axis] and int(np.prod(factors)) * 2 <= per_batch:
+            factors[axis] *= 2
+    batches: dict[tuple[int, ...], list[str]] = {}
+    for block in grid:
+        if block.block_id in wanted:
+            key = tuple(i // f for i, f in zip(block.index, factors, strict=True))
+            batches.setdefault(key, []).append(block.block_id)
+    return [batches[key] for key in sorted(batches)]
+
+
+def _attempt() -> int:
+    try:
+        from prefect.runtime import task_run
+
+        return int(task_run.run_count or 1)
+    except Exception:  # noqa: BLE001 - outside Prefect
+        return 1
+
+
+def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
+    """Process one batch (see the module docstring). Returns counts and timings.
+
+    Raises
+    ------
+    BatchFailed
+        If any block failed; the others are written and recorded as done.
+    """
+    op = get_map_op(job.op)
+    grid = job.grid
+    attempt = _attempt()
+    host = socket.gethostname()
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    started = time.perf_counter()
+    with advisory_locks(job.db, [job.lock_name(b) for b in block_ids]):
+        with job.db.session() as session:
+            done = done_blocks(session, job.op_key, job.target.uri)
+        todo: list[Block] = [grid.block(b) for b in block_ids if b not in done]
+        if not todo:
+            return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
+        region = todo[0].read_roi
+        for block in todo[1:]:
+            region = region.union(block.read_roi)
+        read_started = time.perf_counter()
+        data = open_source(job.source).read(region)
+        if job.mask is not None:
+            mask = open_source(job.mask).read(region)
+        compute_started = time.perf_counter()
+        result = op.kernel(data, job.params)
+        if job.mask is not None:
+            result = np.where(mask != 0, result, np.zeros((), dtype=result.dtype))
+        compute_seconds = time.perf_counter() - compute_started
+        read_seconds = compute_started - read_started
+        target = job.target.open(read_only=False)
+        rows, failed, first_error = [], [], ""
+        share = (read_seconds + compute_seconds) / len(todo)
+        for block in todo:
+            block_started = time.perf_counter()
+            row: dict[str, Any] = {
+                "run_id": job.run_id, "op": job.op, "op_key": job.op_key, "array_uri": job.target.uri,
+                "block_id": block.block_id, "attempt": attempt, "host": host, "slurm_job_id": slurm_job,
+                "started_at": datetime.now(UTC),
+            }
+            try:
+                if job.fault is not None:
+                    job.fault(block.block_id)
+                values = result[block.write_roi.relative_to(region)]
+                target[block.write_roi.slices] = values
+                row.update(status="done", bytes=int(values.nbytes))
+            except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
+                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                failed.append(block.block_id)
+                first_error = first_error or row["error"]
+            row.update(seconds=share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
+            rows.append(row)
+        with job.db.session() as session:
+            record_blocks(session, rows)
+    if failed:
+        raise BatchFailed(job.op, failed, first_error)
+    return {
+        "done": len(todo), "skipped": len(block_ids) - len(todo), "failed": 0,
+        "seconds": time.perf_counter() - started, "read_seconds": read_seconds, "compute_seconds": compute_seconds,
+        "bytes": sum(r.get("bytes") or 0 for r in rows),
+    }

@@ -1,0 +1,189 @@
+"""Stages of block-wise connected components as retryable units (see :mod:`tasks.ops.label`).
+
+The merge state (each block's object count and boundary faces, then the lookup table) is kept on
+the output's tier next to the output, so a failure in the relabel stage resumes from the stored
+merge instead of labelling every block again. Each stage records its blocks in the ledger under
+its own key (``<op_key>:local``, ``:merge``, ``:relabel``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from storage.arrays import ArrayLocation, create_output_array
+from storage.db.database import Database
+from storage.db.locks import advisory_locks
+from storage.db.repo.ledger import done_blocks, record_blocks
+from storage.geometry import BlockGrid
+from tasks.blockwise import BatchFailed, FaultHook, SourceRef, _attempt, open_source
+from tasks.ops.label import (
+    block_faces,
+    face_equivalences,
+    label_block,
+    merge_equivalences,
+    provisional_offsets,
+)
+
+__all__ = ["LABEL_VERSION", "LabelJob", "label_local", "label_merge", "label_relabel"]
+
+LABEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """What every label stage needs (locations and ids, never arrays)."""
+
+    op_key: str
+    run_id: int
+    source: SourceRef
+    target: ArrayLocation
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    connectivity: int
+    db: Database
+    fault: FaultHook | None = field(default=None, compare=False)
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.shape, self.block_shape)
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.target.key}.tierflow-label/{self.op_key}"
+
+    def stage_key(self, stage: str) -> str:
+        return f"{self.op_key}:{stage}"
+
+
+def _row(job: LabelJob, stage: str, block_id: str, status: str, seconds: float, size: int = 0, error: str | None = None) -> dict[str, Any]:
+    return {
+        "run_id": job.run_id, "op": f"label:{stage}", "op_key": job.stage_key(stage), "array_uri": job.target.uri,
+        "block_id": block_id, "status": status, "attempt": _attempt(), "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "seconds": seconds, "bytes": size, "error": error,
+        "finished_at": datetime.now(UTC),
+    }
+
+
+def _run_stage(job: LabelJob, stage: str, block_ids: Sequence[str], work: Any) -> dict[str, Any]:
+    """Lock, skip done blocks, run ``work(block)`` per block, record, raise listing failures."""
+    names = [f"{job.stage_key(stage)}|{job.target.uri}|{b}" for b in block_ids]
+    with advisory_locks(job.db, names):
+        with job.db.session() as session:
+            done = done_blocks(session, job.stage_key(stage), job.target.uri)
+        rows, failed, first = [], [], ""
+        for block_id in block_ids:
+            if block_id in done:
+                continue
+            started = time.perf_counter()
+            try:
+                if job.fault is not None:
+                    job.fault(f"{stage}:{block_id}")
+                size = work(job.grid.block(block_id))
+                rows.append(_row(job, stage, block_id, "done", time.perf_counter() - started, size))
+            except Exception as exc:  # noqa: BLE001 - recorded per block
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                rows.append(_row(job, stage, block_id, "failed", time.perf_counter() - started, error=error))
+                failed.append(block_id)
+                first = first or error
+        with job.db.session() as session:
+            record_blocks(session, rows)
+    if failed:
+        raise BatchFailed(f"label:{stage}", failed, first)
+    return {"done": len(rows), "skipped": len(block_ids) - len(rows) - len(failed)}
+
+
+@task(name="label-local", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+def label_local(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
+    """Label each block alone; store its count and faces (the merge state)."""
+    volume = open_source(job.source)
+    tier = job.target.tier
+
+    def work(block: Any) -> int:
+        labels, count = label_block(volume.read(block.write_roi), connectivity=job.connectivity)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, count=np.array(count), **block_faces(labels))
+        tier.put_bytes(f"{job.state_key}/faces/{block.block_id}.npz", buffer.getvalue())
+        return int(labels.nbytes)
+
+    return _run_stage(job, "local", block_ids, work)
+
+
+@task(name="label-merge", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+def label_merge(job: LabelJob) -> dict[str, Any]:
+    """Union the ids that touch across block boundaries; store the lookup table."""
+    tier, grid = job.target.tier, job.grid
+    result: dict[str, Any] = {}
+
+    def work(_: Any) -> int:
+        faces, counts = {}, {}
+        for block in grid:
+            with np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/faces/{block.block_id}.npz"))) as stored:
+                counts[block.index] = int(stored["count"])
+                faces[block.index] = {name: stored[name] for name in stored.files if name != "count"}
+        offsets, total = provisional_offsets(counts, [b.index for b in grid])
+        pairs = face_equivalences(grid.grid_shape, faces, offsets, connectivity=job.connectivity)
+        lut = merge_equivalences(total, pairs)
+        buffer = io.BytesIO()
+        np.save(buffer, lut)
+        tier.put_bytes(f"{job.state_key}/lut.npy", buffer.getvalue())
+        tier.put_bytes(f"{job.state_key}/offsets.json", json.dumps({".".join(map(str, k)): v for k, v in offsets.items()}).encode())
+        result.update(provisional=total, objects=int(lut.max()) if lut.size else 0, merges=len(pairs))
+        return int(lut.nbytes)
+
+    whole = type("Whole", (), {"block_id": "all"})
+    _run_stage_single(job, "merge", work, whole)
+    if not result:  # merged by an earlier run: read the stored table for the summary
+        lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
+        result.update(objects=int(lut.max()) if lut.size else 0)
+    return result
+
+
+def _run_stage_single(job: LabelJob, stage: str, work: Any, unit: Any) -> None:
+    names = [f"{job.stage_key(stage)}|{job.target.uri}|all"]
+    with advisory_locks(job.db, names):
+        with job.db.session() as session:
+            if "all" in done_blocks(session, job.stage_key(stage), job.target.uri):
+                return
+        started = time.perf_counter()
+        try:
+            if job.fault is not None:
+                job.fault(f"{stage}:all")
+            size = work(unit)
+        except Exception as exc:
+            with job.db.session() as session:
+                record_blocks(session, [_row(job, stage, "all", "failed", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])])
+            raise
+        with job.db.session() as session:
+            record_blocks(session, [_row(job, stage, "all", "done", time.perf_counter() - started, size)])
+
+
+@task(name="label-relabel", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+def label_relabel(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
+    """Label each block again and map it through the lookup table into the output."""
+    tier = job.target.tier
+    lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
+    offsets = json.loads(tier.get_bytes(f"{job.state_key}/offsets.json"))
+    volume = open_source(job.source)
+    output = create_output_array(job.target, shape=job.shape, dtype=lut.dtype, chunks=job.block_shape)
+
+    def work(block: Any) -> int:
+        labels, _ = label_block(volume.read(block.write_roi), connectivity=job.connectivity)
+        provisional = labels.astype(np.int64)
+        provisional[labels > 0] += offsets[block.block_id]
+        values = lut[provisional]
+        output[block.write_roi.slices] = values
+        return int(values.nbytes)
+
+    return _run_stage(job, "relabel", block_ids, work)

@@ -1,0 +1,127 @@
+"""The catalogue of voxel-map operations: kernel, halo, output dtype and parameters of each.
+
+A map operation computes every output voxel from a neighbourhood of input voxels, so it runs
+block-wise by reading each block with a halo and keeping the inner part. Multi-stage operations
+(connected components, pyramids, features) have their own modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.ops.filters import gaussian, gaussian_radius, threshold
+
+__all__ = ["MAP_OPS", "MapOp", "ParamSpec", "get_map_op"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its type, default (``...`` = required) and what it means."""
+
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class MapOp:
+    """A voxel-map operation."""
+
+    name: str
+    version: str
+    kernel: Callable[..., np.ndarray]
+    halo: Callable[[Mapping[str, Any], int], tuple[int, ...]]
+    out_dtype: Callable[[Mapping[str, Any], np.dtype], np.dtype]
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and complete parameters (strings from the CLI are converted).
+
+        Raises
+        ------
+        ValueError
+            Naming the operation and the parameter at fault.
+        """
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise ValueError(f"{self.name} has no parameter(s) {unknown}; it takes {sorted(self.params)}")
+        resolved: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            if name not in given:
+                if spec.default is ...:
+                    raise ValueError(f"{self.name} needs the parameter {name!r} ({spec.help})")
+                resolved[name] = spec.default
+                continue
+            value = given[name]
+            if spec.kind is bool and isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(f"{self.name}: parameter {name}={value!r} is not true/false")
+                value = value.lower() in ("1", "true", "yes", "on")
+            try:
+                resolved[name] = spec.kind(value) if not isinstance(value, spec.kind) else value
+            except (TypeError, ValueError):
+                raise ValueError(f"{self.name}: parameter {name}={value!r} is not a {spec.kind.__name__}") from None
+            if spec.choices and resolved[name] not in spec.choices:
+                raise ValueError(f"{self.name}: parameter {name}={value!r} is not one of {spec.choices}")
+        return resolved
+
+
+def _gaussian(block: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    out = p["out_dtype"] or None
+    return gaussian(block, sigma=p["sigma"], truncate=p["truncate"], mode=p["mode"], backend=p["backend"], out_dtype=out)
+
+
+def _gaussian_halo(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
+    return gaussian_radius(p["sigma"], ndim, truncate=p["truncate"])
+
+
+def _threshold(block: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    return threshold(block, value=float(p["value"]), above=p["above"])
+
+
+MAP_OPS: dict[str, MapOp] = {
+    "gaussian": MapOp(
+        "gaussian",
+        "1",
+        _gaussian,
+        _gaussian_halo,
+        lambda p, dtype: np.dtype(p["out_dtype"] or dtype),
+        {
+            "sigma": ParamSpec(float, ..., "standard deviation in voxels"),
+            "truncate": ParamSpec(float, 3.0, "kernel radius in sigmas"),
+            "mode": ParamSpec(str, "mirror", "border handling", ("mirror", "reflect", "nearest", "constant", "wrap")),
+            "backend": ParamSpec(str, "bioimage-cpp", "kernel implementation", ("bioimage-cpp", "scipy")),
+            "out_dtype": ParamSpec(str, "", "output dtype (default: the input's)"),
+        },
+    ),
+    "threshold": MapOp(
+        "threshold",
+        "1",
+        _threshold,
+        lambda p, ndim: (0,) * ndim,
+        lambda p, dtype: np.dtype(np.uint8),
+        {
+            "value": ParamSpec(str, "otsu", "a number, or 'otsu' (from a histogram gathered block-wise)"),
+            "above": ParamSpec(bool, True, "foreground is above the value"),
+        },
+    ),
+}
+
+
+def get_map_op(name: str) -> MapOp:
+    """The map operation called ``name``.
+
+    Raises
+    ------
+    ValueError
+        Listing the known operations.
+    """
+    try:
+        return MAP_OPS[name]
+    except KeyError:
+        raise ValueError(f"no operation {name!r}; known: {sorted(MAP_OPS)} and label, downsample, features") from None
