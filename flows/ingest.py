@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 from configs import load_config, load_db_config
 from flows.batching import split_batches
@@ -60,7 +60,7 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None) -> dict[st
     db = open_database(load_db_config(config_dir), migrate=True)
     with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}) as run_id:
         paths = list_raw_files(raw)
-        hashed = hash_raw_files.map(str(raw), dataset, split_batches(paths, MAX_BATCHES, min_batch=8))
+        hashed = hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8))
         manifest = Manifest(dataset, tuple(entry for batch in hashed.result() for entry in batch))
         logger.info("dataset %s: %d files, %d bytes -> snapshot %s", dataset, len(manifest.files), manifest.total_bytes, manifest.snapshot_id)
 
@@ -68,7 +68,7 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None) -> dict[st
         totals = {"uploaded": 0, "present": len(manifest.files) if committed else 0, "bytes": 0}
         if committed is None:
             batches = split_batches(list(manifest.files), MAX_BATCHES, min_batch=4)
-            for counts in upload_snapshot_files.map(source, manifest, str(raw), batches).result():
+            for counts in upload_snapshot_files.map(unmapped(source), unmapped(manifest), unmapped(str(raw)), batches).result():
                 for key in totals:
                     totals[key] += counts[key]
         manifest_sha256, new = commit_manifest(source, manifest)

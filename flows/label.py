@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.arrays import ArrayLocation
+from storage.arrays import ArrayLocation, create_output_array
 from storage.db.database import Database
 from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
@@ -70,6 +70,10 @@ def run_label(
                 done = done_blocks(session, job.stage_key(stage), target.uri)
             if stage == "merge":
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
+                create_output_array(
+                    target, shape=shape, dtype=summary["dtype"], chunks=block_shape,
+                    attributes={"tierflow": {"op": "label", "version": LABEL_VERSION, "connectivity": connectivity, "op_key": op_key}},
+                )
                 continue
             remaining = [b for b in all_ids if b not in done]
             batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -110,7 +110,7 @@ def histogram_blocks(source: str | ArrayLocation, shape: tuple[int, ...], block_
 def _otsu(source: str | ArrayLocation, volume: Any, block_shape: tuple[int, ...], workers: int) -> float:
     grid = BlockGrid(volume.shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=64, min_batches=workers)
-    futures = histogram_blocks.map(source, volume.shape, block_shape, batches)
+    futures = histogram_blocks.map(unmapped(source), unmapped(tuple(volume.shape)), unmapped(block_shape), batches)
     import numpy as np
 
     counts = sum(np.asarray(f.result(), dtype=np.int64) for f in futures)

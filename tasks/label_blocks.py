@@ -22,7 +22,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.arrays import ArrayLocation, create_output_array
+from storage.arrays import ArrayLocation
 from storage.db.database import Database
 from storage.db.locks import advisory_locks
 from storage.db.repo.ledger import done_blocks, record_blocks
@@ -139,14 +139,14 @@ def label_merge(job: LabelJob) -> dict[str, Any]:
         np.save(buffer, lut)
         tier.put_bytes(f"{job.state_key}/lut.npy", buffer.getvalue())
         tier.put_bytes(f"{job.state_key}/offsets.json", json.dumps({".".join(map(str, k)): v for k, v in offsets.items()}).encode())
-        result.update(provisional=total, objects=int(lut.max()) if lut.size else 0, merges=len(pairs))
+        result.update(provisional=total, objects=int(lut.max()) if lut.size else 0, merges=len(pairs), dtype=str(lut.dtype))
         return int(lut.nbytes)
 
     whole = type("Whole", (), {"block_id": "all"})
     _run_stage_single(job, "merge", work, whole)
     if not result:  # merged by an earlier run: read the stored table for the summary
         lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
-        result.update(objects=int(lut.max()) if lut.size else 0)
+        result.update(objects=int(lut.max()) if lut.size else 0, dtype=str(lut.dtype))
     return result
 
 
@@ -176,7 +176,7 @@ def label_relabel(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
     offsets = json.loads(tier.get_bytes(f"{job.state_key}/offsets.json"))
     volume = open_source(job.source)
-    output = create_output_array(job.target, shape=job.shape, dtype=lut.dtype, chunks=job.block_shape)
+    output = job.target.open(read_only=False)  # created by the flow once the merge is known
 
     def work(block: Any) -> int:
         labels, _ = label_block(volume.read(block.write_roi), connectivity=job.connectivity)

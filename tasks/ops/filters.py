@@ -65,7 +65,9 @@ def gaussian(
     mode
         Border handling (SciPy's names). ``bioimage-cpp`` supports only ``"mirror"``.
     backend
-        ``"bioimage-cpp"`` (float32, about 2x faster than SciPy here) or ``"scipy"``.
+        ``"bioimage-cpp"`` (float32, about 2.4x faster than SciPy here; block-wise results equal
+        the whole-volume result up to float32 rounding: an integer output may differ by 1 in
+        rare voxels) or ``"scipy"`` (float32 working precision, bit-exact block-wise).
     out_dtype
         Output dtype; default the input's (see :func:`cast_output`).
 

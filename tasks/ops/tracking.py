@@ -17,11 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from laptrack import LapTrack
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 __all__ = ["kinematics", "link_tracks"]
-
-_ROW = "__tierflow_row"
-
 
 def _coordinate_columns(df: pd.DataFrame, what: str) -> list[str]:
     cols = ["centroid_z", "centroid_y", "centroid_x"]
@@ -138,31 +137,46 @@ def link_tracks(
         splitting_cutoff=cutoff if allow_splits else False,
         merging_cutoff=False,
     )
-    coord_names = [f"c{i}" for i in range(len(cols))]
-    frame = pd.DataFrame(pos, columns=coord_names)
-    frame["frame"] = t - t.min()
-    frame[_ROW] = np.arange(len(frame))
-    track_df, split_df, _ = tracker.predict_dataframe(
-        frame, coord_names, frame_col="frame", only_coordinate_cols=False
-    )
-
-    raw = np.empty(len(frame), np.int64)
-    raw[track_df[_ROW].to_numpy()] = track_df["track_id"].to_numpy()
-    # Renumber deterministically: by first time point, then by first row.
-    order = np.lexsort((np.arange(len(t)), t))
-    _, first = np.unique(raw[order], return_index=True)
-    firsts = np.sort(first)
-    renumber = dict(zip(raw[order][firsts].tolist(), range(1, firsts.size + 1)))
-    track_id = np.array([renumber[r] for r in raw.tolist()], np.int64)
-
-    parent = pd.array([pd.NA] * len(frame), dtype="Int64")
-    if not split_df.empty:
-        splits = zip(split_df["parent_track_id"], split_df["child_track_id"])
-        parent_of = {renumber[int(c)]: renumber[int(p)] for p, c in splits}
-        parent = pd.array([parent_of.get(tid, pd.NA) for tid in track_id.tolist()], dtype="Int64")
+    # One coordinate array per frame (empty where a time point has no objects); row
+    # ``rows[starts[f] + i]`` of `objects` is node (f, i) of laptrack's graph.
+    frames = t - t.min()
+    rows = np.lexsort((np.arange(t.size), frames))
+    starts = np.searchsorted(frames[rows], np.arange(frames.max() + 2))
+    coords = [pos[rows[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+    graph = tracker.predict(coords)
+    edges = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 4)
+    source = rows[starts[edges[:, 0]] + edges[:, 1]]
+    target = rows[starts[edges[:, 2]] + edges[:, 3]]
+    track_id, parent = _tracks_from_edges(t, source, target)
     out["track_id"] = track_id
     out["parent_track_id"] = parent
     return out
+
+
+def _tracks_from_edges(
+    t: np.ndarray, source: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, pd.arrays.IntegerArray]:
+    """Track ids and parent track ids per row from directed links between rows.
+
+    A row with more than one successor divides: its outgoing links are cut, so its track ends
+    there, and each successor starts a new track whose parent is the divider's track. The
+    remaining links form chains; each chain is a track. Ids count from 1 in order of the
+    tracks' first time point, then row.
+    """
+    n = t.size
+    divides = np.bincount(source, minlength=n) > 1
+    cut = divides[source]
+    graph = coo_matrix((np.ones(int((~cut).sum())), (source[~cut], target[~cut])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    order = np.lexsort((np.arange(n), t))
+    _, first = np.unique(component[order], return_index=True)
+    renumber = np.empty(first.size, np.int64)
+    renumber[component[order][np.sort(first)]] = np.arange(1, first.size + 1)
+    track_id = renumber[component]
+    parent_of = np.zeros(first.size + 1, np.int64)  # 0: no parent
+    parent_of[track_id[target[cut]]] = track_id[source[cut]]
+    parent = parent_of[track_id]
+    return track_id, pd.arrays.IntegerArray(parent, mask=parent == 0)
 
 
 def kinematics(
