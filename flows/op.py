@@ -37,7 +37,7 @@ from flows.label import LABEL_VERSION, run_label
 from tasks.ops.catalog import get_map_op
 from tasks.ops.filters import histogram_counts, otsu_from_histogram
 
-__all__ = ["BlockFailuresError", "op_key", "resolve_location", "run_op"]
+__all__ = ["BlockFailuresError", "op_key", "resolve_location", "resume_op", "run_op"]
 
 MULTI_STAGE = {"label": LABEL_VERSION}
 
@@ -214,3 +214,28 @@ def run_op(
             raise BlockFailuresError(op, run_id, failed, first_error)
         return {"run_id": run_id, "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
                 "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved}
+
+
+def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | None = None) -> dict[str, Any]:
+    """Run a failed ``op`` run again with its recorded parameters; the ledger makes it compute
+    only the blocks that did not finish.
+
+    Raises
+    ------
+    TierflowError
+        If the run does not exist or is not an ``op`` run.
+    """
+    from storage.db.repo import get_run
+
+    db = open_database(load_db_config(config_dir))
+    with db.session() as session:
+        row = get_run(session, run)
+        if row is None:
+            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        if row.flow_name != "op":
+            raise TierflowError(f"run {row.id} is a {row.flow_name!r} run; `tierflow resume` resumes op runs")
+        recorded = dict(row.parameters)
+    return run_op(
+        recorded["op"], recorded["input"], recorded["output"], recorded.get("params") or {},
+        block_shape=tuple(recorded["block_shape"]), workers=recorded.get("workers"), config_dir=config_dir, fault=fault,
+    )

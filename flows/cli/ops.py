@@ -1,0 +1,177 @@
+"""Block-wise operation commands: ``tierflow op``, ``tierflow status RUN``, ``tierflow resume RUN``."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.cli._app import console, err_console, print_json, state
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+STAGES = {"label": 2}  # label: local + relabel stages are block-wise (merge is one step)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the top-level ``tierflow`` app."""
+    app.command("op")(op)
+    app.command()(status)
+    app.command()(resume)
+
+
+def _parse_params(values: list[str] | None) -> dict[str, str]:
+    from storage.errors import TierflowError
+
+    params = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TierflowError(f"--param {item!r} is not key=value", hint="e.g. --param sigma=2")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _check_op(name: str, params: dict[str, str]) -> None:
+    """Refuse an unknown operation or parameter before any flow starts."""
+    from storage.errors import TierflowError
+    from tasks.ops.catalog import MAP_OPS
+
+    if name == "label":
+        unknown = sorted(set(params) - {"connectivity"})
+        if unknown:
+            raise TierflowError(f"label has no parameter(s) {unknown}", hint="label takes connectivity=6|18|26 (3-D) or 4|8 (2-D)")
+        return
+    if name not in MAP_OPS:
+        raise TierflowError(f"no operation {name!r}", hint=f"choose one of {sorted([*MAP_OPS, 'label'])}")
+    try:
+        MAP_OPS[name].resolve(params)
+    except ValueError as exc:
+        raise TierflowError(str(exc), hint=f"see `tierflow op --help`; {name} takes {sorted(MAP_OPS[name].params)}") from None
+
+
+def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:
+    """Run ``run()`` while a bar counts the blocks the ledger records for ``output_uri``."""
+    from sqlalchemy import func, select
+
+    from configs import load_db_config
+    from flows.database import open_database
+    from storage.db.models import BlockRecord
+
+    db = open_database(load_db_config(config_path))
+    since = datetime.now(UTC)
+    stop = threading.Event()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        bar = progress.add_task("blocks", total=total)
+
+        def poll() -> None:
+            while not stop.wait(0.5):
+                with db.session() as session:
+                    done = session.scalar(
+                        select(func.count()).select_from(BlockRecord).where(
+                            BlockRecord.array_uri == output_uri, BlockRecord.status == "done", BlockRecord.created_at >= since
+                        )
+                    )
+                progress.update(bar, completed=min(total, int(done or 0)))
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            result = run()
+        finally:
+            stop.set()
+            watcher.join()
+        progress.update(bar, completed=total)
+    return result
+
+
+def op(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="gaussian, threshold or label.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack, slice folder, or s3:// zarr URI.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
+    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
+    from flows.cli.data import _config
+    from flows.op import resolve_location, run_op
+    from storage.geometry import BlockGrid
+    from tasks.blockwise import open_source
+
+    config = _config(ctx)
+    params = _parse_params(param)
+    _check_op(name, params)
+    shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else None
+    source = resolve_location(config, input) if input.startswith("s3://") else input
+    volume = open_source(source)
+    blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
+    total = len(BlockGrid(volume.shape, blocks)) * STAGES.get(name, 1)
+    target_uri = resolve_location(config, output).uri
+
+    def run() -> dict[str, Any]:
+        return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path)
+
+    result = run() if as_json else _with_progress(total, target_uri, run, state(ctx).config_path)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"{name}: {result['computed']} of {result['blocks']} blocks computed, "
+                  f"{result['blocks'] - result['computed']} already done -> {result['output']} (run {result['run_id']})")
+
+
+def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
+    """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
+    from sqlalchemy import select
+
+    from flows.cli.data import _database
+    from storage.db.models import BlockRecord
+    from storage.db.repo import get_run
+    from storage.errors import TierflowError
+
+    db = _database(ctx)
+    with db.session() as session:
+        row = get_run(session, run)
+        if row is None:
+            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        records = session.execute(
+            select(BlockRecord.op, BlockRecord.block_id, BlockRecord.status, BlockRecord.error).where(BlockRecord.run_id == row.id).order_by(BlockRecord.id)
+        ).all()
+        latest: dict[tuple[str, str], tuple[str, str | None]] = {}
+        for op_name, block_id, block_status, error in records:
+            latest[(op_name, block_id)] = (block_status, error)
+        stages: dict[str, dict[str, Any]] = {}
+        for (op_name, block_id), (block_status, error) in latest.items():
+            stage = stages.setdefault(op_name, {"done": 0, "failed": 0, "failed_blocks": []})
+            stage[block_status if block_status in ("done", "failed") else "done"] += 1
+            if block_status == "failed":
+                stage["failed_blocks"].append(block_id)
+        report = {"run": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "stages": stages}
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"run {row.id} ({report['flow']}): {report['status']}" + (f" - {report['message']}" if report["message"] else ""))
+    table = Table("stage", "done", "failed", "failed blocks")
+    for name, figures in stages.items():
+        table.add_row(name, str(figures["done"]), str(figures["failed"]), ", ".join(sorted(figures["failed_blocks"])))
+    console.print(table)
+
+
+def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The failed run to finish.")], as_json: JsonOption = False) -> None:
+    """Finish a failed op run: recompute only the blocks the ledger does not mark done."""
+    from flows.cli.data import _config
+    from flows.op import resume_op
+
+    _config(ctx)
+    result = resume_op(run, config_dir=state(ctx).config_path)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"resumed run {run} as run {result['run_id']}: {result['computed']} block(s) recomputed, "
+                  f"{result['blocks'] - result['computed']} were already done -> {result['output']}")

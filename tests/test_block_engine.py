@@ -1,0 +1,149 @@
+"""The block engine's guarantees: resume computes only the failed blocks and gives the same
+result bit for bit; a re-run is served by the ledger; a parameter change recomputes; two
+concurrent runs never compute a block twice; the CLI shows it all."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import zarr
+from sqlalchemy import func, select
+
+from configs import load_db_config
+from flows.database import open_database
+from storage.db.models import BlockRecord
+
+from conftest import run_cli
+
+SHAPE, BLOCKS = (37, 101, 77), (16, 32, 32)
+
+
+@pytest.fixture
+def source(tmp_path):
+    data = np.random.default_rng(7).integers(0, 4000, SHAPE, dtype=np.uint16)
+    array = zarr.create_array(str(tmp_path / "in.zarr"), shape=SHAPE, chunks=BLOCKS, dtype="uint16")
+    array[:] = data
+    return str(tmp_path / "in.zarr")
+
+
+@pytest.fixture
+def ledger(project):
+    db = open_database(load_db_config(project / "configs"))
+
+    def rows(run_id=None, status=None):
+        query = select(BlockRecord.block_id, BlockRecord.status, BlockRecord.run_id, BlockRecord.op)
+        if run_id is not None:
+            query = query.where(BlockRecord.run_id == run_id)
+        if status is not None:
+            query = query.where(BlockRecord.status == status)
+        with db.session() as session:
+            return session.execute(query).all()
+
+    yield rows
+    db.dispose()
+
+
+def test_resume_recomputes_only_the_failed_blocks_and_matches_an_uninterrupted_run(project, source, tmp_path, ledger, prefect_api):
+    from flows.op import BlockFailuresError, resume_op, run_op
+
+    configs = str(project / "configs")
+    broken = {"0.1.2", "2.3.0", "1.0.1"}
+
+    def fault(block_id):  # fault injection (the only fake): these blocks fail on every attempt
+        if block_id in broken:
+            raise RuntimeError(f"injected fault in block {block_id}")
+
+    with pytest.raises(BlockFailuresError) as info:
+        run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs, fault=fault)
+    assert set(info.value.block_ids) == broken
+    assert f"tierflow resume {info.value.run_id}" in info.value.hint
+    first = info.value.run_id
+    assert {r.block_id for r in ledger(first, "failed")} == broken
+    assert len({r.block_id for r in ledger(first, "done")}) == 36 - 3
+
+    resumed = resume_op(str(first), config_dir=configs)
+    assert resumed["computed"] == 3 and resumed["skipped"] == 33
+    assert {r.block_id for r in ledger(resumed["run_id"])} == broken  # only they ran again
+
+    run_op("gaussian", source, str(tmp_path / "clean.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], zarr.open_array(str(tmp_path / "clean.zarr"))[:])
+
+
+def test_label_resumes_after_the_merge_without_relabelling_everything(project, tmp_path, ledger, prefect_api):
+    from flows.op import BlockFailuresError, resume_op, run_op
+
+    mask = (np.random.default_rng(1).random(SHAPE) > 0.7).astype(np.uint8)
+    array = zarr.create_array(str(tmp_path / "mask.zarr"), shape=SHAPE, chunks=BLOCKS, dtype="uint8")
+    array[:] = mask
+
+    def fault(unit):  # fault injection: one relabel block fails
+        if unit == "relabel:2.0.2":
+            raise RuntimeError("injected relabel fault")
+
+    with pytest.raises(BlockFailuresError) as info:
+        run_op("label", str(tmp_path / "mask.zarr"), str(tmp_path / "labels.zarr"), {"connectivity": 26}, block_shape=BLOCKS,
+               workers=2, config_dir=str(project / "configs"), fault=fault)
+    assert info.value.block_ids == ["2.0.2"]
+    resumed = resume_op(str(info.value.run_id), config_dir=str(project / "configs"))
+    stages = sorted({(r.op, r.block_id) for r in ledger(resumed["run_id"])})
+    assert stages == [("label:relabel", "2.0.2")]  # no local labelling, no merge again
+    from scipy import ndimage
+
+    _, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert zarr.open_array(str(tmp_path / "labels.zarr"))[:].max() == count
+
+
+def test_rerun_is_served_by_the_ledger_and_a_parameter_change_recomputes(project, source, tmp_path, ledger, prefect_api):
+    from flows.op import run_op
+
+    configs = str(project / "configs")
+    first = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    again = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    assert (first["computed"], again["computed"], again["batches"]) == (36, 0, 0)
+    assert ledger(again["run_id"]) == []
+    changed = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 1.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    assert changed["computed"] == 36 and changed["op_key"] != first["op_key"]
+    # a changed input recomputes too
+    zarr.open_array(source, mode="r+")[0, 0, 0] = 1
+    touched = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 1.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    assert touched["computed"] == 36
+
+
+def test_two_concurrent_runs_compute_each_block_once(project, source, tmp_path, ledger, prefect_api):
+    from flows.op import run_op
+
+    results = []
+
+    def run():
+        results.append(run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2,
+                              config_dir=str(project / "configs")))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2
+    done = [r.block_id for r in ledger(status="done")]
+    assert len(done) == len(set(done)) == 36  # every block computed exactly once
+    assert sum(r["computed"] for r in results) == 36
+
+
+def test_op_status_and_resume_from_the_command_line(project, source, tmp_path, prefect_api):
+    env = {"PREFECT_API_URL": prefect_api}
+    out = tmp_path / "cli.zarr"
+    done = run_cli("op", "gaussian", "--input", source, "--output", str(out), "--param", "sigma=2",
+                   "--block-shape", "16,32,32", "--workers", "2", cwd=project, env=env)
+    assert "36 of 36 blocks computed" in done.stdout and "blocks" in done.stderr
+    result = json.loads(run_cli("op", "gaussian", "-i", source, "-o", str(out), "-p", "sigma=2", "--block-shape", "16,32,32",
+                                "--json", cwd=project, env=env).stdout)
+    assert result["computed"] == 0
+    report = json.loads(run_cli("status", str(result["run_id"] - 1), "--json", cwd=project).stdout)
+    assert report["stages"]["gaussian"] == {"done": 36, "failed": 0, "failed_blocks": []}
+    bad = run_cli("op", "gaussian", "-i", source, "-o", str(tmp_path / "x.zarr"), "-p", "sigma=2", "-p", "colour=red", cwd=project, env=env, check=False)
+    assert bad.returncode == 1 and "colour" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("op", "gaussian", "-i", str(tmp_path / "nope.zarr"), "-o", str(tmp_path / "y.zarr"), "-p", "sigma=2", cwd=project, env=env, check=False)
+    assert missing.returncode == 1 and "nope.zarr does not exist" in missing.stderr
