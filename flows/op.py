@@ -126,6 +126,8 @@ def run_op(
     block_shape: tuple[int, ...] | None = None,
     workers: int | None = None,
     config_dir: str | None = None,
+    inputs: dict[str, str] | None = None,
+    mask: str | None = None,
     fault: FaultHook | None = None,
 ) -> dict[str, Any]:
     """Run ``op`` block-wise from ``input`` to ``output``.
@@ -146,6 +148,11 @@ def run_op(
         Parallel batches; default ``[execution].max_workers`` (0 = one per core).
     config_dir
         A configs folder; default found upward.
+    inputs
+        Extra input arrays an op takes, by name (``{"markers": "seeds.zarr"}`` for watershed,
+        ``{"mask": ...}`` for mask).
+    mask
+        Restrict the op to the non-zero voxels of this array (0 elsewhere).
     fault
         Test-only fault injection: called with each block id before it is written.
 
@@ -162,14 +169,20 @@ def run_op(
     logger = get_run_logger()
     config = load_config(config_dir)
     db: Database = open_database(load_db_config(config_dir), migrate=True)
-    source: str | ArrayLocation = resolve_location(config, input) if input.startswith("s3://") else str(Path(input).expanduser().resolve())
+    def locate(where: str) -> str | ArrayLocation:
+        return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
+
+    source = locate(input)
     target = resolve_location(config, output)
     volume = open_source(source)
     ndim = len(volume.shape)
     shape_blocks = tuple(block_shape or config.execution.block_shape)[-ndim:]
     workers = workers or config.execution.max_workers or os.cpu_count() or 1
     version = MULTI_STAGE.get(op) or get_map_op(op).version
-    parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks), "workers": workers}
+    extras = {name: locate(where) for name, where in (inputs or {}).items()}
+    mask_ref = locate(mask) if mask else None
+    parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
+                  "workers": workers, "inputs": dict(inputs or {}), "mask": mask}
     with recorded_run(db, "op", parameters) as run_id:
         if op in MULTI_STAGE:
             key = op_key(op, version, dict(params or {}), _content_id(source))
@@ -185,18 +198,29 @@ def run_op(
         if op == "threshold" and str(resolved["value"]).lower() == "otsu":
             resolved["value"] = _otsu(source, volume, shape_blocks, workers)
             logger.info("Otsu threshold from a block-wise histogram: %s", resolved["value"])
-        key = op_key(op, spec.version, resolved, _content_id(source))
+        missing = sorted(set(spec.inputs) - set(extras))
+        if missing or set(extras) - set(spec.inputs):
+            raise TierflowError(f"{op} takes the extra input(s) {list(spec.inputs) or 'none'}, got {sorted(extras)}",
+                                hint="give them as --with NAME=PATH")
+        for name, ref in extras.items():
+            if tuple(open_source(ref).shape) != tuple(volume.shape):
+                raise TierflowError(f"{op}: input {name} has shape {open_source(ref).shape}, the main input {volume.shape}")
+        content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items())),
+                            f"mask={_content_id(mask_ref)}" if mask_ref else ""])
+        key = op_key(op, spec.version, resolved, content)
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
         check_chunks_align(shape_blocks, shape_blocks, target.uri)
         create_output_array(target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks,
+                            compression=resolved.get("compression", "lz4"),
                             attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}})
         grid = BlockGrid(volume.shape, shape_blocks, halo)
         with db.session() as session:
             already = done_blocks(session, key, target.uri)
         remaining = [b.block_id for b in grid if b.block_id not in already]
         logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
-        job = MapJob(op, resolved, key, run_id, source, target, tuple(volume.shape), shape_blocks, halo, db, fault=fault)
+        job = MapJob(op, resolved, key, run_id, source, target, tuple(volume.shape), shape_blocks, halo, db,
+                     extras=extras, mask=mask_ref, fault=fault)
         batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
         runner = ThreadPoolTaskRunner(max_workers=workers)
         failed: list[str] = []
@@ -237,5 +261,6 @@ def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | Non
         recorded = dict(row.parameters)
     return run_op(
         recorded["op"], recorded["input"], recorded["output"], recorded.get("params") or {},
-        block_shape=tuple(recorded["block_shape"]), workers=recorded.get("workers"), config_dir=config_dir, fault=fault,
+        block_shape=tuple(recorded["block_shape"]), workers=recorded.get("workers"), config_dir=config_dir,
+        inputs=recorded.get("inputs") or None, mask=recorded.get("mask"), fault=fault,
     )

@@ -70,6 +70,7 @@ class MapJob:
     block_shape: tuple[int, ...]
     halo: tuple[int, ...]
     db: Database
+    extras: dict[str, SourceRef] = field(default_factory=dict)
     mask: SourceRef | None = None
     fault: FaultHook | None = field(default=None, compare=False)
 
@@ -137,10 +138,11 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             region = region.union(block.read_roi)
         read_started = time.perf_counter()
         data = open_source(job.source).read(region)
+        extras = {name: open_source(ref).read(region) for name, ref in job.extras.items()}
         if job.mask is not None:
             mask = open_source(job.mask).read(region)
         compute_started = time.perf_counter()
-        result = op.kernel(data, job.params)
+        result = op.kernel(data, job.params, **extras)
         if job.mask is not None:
             result = np.where(mask != 0, result, np.zeros((), dtype=result.dtype))
         compute_seconds = time.perf_counter() - compute_started

@@ -109,3 +109,60 @@ def test_label_gives_the_same_partition_as_scipy(op, tmp_path, shape, blocks, co
     reference, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(len(shape), rank))
     assert count > 5 and result["objects"] == count == labels.max()
     assert same_partition(labels, reference)
+
+
+def test_convert_tiff_stack_and_slice_folder_to_zarr(op, tmp_path):
+    import tifffile
+
+    data = volume(SHAPE_3D, "uint16", seed=3)
+    tifffile.imwrite(tmp_path / "stack.tif", data, photometric="minisblack")
+    (tmp_path / "slices").mkdir()
+    for z in range(data.shape[0]):
+        tifffile.imwrite(tmp_path / "slices" / f"z{z:04d}.tif", data[z])
+    for name, source in (("stack", tmp_path / "stack.tif"), ("slices", tmp_path / "slices")):
+        op("convert", str(source), tmp_path / f"{name}.zarr", {"compression": "zstd"}, BLOCKS_3D)
+        converted = zarr.open_array(str(tmp_path / f"{name}.zarr"))
+        assert converted.chunks == BLOCKS_3D and converted.dtype == np.uint16
+        np.testing.assert_array_equal(converted[:], tifffile.imread(source) if name == "stack" else data)
+
+
+def test_mask_and_masked_gaussian(op, tmp_path, project):
+    from flows.op import run_op
+
+    data = volume(SHAPE_3D, "uint16", seed=4)
+    mask = blobs(SHAPE_3D)
+    source, mask_path = write(tmp_path / "in.zarr", data, BLOCKS_3D), write(tmp_path / "mask.zarr", mask, BLOCKS_3D)
+    run_op("mask", source, str(tmp_path / "masked.zarr"), {}, block_shape=BLOCKS_3D, workers=2,
+           config_dir=str(project / "configs"), inputs={"mask": mask_path})
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "masked.zarr"))[:], np.where(mask > 0, data, 0))
+    run_op("gaussian", source, str(tmp_path / "smooth_in_mask.zarr"), {"sigma": 1.0, "backend": "scipy", "mode": "reflect", "truncate": 4.0},
+           block_shape=BLOCKS_3D, workers=2, config_dir=str(project / "configs"), mask=mask_path)
+    reference = cast_output(ndimage.gaussian_filter(data.astype(np.float32), 1.0), "uint16")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth_in_mask.zarr"))[:], np.where(mask > 0, reference, 0))
+
+
+def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
+    """Block-wise watershed sees each block with a halo of context. Flooding restricted to the
+    foreground (the usual case: cells brighter than background) agrees with the whole volume;
+    flooding a flat background plateau does not (ties are broken in visiting order)."""
+    from skimage.segmentation import watershed
+
+    from flows.op import run_op
+
+    rng = np.random.default_rng(9)
+    centers = np.stack([rng.integers(0, s, 60) for s in SHAPE_3D], axis=1)
+    seeds = np.zeros(SHAPE_3D, dtype=np.uint32)
+    seeds[tuple(centers.T)] = np.arange(1, 61, dtype=np.uint32)  # seeds with global ids
+    intensity = ndimage.gaussian_filter((seeds > 0).astype(np.float32), 3.0)
+    intensity = (intensity / intensity.max() * 60000).astype(np.uint16)
+    source, markers = write(tmp_path / "in.zarr", intensity, BLOCKS_3D), write(tmp_path / "seeds.zarr", seeds, BLOCKS_3D)
+    agreement = {}
+    for name, params, mask in (("fg", {"halo": 8, "mask_above": 1200}, intensity > 1200), ("all", {"halo": 16}, None)):
+        run_op("watershed", source, str(tmp_path / f"{name}.zarr"), params, block_shape=BLOCKS_3D, workers=2,
+               config_dir=str(project / "configs"), inputs={"markers": markers})
+        got = zarr.open_array(str(tmp_path / f"{name}.zarr"))[:]
+        whole = watershed(-intensity, markers=seeds, mask=mask, connectivity=1)
+        assert set(np.unique(got)) <= set(range(61))
+        agreement[name] = float(np.mean(got == whole))
+    assert agreement["fg"] == 1.0, agreement
+    assert agreement["all"] >= 0.85, agreement  # measured 0.93 on this volume: plateau ties

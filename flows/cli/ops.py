@@ -30,7 +30,7 @@ def _parse_params(values: list[str] | None) -> dict[str, str]:
     for item in values or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise TierflowError(f"--param {item!r} is not key=value", hint="e.g. --param sigma=2")
+            raise TierflowError(f"{item!r} is not key=value", hint="e.g. --param sigma=2 or --with markers=seeds.zarr")
         params[key.strip()] = value.strip()
     return params
 
@@ -91,12 +91,14 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 
 def op(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="gaussian, threshold or label.")],
+    name: Annotated[str, typer.Argument(help="convert, gaussian, threshold, mask, label, watershed or downsample.")],
     input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack, slice folder, or s3:// zarr URI.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
     block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
+    extra: Annotated[list[str] | None, typer.Option("--with", help="An extra input NAME=PATH, e.g. markers=seeds.zarr (watershed).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="Restrict the op to this array's non-zero voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
@@ -116,7 +118,8 @@ def op(
     target_uri = resolve_location(config, output).uri
 
     def run() -> dict[str, Any]:
-        return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path)
+        return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
+                      inputs=_parse_params(extra) or None, mask=mask)
 
     result = run() if as_json else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:
