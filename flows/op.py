@@ -34,12 +34,13 @@ from storage.tiers import PosixTier, Tier, parse_s3_uri
 from storage.volumes import fingerprint_path
 from tasks.blockwise import BatchFailed, FaultHook, MapJob, open_source, plan_batches, run_map_batch
 from flows.label import LABEL_VERSION, run_label
+from flows.pyramid import PYRAMID_VERSION, run_pyramid
 from tasks.ops.catalog import get_map_op
 from tasks.ops.filters import histogram_counts, otsu_from_histogram
 
 __all__ = ["BlockFailuresError", "op_key", "resolve_location", "resume_op", "run_op"]
 
-MULTI_STAGE = {"label": LABEL_VERSION}
+MULTI_STAGE = {"label": LABEL_VERSION, "downsample": PYRAMID_VERSION}
 
 
 class BlockFailuresError(TierflowError):
@@ -186,12 +187,14 @@ def run_op(
     with recorded_run(db, "op", parameters) as run_id:
         if op in MULTI_STAGE:
             key = op_key(op, version, dict(params or {}), _content_id(source))
-            summary = run_label(
-                db=db, run_id=run_id, op_key=key, source=source, target=target, shape=volume.shape,
+            stages = {"label": run_label, "downsample": run_pyramid}
+            extra = {"dtype": volume.dtype} if op == "downsample" else {}
+            summary = stages[op](
+                db=db, run_id=run_id, op_key=key, source=source, target=target, shape=tuple(volume.shape),
                 block_shape=shape_blocks, params=dict(params or {}), workers=workers,
-                max_batches=config.execution.max_task_runs // 3, fault=fault,
+                max_batches=config.execution.max_task_runs // 8, fault=fault, **extra,
             )
-            logger.info("label: %s", summary)
+            logger.info("%s: %s", op, summary)
             return {"run_id": run_id, "op_key": key, "output": target.uri, **summary}
         spec = get_map_op(op)
         resolved = spec.resolve(params or {})

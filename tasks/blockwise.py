@@ -35,7 +35,7 @@ from storage.geometry import Block, BlockGrid, Roi
 from storage.volumes import Volume, ZarrVolume, open_volume
 from tasks.ops.catalog import get_map_op
 
-__all__ = ["BatchFailed", "MapJob", "open_source", "plan_batches", "run_map_batch"]
+__all__ = ["BatchFailed", "MapJob", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -178,3 +178,46 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
         "seconds": time.perf_counter() - started, "read_seconds": read_seconds, "compute_seconds": compute_seconds,
         "bytes": sum(r.get("bytes") or 0 for r in rows),
     }
+
+
+def ledgered_blocks(
+    *,
+    db: Database,
+    run_id: int,
+    op: str,
+    key: str,
+    array_uri: str,
+    block_ids: Sequence[str],
+    work: Callable[[str], int],
+    fault: FaultHook | None = None,
+    fault_prefix: str = "",
+) -> dict[str, Any]:
+    """Run ``work(block_id) -> bytes`` for each block not yet done under ``key``, holding a lock
+    per block, recording every block in the ledger, and raising :class:`BatchFailed` listing the
+    blocks that failed (the others stay done)."""
+    attempt, host, slurm_job = _attempt(), socket.gethostname(), os.environ.get("SLURM_JOB_ID")
+    with advisory_locks(db, [f"{key}|{array_uri}|{b}" for b in block_ids]):
+        with db.session() as session:
+            done = done_blocks(session, key, array_uri)
+        rows, failed, first = [], [], ""
+        for block_id in block_ids:
+            if block_id in done:
+                continue
+            started = time.perf_counter()
+            row: dict[str, Any] = {"run_id": run_id, "op": op, "op_key": key, "array_uri": array_uri, "block_id": block_id,
+                                   "attempt": attempt, "host": host, "slurm_job_id": slurm_job, "started_at": datetime.now(UTC)}
+            try:
+                if fault is not None:
+                    fault(f"{fault_prefix}{block_id}")
+                row.update(status="done", bytes=int(work(block_id)))
+            except Exception as exc:  # noqa: BLE001 - recorded per block
+                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                failed.append(block_id)
+                first = first or row["error"]
+            row.update(seconds=time.perf_counter() - started, finished_at=datetime.now(UTC))
+            rows.append(row)
+        with db.session() as session:
+            record_blocks(session, rows)
+    if failed:
+        raise BatchFailed(op, failed, first)
+    return {"done": len(rows), "skipped": len(block_ids) - len(rows)}

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -24,10 +20,8 @@ from prefect.cache_policies import NONE
 
 from storage.arrays import ArrayLocation
 from storage.db.database import Database
-from storage.db.locks import advisory_locks
-from storage.db.repo.ledger import done_blocks, record_blocks
 from storage.geometry import BlockGrid
-from tasks.blockwise import BatchFailed, FaultHook, SourceRef, _attempt, open_source
+from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
 from tasks.ops.label import (
     block_faces,
     face_equivalences,
@@ -67,41 +61,12 @@ class LabelJob:
         return f"{self.op_key}:{stage}"
 
 
-def _row(job: LabelJob, stage: str, block_id: str, status: str, seconds: float, size: int = 0, error: str | None = None) -> dict[str, Any]:
-    return {
-        "run_id": job.run_id, "op": f"label:{stage}", "op_key": job.stage_key(stage), "array_uri": job.target.uri,
-        "block_id": block_id, "status": status, "attempt": _attempt(), "host": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "seconds": seconds, "bytes": size, "error": error,
-        "finished_at": datetime.now(UTC),
-    }
-
-
 def _run_stage(job: LabelJob, stage: str, block_ids: Sequence[str], work: Any) -> dict[str, Any]:
-    """Lock, skip done blocks, run ``work(block)`` per block, record, raise listing failures."""
-    names = [f"{job.stage_key(stage)}|{job.target.uri}|{b}" for b in block_ids]
-    with advisory_locks(job.db, names):
-        with job.db.session() as session:
-            done = done_blocks(session, job.stage_key(stage), job.target.uri)
-        rows, failed, first = [], [], ""
-        for block_id in block_ids:
-            if block_id in done:
-                continue
-            started = time.perf_counter()
-            try:
-                if job.fault is not None:
-                    job.fault(f"{stage}:{block_id}")
-                size = work(job.grid.block(block_id))
-                rows.append(_row(job, stage, block_id, "done", time.perf_counter() - started, size))
-            except Exception as exc:  # noqa: BLE001 - recorded per block
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                rows.append(_row(job, stage, block_id, "failed", time.perf_counter() - started, error=error))
-                failed.append(block_id)
-                first = first or error
-        with job.db.session() as session:
-            record_blocks(session, rows)
-    if failed:
-        raise BatchFailed(f"label:{stage}", failed, first)
-    return {"done": len(rows), "skipped": len(block_ids) - len(rows) - len(failed)}
+    return ledgered_blocks(
+        db=job.db, run_id=job.run_id, op=f"label:{stage}", key=job.stage_key(stage), array_uri=job.target.uri,
+        block_ids=block_ids, work=lambda block_id: work(job.grid.block(block_id) if block_id != "all" else block_id),
+        fault=job.fault, fault_prefix=f"{stage}:",
+    )
 
 
 @task(name="label-local", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
@@ -142,31 +107,11 @@ def label_merge(job: LabelJob) -> dict[str, Any]:
         result.update(provisional=total, objects=int(lut.max()) if lut.size else 0, merges=len(pairs), dtype=str(lut.dtype))
         return int(lut.nbytes)
 
-    whole = type("Whole", (), {"block_id": "all"})
-    _run_stage_single(job, "merge", work, whole)
+    _run_stage(job, "merge", ["all"], work)
     if not result:  # merged by an earlier run: read the stored table for the summary
         lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
         result.update(objects=int(lut.max()) if lut.size else 0, dtype=str(lut.dtype))
     return result
-
-
-def _run_stage_single(job: LabelJob, stage: str, work: Any, unit: Any) -> None:
-    names = [f"{job.stage_key(stage)}|{job.target.uri}|all"]
-    with advisory_locks(job.db, names):
-        with job.db.session() as session:
-            if "all" in done_blocks(session, job.stage_key(stage), job.target.uri):
-                return
-        started = time.perf_counter()
-        try:
-            if job.fault is not None:
-                job.fault(f"{stage}:all")
-            size = work(unit)
-        except Exception as exc:
-            with job.db.session() as session:
-                record_blocks(session, [_row(job, stage, "all", "failed", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])])
-            raise
-        with job.db.session() as session:
-            record_blocks(session, [_row(job, stage, "all", "done", time.perf_counter() - started, size)])
 
 
 @task(name="label-relabel", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)

@@ -168,3 +168,27 @@ def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
     # unmasked, the flat zero background is one plateau whose ties depend on visiting order:
     # measured 0.73 agreement here; reported, not a guarantee
     print(f"watershed agreement with the whole volume: {agreement}")
+
+
+@pytest.mark.parametrize("kind", ["intensity", "labels"])
+def test_pyramid_matches_whole_volume_and_validates_as_ome_zarr(op, tmp_path, kind):
+    from storage.ome_zarr import validate_ome_zarr
+    from tasks.ops.pyramid import downsample_labels, downsample_mean
+
+    if kind == "intensity":
+        data = volume(SHAPE_3D, "uint16", seed=6)
+    else:
+        data, _ = ndimage.label(blobs(SHAPE_3D))
+        data = data.astype(np.uint32)
+    source = write(tmp_path / "in.zarr", data, BLOCKS_3D)
+    result = op("downsample", source, tmp_path / "pyramid.ome.zarr", {"levels": 3, "method": "mean" if kind == "intensity" else "mode"}, BLOCKS_3D)
+    assert result["shapes"] == [[37, 101, 77], [19, 51, 39], [10, 26, 20]]
+    group = zarr.open_group(str(tmp_path / "pyramid.ome.zarr"), mode="r")
+    expected = data
+    for level in range(3):
+        if level:
+            expected = downsample_mean(expected, 2) if kind == "intensity" else downsample_labels(expected, 2, method="mode")
+        np.testing.assert_array_equal(group[str(level)][:], expected)
+    validate_ome_zarr(str(tmp_path / "pyramid.ome.zarr"))
+    if kind == "labels":
+        assert set(np.unique(group["2"][:])) <= set(np.unique(data))  # label-safe: no invented labels

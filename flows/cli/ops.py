@@ -16,6 +16,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 STAGES = {"label": 2}  # label: local + relabel stages are block-wise (merge is one step)
 
 
+def _total_blocks(name: str, shape: tuple[int, ...], blocks: tuple[int, ...], params: dict[str, str]) -> int:
+    from storage.geometry import BlockGrid
+    from tasks.ops.pyramid import downsampled_shape, pyramid_factors
+
+    if name != "downsample":
+        return len(BlockGrid(shape, blocks)) * STAGES.get(name, 1)
+    total, level_shape = 0, shape
+    for factors in pyramid_factors(shape, int(params.get("levels", 3)), factor=2):
+        level_shape = downsampled_shape(level_shape, factors)
+        total += len(BlockGrid(level_shape, tuple(min(b, s) for b, s in zip(blocks, level_shape))))
+    return total
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the top-level ``tierflow`` app."""
     app.command("op")(op)
@@ -40,10 +53,11 @@ def _check_op(name: str, params: dict[str, str]) -> None:
     from storage.errors import TierflowError
     from tasks.ops.catalog import MAP_OPS
 
-    if name == "label":
-        unknown = sorted(set(params) - {"connectivity"})
+    multi_stage = {"label": {"connectivity"}, "downsample": {"levels", "method", "voxel_size", "name"}}
+    if name in multi_stage:
+        unknown = sorted(set(params) - multi_stage[name])
         if unknown:
-            raise TierflowError(f"label has no parameter(s) {unknown}", hint="label takes connectivity=6|18|26 (3-D) or 4|8 (2-D)")
+            raise TierflowError(f"{name} has no parameter(s) {unknown}", hint=f"{name} takes {sorted(multi_stage[name])}")
         return
     if name not in MAP_OPS:
         raise TierflowError(f"no operation {name!r}", hint=f"choose one of {sorted([*MAP_OPS, 'label'])}")
@@ -73,7 +87,7 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
                 with db.session() as session:
                     done = session.scalar(
                         select(func.count()).select_from(BlockRecord).where(
-                            BlockRecord.array_uri == output_uri, BlockRecord.status == "done", BlockRecord.created_at >= since
+                            BlockRecord.array_uri.startswith(output_uri), BlockRecord.status == "done", BlockRecord.created_at >= since
                         )
                     )
                 progress.update(bar, completed=min(total, int(done or 0)))
@@ -114,7 +128,7 @@ def op(
     source = resolve_location(config, input) if input.startswith("s3://") else input
     volume = open_source(source)
     blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
-    total = len(BlockGrid(volume.shape, blocks)) * STAGES.get(name, 1)
+    total = _total_blocks(name, tuple(volume.shape), blocks, params)
     target_uri = resolve_location(config, output).uri
 
     def run() -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""Orchestration of a multiscale pyramid written as OME-Zarr 0.5 (``downsample`` op).
+
+Level 0 is a block-wise copy of the input into the group; each next level is computed from the
+previous one. Intensities are averaged (a box filter: anti-aliasing); label images take the most
+frequent non-zero label of each window (``mode``, the label-safe default for integer label
+arrays) or its first voxel (``nearest``). The group validates with ome-zarr-models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.arrays import ArrayLocation, create_output_array
+from storage.db.database import Database
+from storage.db.repo.ledger import done_blocks
+from storage.errors import TierflowError
+from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
+from tasks.blockwise import BatchFailed, FaultHook, SourceRef, open_source, plan_batches
+from tasks.ops.pyramid import downsampled_shape, pyramid_factors
+from tasks.pyramid_blocks import LevelJob, downsample_level
+
+__all__ = ["PYRAMID_VERSION", "run_pyramid"]
+
+PYRAMID_VERSION = "1"
+METHODS = ("auto", "mean", "mode", "nearest")
+
+
+def _method(requested: str, source: SourceRef) -> str:
+    if requested not in METHODS:
+        raise TierflowError(f"downsample: method {requested!r} is not one of {METHODS}")
+    if requested != "auto":
+        return requested
+    volume = open_source(source)
+    attributes = getattr(getattr(volume, "array", None), "attrs", {}) or {}
+    made_by = (attributes.get("tierflow") or {}).get("op")
+    return "mode" if made_by in ("label", "watershed") else "mean"
+
+
+def run_pyramid(
+    *,
+    db: Database,
+    run_id: int,
+    op_key: str,
+    source: SourceRef,
+    target: ArrayLocation,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    block_shape: tuple[int, ...],
+    params: dict[str, Any],
+    workers: int,
+    max_batches: int,
+    fault: FaultHook | None = None,
+) -> dict[str, Any]:
+    """Write levels ``0 .. levels-1`` into the group at ``target`` and its OME-Zarr metadata."""
+    from flows.op import BlockFailuresError
+
+    unknown = sorted(set(params) - {"levels", "method", "voxel_size", "name"})
+    if unknown:
+        raise TierflowError(f"downsample has no parameter(s) {unknown}; it takes levels, method, voxel_size, name")
+    levels = int(params.get("levels", 3))
+    if not 1 <= levels <= 16:
+        raise TierflowError(f"downsample: levels={levels} must be between 1 and 16")
+    method = _method(str(params.get("method", "auto")), source)
+    ndim = len(shape)
+    axes = ("z", "y", "x")[-ndim:]
+    voxel = [float(v) for v in str(params.get("voxel_size", ",".join(["1"] * ndim))).split(",")]
+    factors = pyramid_factors(shape, levels, factor=2)
+    import zarr
+
+    group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
+    shapes = [tuple(shape)]
+    for level_factors in factors[1:]:
+        shapes.append(downsampled_shape(shapes[-1], level_factors))
+    summary: dict[str, Any] = {"levels": levels, "method": method, "shapes": [list(s) for s in shapes], "computed": 0, "blocks": 0}
+    previous: SourceRef = source
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        for level, (level_shape, level_factors) in enumerate(zip(shapes, factors, strict=True)):
+            chunks = tuple(min(b, s) for b, s in zip(block_shape, level_shape, strict=True))
+            location = ArrayLocation(target.tier, f"{target.key}/{level}")
+            create_output_array(location, shape=level_shape, dtype=dtype, chunks=chunks)
+            job = LevelJob(op_key, run_id, previous, location, tuple(shapes[level - 1] if level else shape), level_shape,
+                           chunks, tuple(level_factors), method, level, db, fault)
+            with db.session() as session:
+                done = done_blocks(session, f"{op_key}:level{level}", location.uri)
+            remaining = [b.block_id for b in job.grid if b.block_id not in done]
+            summary["blocks"] += len(job.grid)
+            batches = plan_batches(job.grid, remaining, max_batches=max_batches, min_batches=2 * workers)
+            futures = [runner.submit(downsample_level, parameters={"job": job, "block_ids": batch}) for batch in batches]
+            failed, first = [], ""
+            for future in futures:
+                try:
+                    summary["computed"] += future.result()["done"]
+                except BatchFailed as exc:
+                    failed.extend(exc.block_ids)
+                    first = first or exc.message
+            if failed:
+                raise BlockFailuresError(f"downsample:level{level}", run_id, failed, first)
+            previous = location
+    scales, translations = pyramid_transforms(factors, base_scale=voxel, window_centered=method != "nearest")
+    attributes = multiscales_attributes(name=str(params.get("name", "image")), axes=axes, scales=scales,
+                                        paths=[str(level) for level in range(levels)], translations=translations)
+    write_multiscales_metadata(group, attributes)
+    if target.tier.uri().startswith("file:"):
+        validate_ome_zarr(target.tier.zarr_store(target.key, read_only=True))
+    return summary

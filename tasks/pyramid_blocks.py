@@ -1,0 +1,73 @@
+"""Block-wise pyramid levels: each output block of level ``l`` reads the matching region of
+level ``l-1`` (``factor`` times larger) and downsamples it, so every output chunk is written by
+exactly one block (see :mod:`tasks.ops.pyramid` for the kernels and dtype policy)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from storage.arrays import ArrayLocation
+from storage.db.database import Database
+from storage.geometry import BlockGrid, Roi
+from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
+from tasks.ops.pyramid import downsample_labels, downsample_mean
+
+__all__ = ["LevelJob", "downsample_level"]
+
+
+@dataclass(frozen=True)
+class LevelJob:
+    """One pyramid level: where it reads, where it writes, its factors and kernel."""
+
+    op_key: str
+    run_id: int
+    source: SourceRef
+    target: ArrayLocation
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    factors: tuple[int, ...]
+    method: str
+    level: int
+    db: Database
+    fault: FaultHook | None = field(default=None, compare=False)
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.out_shape, self.block_shape)
+
+
+def _input_roi(out_roi: Roi, factors: Sequence[int], in_shape: Sequence[int]) -> Roi:
+    start = tuple(o * f for o, f in zip(out_roi.offset, factors, strict=True))
+    stop = tuple(min(e * f, s) for e, f, s in zip(out_roi.end, factors, in_shape, strict=True))
+    return Roi(start, tuple(b - a for a, b in zip(start, stop, strict=True)))
+
+
+@task(name="downsample-level", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
+    """Compute a batch of output blocks of one level."""
+    volume = open_source(job.source)
+    output = job.target.open(read_only=False)
+    grid = job.grid
+
+    def work(block_id: str) -> int:
+        out_roi = grid.block(block_id).write_roi
+        data = volume.read(_input_roi(out_roi, job.factors, job.in_shape))
+        if all(f == 1 for f in job.factors):
+            values = data
+        elif job.method == "mean":
+            values = downsample_mean(data, job.factors)
+        else:
+            values = downsample_labels(data, job.factors, method=job.method)
+        output[out_roi.slices] = values
+        return int(values.nbytes)
+
+    return ledgered_blocks(
+        db=job.db, run_id=job.run_id, op=f"downsample:level{job.level}", key=f"{job.op_key}:level{job.level}",
+        array_uri=job.target.uri, block_ids=block_ids, work=work, fault=job.fault, fault_prefix=f"level{job.level}:",
+    )
