@@ -34,13 +34,14 @@ from storage.tiers import PosixTier, Tier, parse_s3_uri
 from storage.volumes import fingerprint_path
 from tasks.blockwise import BatchFailed, FaultHook, MapJob, open_source, plan_batches, run_map_batch
 from flows.label import LABEL_VERSION, run_label
+from flows.features import FEATURES_VERSION, run_features
 from flows.pyramid import PYRAMID_VERSION, run_pyramid
 from tasks.ops.catalog import get_map_op
 from tasks.ops.filters import histogram_counts, otsu_from_histogram
 
 __all__ = ["BlockFailuresError", "op_key", "resolve_location", "resume_op", "run_op"]
 
-MULTI_STAGE = {"label": LABEL_VERSION, "downsample": PYRAMID_VERSION}
+MULTI_STAGE = {"label": LABEL_VERSION, "downsample": PYRAMID_VERSION, "features": FEATURES_VERSION}
 
 
 class BlockFailuresError(TierflowError):
@@ -186,9 +187,14 @@ def run_op(
                   "workers": workers, "inputs": dict(inputs or {}), "mask": mask}
     with recorded_run(db, "op", parameters) as run_id:
         if op in MULTI_STAGE:
-            key = op_key(op, version, dict(params or {}), _content_id(source))
-            stages = {"label": run_label, "downsample": run_pyramid}
-            extra = {"dtype": volume.dtype} if op == "downsample" else {}
+            content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items()))])
+            key = op_key(op, version, dict(params or {}), content)
+            stages = {"label": run_label, "downsample": run_pyramid, "features": run_features}
+            extra: dict[str, Any] = {"dtype": volume.dtype} if op == "downsample" else {}
+            if op == "features":
+                extra = {"extras": extras, "source_uri": source.uri if isinstance(source, ArrayLocation) else Path(source).as_uri()}
+            elif extras:
+                raise TierflowError(f"{op} takes no extra inputs, got {sorted(extras)}")
             summary = stages[op](
                 db=db, run_id=run_id, op_key=key, source=source, target=target, shape=tuple(volume.shape),
                 block_shape=shape_blocks, params=dict(params or {}), workers=workers,

@@ -20,6 +20,8 @@ def _total_blocks(name: str, shape: tuple[int, ...], blocks: tuple[int, ...], pa
     from storage.geometry import BlockGrid
     from tasks.ops.pyramid import downsampled_shape, pyramid_factors
 
+    if name == "features":
+        return 0  # features go to the database; no block bar
     if name != "downsample":
         return len(BlockGrid(shape, blocks)) * STAGES.get(name, 1)
     total, level_shape = 0, shape
@@ -34,6 +36,7 @@ def register(app: typer.Typer) -> None:
     app.command("op")(op)
     app.command()(status)
     app.command()(resume)
+    app.command()(track)
 
 
 def _parse_params(values: list[str] | None) -> dict[str, str]:
@@ -53,7 +56,8 @@ def _check_op(name: str, params: dict[str, str]) -> None:
     from storage.errors import TierflowError
     from tasks.ops.catalog import MAP_OPS
 
-    multi_stage = {"label": {"connectivity"}, "downsample": {"levels", "method", "voxel_size", "name"}}
+    multi_stage = {"label": {"connectivity"}, "downsample": {"levels", "method", "voxel_size", "name"},
+                   "features": {"time_point", "dataset", "sample"}}
     if name in multi_stage:
         unknown = sorted(set(params) - multi_stage[name])
         if unknown:
@@ -135,7 +139,7 @@ def op(
         return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
                       inputs=_parse_params(extra) or None, mask=mask)
 
-    result = run() if as_json else _with_progress(total, target_uri, run, state(ctx).config_path)
+    result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:
         print_json(result)
         return
@@ -192,3 +196,25 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
         return
     console.print(f"resumed run {run} as run {result['run_id']}: {result['computed']} block(s) recomputed, "
                   f"{result['blocks'] - result['computed']} were already done -> {result['output']}")
+
+
+def track(
+    ctx: typer.Context,
+    run: Annotated[list[int], typer.Option("--run", help="A features run (repeatable: one per time point).")],
+    max_distance: Annotated[float, typer.Option("--max-distance", help="Largest step between time points (voxels, or units of --spacing).")],
+    no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not detect dividing objects.")] = False,
+    max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Time points a track may skip.")] = 0,
+    frame_interval: Annotated[float, typer.Option("--frame-interval", help="Time between time points.")] = 1.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Link objects across time points; store tracks, kinematics and MSD in the database."""
+    from flows.cli.data import _config
+    from flows.track import track as track_flow
+
+    _config(ctx)
+    result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,
+                        frame_interval=frame_interval, config_dir=state(ctx).config_path)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"run {result['run_id']}: {result['points']} objects in {result['tracks']} tracks ({result['divisions']} divisions)")

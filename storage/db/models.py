@@ -45,6 +45,9 @@ __all__ = [
     "Run",
     "Snapshot",
     "SnapshotFile",
+    "TrackKinematics",
+    "TrackMsd",
+    "TrackPoint",
 ]
 
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "crashed")
@@ -251,3 +254,55 @@ class RetentionEvent(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reason: Mapped[str] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TrackPoint(Base):
+    """One object of a track at one time point."""
+
+    __tablename__ = "track_points"
+    __table_args__ = (UniqueConstraint("run_id", "sample", "time_point", "label"), Index("ix_track_points_run_id_track_id", "run_id", "track_id"))
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    dataset: Mapped[str | None] = mapped_column(Text)
+    sample: Mapped[str] = mapped_column(Text, server_default="")
+    track_id: Mapped[int] = mapped_column(BigInteger)
+    parent_track_id: Mapped[int | None] = mapped_column(BigInteger)
+    time_point: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(BigInteger)
+    centroid_z: Mapped[float] = mapped_column(Float)
+    centroid_y: Mapped[float] = mapped_column(Float)
+    centroid_x: Mapped[float] = mapped_column(Float)
+
+
+class TrackKinematics(Base):
+    """Per-track displacement and speed."""
+
+    __tablename__ = "track_kinematics"
+    __table_args__ = (UniqueConstraint("run_id", "sample", "track_id"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    dataset: Mapped[str | None] = mapped_column(Text)
+    sample: Mapped[str] = mapped_column(Text, server_default="")
+    track_id: Mapped[int] = mapped_column(BigInteger)
+    n_points: Mapped[int] = mapped_column(Integer)
+    start: Mapped[int] = mapped_column(Integer)
+    end: Mapped[int] = mapped_column(Integer)
+    path_length: Mapped[float] = mapped_column(Float)
+    net_displacement: Mapped[float] = mapped_column(Float)
+    mean_speed: Mapped[float | None] = mapped_column(Float)
+    max_speed: Mapped[float | None] = mapped_column(Float)
+
+
+class TrackMsd(Base):
+    """Mean squared displacement of one track at one time lag."""
+
+    __tablename__ = "track_msd"
+    __table_args__ = (UniqueConstraint("run_id", "sample", "track_id", "lag"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    sample: Mapped[str] = mapped_column(Text, server_default="")
+    track_id: Mapped[int] = mapped_column(BigInteger)
+    lag: Mapped[int] = mapped_column(Integer)
+    lag_time: Mapped[float] = mapped_column(Float)
+    msd: Mapped[float] = mapped_column(Float)
+    n_pairs: Mapped[int] = mapped_column(Integer)

@@ -17,6 +17,7 @@ from storage.db.repo.features import add_object_features, count_objects
 from storage.db.repo.ledger import block_progress, done_blocks, failed_blocks, record_blocks
 from storage.db.repo.retention import record_retention_event
 from storage.db.repo.runs import finish_run, get_run, list_runs, start_run
+from storage.db.repo.tracks import add_track_rows
 from storage.db.repo.snapshots import ManifestEntry, get_snapshot, list_snapshots, record_snapshot, snapshot_files
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "add_artifact",
     "add_lineage",
     "add_object_features",
+    "add_track_rows",
     "block_progress",
     "count_objects",
     "done_blocks",

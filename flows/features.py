@@ -1,0 +1,80 @@
+"""Per-object features of a label array, merged exactly across blocks, stored in PostgreSQL
+(object_features + object_intensities) and written as a CSV table (``features`` op)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.arrays import ArrayLocation
+from storage.db.database import Database
+from storage.db.repo import add_object_features
+from storage.errors import TierflowError
+from storage.geometry import BlockGrid
+from tasks.blockwise import SourceRef, plan_batches
+from tasks.feature_blocks import FeatureJob, feature_partials
+from tasks.ops.features import features_table, merge_partials
+
+__all__ = ["FEATURES_VERSION", "feature_rows", "run_features"]
+
+FEATURES_VERSION = "1"
+
+
+def feature_rows(table: pd.DataFrame, channels: list[str], time_point: int) -> list[dict[str, Any]]:
+    """Rows for :func:`storage.db.repo.add_object_features` (2-D tables get z = 0)."""
+    frame = table.copy()
+    for axis in ("centroid_z", "bbox_min_z"):
+        if axis not in frame:
+            frame[axis] = 0
+    if "bbox_max_z" not in frame:
+        frame["bbox_max_z"] = 1
+    rows = []
+    for record in frame.to_dict("records"):
+        row = {key: record[key] for key in ("label", "area", "centroid_z", "centroid_y", "centroid_x", "bbox_min_z", "bbox_min_y",
+                                            "bbox_min_x", "bbox_max_z", "bbox_max_y", "bbox_max_x")}
+        row = {k: (int(v) if k not in ("centroid_z", "centroid_y", "centroid_x") else float(v)) for k, v in row.items()}
+        row["time_point"] = time_point
+        row["intensity"] = {ch: {stat: float(record[f"{ch}_{stat}"]) for stat in ("min", "max", "mean", "sum")} for ch in channels}
+        rows.append(row)
+    return rows
+
+
+def run_features(
+    *,
+    db: Database,
+    run_id: int,
+    op_key: str,
+    source: SourceRef,
+    target: ArrayLocation,
+    shape: tuple[int, ...],
+    block_shape: tuple[int, ...],
+    params: dict[str, Any],
+    workers: int,
+    max_batches: int,
+    extras: dict[str, SourceRef],
+    source_uri: str,
+    fault: Any = None,
+) -> dict[str, Any]:
+    """Compute, merge and store the features; the CSV goes to ``target`` (a file key)."""
+    unknown = sorted(set(params) - {"time_point", "dataset", "sample"})
+    if unknown:
+        raise TierflowError(f"features has no parameter(s) {unknown}; it takes time_point, dataset, sample")
+    time_point = int(params.get("time_point", 0))
+    job = FeatureJob(op_key, run_id, source, dict(extras), source_uri, tuple(shape), tuple(block_shape), db)
+    grid = BlockGrid(shape, block_shape)
+    batches = plan_batches(grid, [b.block_id for b in grid], max_batches=max_batches, min_batches=2 * workers)
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        parts = [runner.submit(feature_partials, parameters={"job": job, "block_ids": batch}).result() for batch in batches]
+    table = features_table(merge_partials(parts), time_point=time_point)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    target.tier.put_bytes(target.key, buffer.getvalue().encode())
+    with db.session() as session:
+        stored = add_object_features(session, feature_rows(table, sorted(extras), time_point), run_id=run_id, artifact_id=None,
+                                     dataset=params.get("dataset"), sample=params.get("sample"))
+    return {"objects": int(len(table)), "stored": stored, "blocks": len(grid), "computed": len(grid), "table": target.uri,
+            "channels": sorted(extras), "total_area": int(np.sum(table["area"])) if len(table) else 0}
