@@ -234,19 +234,22 @@ def run_op(
         runner = ThreadPoolTaskRunner(max_workers=workers)
         failed: list[str] = []
         first_error = ""
-        computed = 0
+        computed, task_seconds = 0, 0.0
         with runner:
             futures = [runner.submit(map_blocks, parameters={"job": job, "block_ids": batch}) for batch in batches]
             for future in futures:
                 try:
-                    computed += future.result()["done"]
+                    outcome = future.result()
+                    computed += outcome["done"]
+                    task_seconds += outcome["seconds"]
                 except BatchFailed as exc:
                     failed.extend(exc.block_ids)
                     first_error = first_error or exc.message
         if failed:
             raise BlockFailuresError(op, run_id, failed, first_error)
         return {"run_id": run_id, "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
-                "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved}
+                "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved,
+                "task_seconds": task_seconds, "workers": workers}
 
 
 def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | None = None) -> dict[str, Any]:

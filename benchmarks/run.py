@@ -1,0 +1,290 @@
+"""tierflow against its peers, side by side, on one volume (default 512 MiB uint16).
+
+    .venv/bin/python benchmarks/run.py [--size-mib 512] [--skip dask-image-label] [--out results.json]
+
+Each contender runs in its own process (this script re-invoked with ``--one NAME``); the parent
+samples the RSS of that process tree every 50 ms for its peak. Contenders:
+
+* gaussian sigma=2, uint16 out: tierflow (zarr -> zarr), dask-image (zarr -> zarr), bioimage-py
+  (zarr -> zarr), SciPy in memory (compute only; the load is reported apart);
+* connected components (26-connectivity) of a uint8 mask: tierflow, SciPy in memory,
+  bioimage-py, dask-image;
+* 3-level pyramid (levels 1-3, mean): tierflow, dask ``coarsen``, scikit-image in memory;
+* tierflow's orchestration share (wall minus task bodies over workers) and a cached re-run;
+* tierflow's peak RSS at a quarter of the size (memory must stay bounded).
+
+Inputs are zarr v3, chunks 64x256x256 (zstd); outputs are written with the same chunks.
+Prints a table of wall times, peak RSS and ratios, and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHUNKS = (64, 256, 256)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shape_for(size_mib: int) -> tuple[int, int, int]:
+    voxels = size_mib * 2**20 // 2
+    z = max(64, voxels // (1024 * 1024))
+    side = int((voxels / z) ** 0.5)
+    return (z, side, side) if side < 1024 else (voxels // (1024 * 1024), 1024, 1024)
+
+
+def make_inputs(work: Path, size_mib: int) -> dict[str, str]:
+    import zarr
+    from scipy import ndimage
+    from zarr.codecs import ZstdCodec
+
+    shape = shape_for(size_mib)
+    rng = np.random.default_rng(0)
+    image = zarr.create_array(str(work / f"image{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint16", compressors=[ZstdCodec(level=3)])
+    mask = zarr.create_array(str(work / f"mask{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint8", compressors=[ZstdCodec(level=3)])
+    coarse = rng.random(tuple(-(-s // 8) for s in shape)).astype(np.float32)
+    for z0 in range(0, shape[0], CHUNKS[0]):
+        z1 = min(shape[0], z0 + CHUNKS[0])
+        blobs = ndimage.zoom(coarse[z0 // 8 : -(-z1 // 8)], 8, order=1)[: z1 - z0, : shape[1], : shape[2]]
+        image[z0:z1] = (blobs * 3000 + rng.integers(0, 1000, (z1 - z0, *shape[1:]))).astype(np.uint16)
+        mask[z0:z1] = (blobs > 0.6).astype(np.uint8)
+    return {"image": image.store.root.as_posix() if hasattr(image.store, "root") else str(work / f"image{size_mib}.zarr"),
+            "mask": str(work / f"mask{size_mib}.zarr"), "shape": list(shape)}
+
+
+# -- contenders (run in a child process) ----------------------------------------------------
+
+def _zarr_out(path: str, like, dtype=None, shape=None):
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    return zarr.create_array(path, shape=shape or like.shape, chunks=CHUNKS, dtype=dtype or like.dtype, overwrite=True,
+                             compressors=[BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)])
+
+
+def _preimport(name: str) -> None:
+    import scipy.ndimage  # noqa: F401
+    import zarr  # noqa: F401
+
+    if name.startswith("tierflow-"):
+        import flows.op  # noqa: F401
+    elif name.startswith("dask"):
+        import dask.array  # noqa: F401
+        import dask_image.ndfilters  # noqa: F401
+        import dask_image.ndmeasure  # noqa: F401
+    elif name.startswith("bioimage-py"):
+        import bioimage_py.filters  # noqa: F401
+        import bioimage_py.segmentation  # noqa: F401
+    elif name.startswith("skimage"):
+        import skimage.transform  # noqa: F401
+
+
+def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
+    import zarr
+
+    image, mask = inputs["image"], inputs["mask"]
+    out = str(work / f"out-{name}.zarr")
+    shutil.rmtree(out, ignore_errors=True)
+    _preimport(name)  # import time is not the contender's work
+    started = time.perf_counter()
+    extra: dict = {}
+    if name.startswith("tierflow-"):
+        from flows.op import run_op
+
+        kind = name.split("-", 1)[1]
+        source = image if kind.startswith(("gaussian", "pyramid")) else mask
+        if kind == "gaussian-quarter":
+            source = inputs["image_quarter"]
+        op, params = {"gaussian": ("gaussian", {"sigma": 2.0}), "gaussian-quarter": ("gaussian", {"sigma": 2.0}),
+                      "label": ("label", {"connectivity": 26}), "pyramid": ("downsample", {"levels": 4, "method": "mean"}),
+                      "gaussian-rerun": ("gaussian", {"sigma": 2.0})}[kind]
+        if kind == "gaussian-rerun":
+            out = str(work / "out-tierflow-gaussian.zarr")
+        result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
+        extra = {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
+    elif name == "scipy-gaussian":
+        from scipy import ndimage
+
+        data = zarr.open_array(image)[:]
+        extra["load_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        ndimage.gaussian_filter(data, 2.0, output=np.uint16)
+    elif name == "scipy-label":
+        from scipy import ndimage
+
+        data = zarr.open_array(mask)[:]
+        extra["load_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        ndimage.label(data, structure=np.ones((3, 3, 3)))
+    elif name == "skimage-pyramid":
+        from skimage.transform import downscale_local_mean
+
+        data = zarr.open_array(image)[:]
+        extra["load_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        level = data
+        for _ in range(3):
+            level = downscale_local_mean(level, (2, 2, 2)).astype(np.uint16)
+    elif name == "dask-image-gaussian":
+        import dask.array as da
+        from dask_image.ndfilters import gaussian_filter
+
+        source = da.from_zarr(zarr.open_array(image))
+        gaussian_filter(source, sigma=2.0).astype(np.uint16).to_zarr(_zarr_out(out, source))
+    elif name == "dask-image-label":
+        import dask.array as da
+        from dask_image.ndmeasure import label
+
+        source = da.from_zarr(zarr.open_array(mask))
+        labels, _ = label(source, structure=np.ones((3, 3, 3)))
+        labels.astype(np.uint32).to_zarr(_zarr_out(out, source, "uint32"))
+    elif name == "dask-coarsen-pyramid":
+        import dask.array as da
+
+        level = da.from_zarr(zarr.open_array(image))
+        for index in range(3):
+            level = da.coarsen(np.mean, level, {0: 2, 1: 2, 2: 2}, trim_excess=True).astype(np.uint16)
+            level.to_zarr(_zarr_out(f"{out}/{index + 1}", level, shape=level.shape))
+            level = da.from_zarr(zarr.open_array(f"{out}/{index + 1}"))
+    elif name in ("bioimage-py-gaussian", "bioimage-py-label"):
+        import bioimage_py.filters as filters
+        import bioimage_py.segmentation as segmentation
+
+        if name.endswith("gaussian"):
+            source = zarr.open_array(image)
+            filters.gaussian_smoothing(source, 2.0, _zarr_out(out, source), block_shape=CHUNKS, num_workers=os.cpu_count())
+        else:
+            source = zarr.open_array(mask)
+            # bioimage-py labels block-wise only with 6-connectivity (it refuses 26)
+            segmentation.label(source, _zarr_out(out, source, "uint64"), connectivity=1, block_shape=CHUNKS, num_workers=os.cpu_count())
+    else:
+        raise SystemExit(f"unknown contender {name}")
+    return {"wall": time.perf_counter() - started, **extra}
+
+
+# -- parent -----------------------------------------------------------------------------------
+
+def measure(name: str, inputs: dict, work: Path, configs: str, env: dict, timeout: float) -> dict:
+    import psutil
+
+    command = [sys.executable, __file__, "--one", name, "--inputs", json.dumps(inputs), "--work", str(work), "--configs", configs]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak, deadline = 0, time.monotonic() + timeout
+    handle = psutil.Process(process.pid)
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            return {"error": f"timed out after {timeout:.0f} s"}
+        try:
+            tree = [handle, *handle.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out, err = process.communicate()
+    if process.returncode != 0:
+        return {"error": (err.strip().splitlines() or ["failed"])[-1][:300]}
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mib"] = peak / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--skip", nargs="*", default=[])
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--one")
+    parser.add_argument("--inputs")
+    parser.add_argument("--work")
+    parser.add_argument("--configs")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_contender(args.one, json.loads(args.inputs), Path(args.work), args.configs)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
+    configs = work / "configs"
+    configs.mkdir()
+    for default in (ROOT / "configs").glob("*.def.toml"):
+        shutil.copy(default, configs / default.name)
+    print(f"work folder {work}; making inputs ({args.size_mib} MiB and {args.size_mib // 4} MiB uint16)...", flush=True)
+    inputs = make_inputs(work, args.size_mib)
+    inputs["image_quarter"] = make_inputs(work, args.size_mib // 4)["image"]
+
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    port = 4200 + os.getpid() % 500
+    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    try:
+        import urllib.request
+
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(env["PREFECT_API_URL"] + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        names = ["scipy-gaussian", "tierflow-gaussian", "dask-image-gaussian", "bioimage-py-gaussian",
+                 "tierflow-gaussian-rerun", "tierflow-gaussian-quarter",
+                 "scipy-label", "tierflow-label", "bioimage-py-label", "dask-image-label",
+                 "skimage-pyramid", "tierflow-pyramid", "dask-coarsen-pyramid"]
+        names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
+        results = {}
+        for name in names:
+            results[name] = measure(name, inputs, work, str(configs), env, args.timeout)
+            shown = results[name].get("error") or f"{results[name]['wall']:.2f} s, peak RSS {results[name]['peak_rss_mib']:.0f} MiB"
+            print(f"  {name:28s} {shown}", flush=True)
+        report(results, args.size_mib)
+        Path(args.out).write_text(json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "results": results}, indent=2))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "stop"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results: dict, size_mib: int) -> None:
+    def wall(name: str) -> float | None:
+        return results.get(name, {}).get("wall")
+
+    def ratio(a: str, b: str) -> str:
+        x, y = wall(a), wall(b)
+        return f"{x / y:.2f}x" if x and y else "n/a"
+
+    print(f"\nratios on {size_mib} MiB (target in brackets):")
+    print(f"  gaussian: tierflow / dask-image        {ratio('tierflow-gaussian', 'dask-image-gaussian')}  [<= 0.8]")
+    print(f"  gaussian: tierflow / SciPy in memory   {ratio('tierflow-gaussian', 'scipy-gaussian')}  [<= 1.1]")
+    print(f"  gaussian: tierflow / bioimage-py       {ratio('tierflow-gaussian', 'bioimage-py-gaussian')}")
+    print(f"  label:    tierflow / SciPy in memory   {ratio('tierflow-label', 'scipy-label')}  [<= 3]")
+    print(f"  label:    tierflow / bioimage-py       {ratio('tierflow-label', 'bioimage-py-label')}")
+    print(f"  label:    tierflow / dask-image        {ratio('tierflow-label', 'dask-image-label')}")
+    print(f"  pyramid:  tierflow / dask coarsen      {ratio('tierflow-pyramid', 'dask-coarsen-pyramid')}  [<= 1]")
+    print(f"  pyramid:  tierflow / scikit-image      {ratio('tierflow-pyramid', 'skimage-pyramid')}")
+    first = results.get("tierflow-gaussian", {})
+    if first.get("task_seconds") and first.get("wall"):
+        share = max(0.0, 1 - first["task_seconds"] / first["workers"] / first["wall"])
+        print(f"  orchestration share of tierflow gaussian  {share:.1%}  [<= 10 %] ({first['batches']} task runs)")
+    print(f"  cached re-run / first run              {ratio('tierflow-gaussian-rerun', 'tierflow-gaussian')}  [<= 0.05]")
+    full, quarter = results.get("tierflow-gaussian", {}), results.get("tierflow-gaussian-quarter", {})
+    if full.get("peak_rss_mib") and quarter.get("peak_rss_mib"):
+        print(f"  peak RSS, 4x the volume                {full['peak_rss_mib'] / quarter['peak_rss_mib']:.2f}x  [<= 1.2]")
+
+
+if __name__ == "__main__":
+    main()
