@@ -73,7 +73,13 @@ class ZarrVolume:
         shards = getattr(self.array, "shards", None)
         return tuple(shards or self.array.chunks)
 
-    def read(self, roi: Roi) -> np.ndarray:
+    def read(self, roi: Roi, *, cache: Any = None, cache_key: Any = None) -> np.ndarray:
+        """The voxels of ``roi``; with a :class:`storage.chunk_cache.ChunkCache`, chunk by chunk
+        through it (for halo reads shared between neighbouring batches)."""
+        if cache is not None:
+            from storage.chunk_cache import read_through_cache
+
+            return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
         return np.asarray(self.array[roi.slices])
 
 

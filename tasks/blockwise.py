@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from storage.arrays import ArrayLocation
+from storage.chunk_cache import ChunkCache
 from storage.db.database import Database
 from storage.db.locks import advisory_locks
 from storage.db.repo.ledger import done_blocks, record_blocks
@@ -39,6 +40,11 @@ __all__ = ["BatchFailed", "MapJob", "ledgered_blocks", "open_source", "plan_batc
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
+
+HALO_CACHE_BYTES = 512 * 2**20
+_HALO_CACHE = ChunkCache(HALO_CACHE_BYTES)
+"""Decoded chunks shared by the batches of this process: a batch's halo chunks are mostly its
+neighbours' own chunks, decoded moments before (bounded memory, see storage.chunk_cache)."""
 
 
 class BatchFailed(TierflowError):
@@ -137,7 +143,11 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
         for block in todo[1:]:
             region = region.union(block.read_roi)
         read_started = time.perf_counter()
-        data = open_source(job.source).read(region)
+        volume = open_source(job.source)
+        if any(job.halo) and isinstance(volume, ZarrVolume):
+            data = volume.read(region, cache=_HALO_CACHE, cache_key=job.op_key)
+        else:
+            data = volume.read(region)
         extras = {name: open_source(ref).read(region) for name, ref in job.extras.items()}
         if job.mask is not None:
             mask = open_source(job.mask).read(region)

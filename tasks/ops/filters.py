@@ -24,11 +24,19 @@ __all__ = [
 GAUSSIAN_BACKENDS = ("bioimage-cpp", "scipy")
 
 
-def cast_output(values: np.ndarray, dtype: np.dtype | type | str) -> np.ndarray:
-    """Cast floating results to ``dtype``: round half to even and clip for integer dtypes."""
+def cast_output(values: np.ndarray, dtype: np.dtype | type | str, *, copy: bool = True) -> np.ndarray:
+    """Cast floating results to ``dtype``: round half to even and clip for integer dtypes.
+
+    With ``copy=False`` a writeable float ``values`` is rounded and clipped in place (no
+    full-size temporaries; for kernels casting their own scratch results).
+    """
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
+        if not copy and values.dtype.kind == "f" and values.flags.writeable:
+            np.rint(values, out=values)  # in place: no extra full-size temporaries
+            np.clip(values, info.min, info.max, out=values)
+            return values.astype(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     if dtype.kind == "b":
         return values != 0
@@ -98,7 +106,7 @@ def gaussian(
 
         working = np.float64 if out_dtype == np.float64 else np.float32
         smoothed = ndimage.gaussian_filter(image.astype(working, copy=False), sigma, mode=mode, truncate=truncate)
-    return cast_output(smoothed, out_dtype)
+    return cast_output(smoothed, out_dtype, copy=False)
 
 
 def threshold(image: np.ndarray, *, value: float, above: bool = True) -> np.ndarray:
