@@ -11,7 +11,7 @@ samples the RSS of that process tree every 50 ms for its peak. Contenders:
   bioimage-py, dask-image;
 * 3-level pyramid (levels 1-3, mean): tierflow, dask ``coarsen``, scikit-image in memory;
 * tierflow's orchestration share (wall minus task bodies over workers) and a cached re-run;
-* tierflow's peak RSS at a quarter of the size (memory must stay bounded).
+* tierflow's peak RSS on a volume 4x larger (memory must stay bounded).
 
 Inputs are zarr v3, chunks 64x256x256 (zstd); outputs are written with the same chunks.
 Prints a table of wall times, peak RSS and ratios, and writes them as JSON.
@@ -102,14 +102,17 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
 
         kind = name.split("-", 1)[1]
         source = image if kind.startswith(("gaussian", "pyramid")) else mask
-        if kind == "gaussian-quarter":
-            source = inputs["image_quarter"]
-        op, params = {"gaussian": ("gaussian", {"sigma": 2.0}), "gaussian-quarter": ("gaussian", {"sigma": 2.0}),
+        if kind == "gaussian-4x":
+            source = inputs["image_4x"]
+        op, params = {"gaussian": ("gaussian", {"sigma": 2.0}), "gaussian-4x": ("gaussian", {"sigma": 2.0}),
                       "label": ("label", {"connectivity": 26}), "pyramid": ("downsample", {"levels": 4, "method": "mean"}),
                       "gaussian-rerun": ("gaussian", {"sigma": 2.0})}[kind]
         if kind == "gaussian-rerun":
             out = str(work / "out-tierflow-gaussian.zarr")
-        result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
+        from flows.prefect_env import without_heartbeats
+
+        with without_heartbeats():  # as the CLI runs flows
+            result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
         extra = {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
     elif name == "scipy-gaussian":
         from scipy import ndimage
@@ -219,9 +222,10 @@ def main() -> None:
     configs.mkdir()
     for default in (ROOT / "configs").glob("*.def.toml"):
         shutil.copy(default, configs / default.name)
-    print(f"work folder {work}; making inputs ({args.size_mib} MiB and {args.size_mib // 4} MiB uint16)...", flush=True)
+    print(f"work folder {work}; making inputs ({args.size_mib} MiB, and {args.size_mib * 4} MiB for the memory check)...", flush=True)
     inputs = make_inputs(work, args.size_mib)
-    inputs["image_quarter"] = make_inputs(work, args.size_mib // 4)["image"]
+    if "tierflow-gaussian-4x" not in args.skip and (args.only is None or "tierflow-gaussian-4x" in args.only):
+        inputs["image_4x"] = make_inputs(work, args.size_mib * 4)["image"]
 
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     port = 4200 + os.getpid() % 500
@@ -240,7 +244,7 @@ def main() -> None:
         subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         names = ["scipy-gaussian", "tierflow-gaussian", "dask-image-gaussian", "bioimage-py-gaussian",
-                 "tierflow-gaussian-rerun", "tierflow-gaussian-quarter",
+                 "tierflow-gaussian-rerun", "tierflow-gaussian-4x",
                  "scipy-label", "tierflow-label", "bioimage-py-label", "dask-image-label",
                  "skimage-pyramid", "tierflow-pyramid", "dask-coarsen-pyramid"]
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
@@ -281,9 +285,9 @@ def report(results: dict, size_mib: int) -> None:
         share = max(0.0, 1 - first["task_seconds"] / first["workers"] / first["wall"])
         print(f"  orchestration share of tierflow gaussian  {share:.1%}  [<= 10 %] ({first['batches']} task runs)")
     print(f"  cached re-run / first run              {ratio('tierflow-gaussian-rerun', 'tierflow-gaussian')}  [<= 0.05]")
-    full, quarter = results.get("tierflow-gaussian", {}), results.get("tierflow-gaussian-quarter", {})
-    if full.get("peak_rss_mib") and quarter.get("peak_rss_mib"):
-        print(f"  peak RSS, 4x the volume                {full['peak_rss_mib'] / quarter['peak_rss_mib']:.2f}x  [<= 1.2]")
+    base, larger = results.get("tierflow-gaussian", {}), results.get("tierflow-gaussian-4x", {})
+    if base.get("peak_rss_mib") and larger.get("peak_rss_mib"):
+        print(f"  peak RSS, 4x the volume                {larger['peak_rss_mib'] / base['peak_rss_mib']:.2f}x  [<= 1.2]")
 
 
 if __name__ == "__main__":

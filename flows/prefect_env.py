@@ -9,10 +9,12 @@ always win.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from configs import TierflowConfig
 
-__all__ = ["apply_defaults", "configure_prefect"]
+__all__ = ["apply_defaults", "configure_prefect", "without_heartbeats"]
 
 _DEFAULTS = {
     # Clusters and CI have no internet: never try to send usage analytics.
@@ -38,3 +40,19 @@ def configure_prefect(config: TierflowConfig) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", str(settings.analytics_enabled).lower())
     if settings.api_url:
         os.environ.setdefault("PREFECT_API_URL", settings.api_url)
+
+
+@contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """Run flows without Prefect's flow-run heartbeat thread.
+
+    Prefect 3.8 joins that thread when a flow run ends, and it sleeps in one-second steps, so
+    every flow run takes up to a second longer. Heartbeats let a server notice a crashed run
+    started by a worker; a run started from the CLI or a notebook ends (or visibly crashes) in
+    front of its user, so tierflow's interactive entry points turn them off. Deployments keep
+    Prefect's default.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # type: ignore[attr-defined]
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -58,7 +58,10 @@ def ingest(
     _config(ctx)
     from flows.ingest import ingest as ingest_flow
 
-    result = ingest_flow(raw_dir=raw_dir, dataset=dataset, config_dir=state(ctx).config_path)
+    from flows.prefect_env import without_heartbeats
+
+    with without_heartbeats():
+        result = ingest_flow(raw_dir=raw_dir, dataset=dataset, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return
@@ -136,7 +139,10 @@ def promote(
     _config(ctx)
     from flows.promote import promote as promote_flow
 
-    result = promote_flow(run=run, artifacts=artifact or None, config_dir=state(ctx).config_path)
+    from flows.prefect_env import without_heartbeats
+
+    with without_heartbeats():
+        result = promote_flow(run=run, artifacts=artifact or None, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return
@@ -155,7 +161,10 @@ def retention(
     _config(ctx)
     from flows.retention import retention as retention_flow
 
-    result = retention_flow(dry_run=dry_run, config_dir=state(ctx).config_path)
+    from flows.prefect_env import without_heartbeats
+
+    with without_heartbeats():
+        result = retention_flow(dry_run=dry_run, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return

@@ -136,8 +136,11 @@ def op(
     target_uri = resolve_location(config, output).uri
 
     def run() -> dict[str, Any]:
-        return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
-                      inputs=_parse_params(extra) or None, mask=mask)
+        from flows.prefect_env import without_heartbeats
+
+        with without_heartbeats():
+            return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
+                          inputs=_parse_params(extra) or None, mask=mask)
 
     result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:
@@ -190,7 +193,10 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
     from flows.op import resume_op
 
     _config(ctx)
-    result = resume_op(run, config_dir=state(ctx).config_path)
+    from flows.prefect_env import without_heartbeats
+
+    with without_heartbeats():
+        result = resume_op(run, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return
@@ -212,8 +218,11 @@ def track(
     from flows.track import track as track_flow
 
     _config(ctx)
-    result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,
-                        frame_interval=frame_interval, config_dir=state(ctx).config_path)
+    from flows.prefect_env import without_heartbeats
+
+    with without_heartbeats():
+        result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,
+                            frame_interval=frame_interval, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return
