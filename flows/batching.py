@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-__all__ = ["split_batches"]
+__all__ = ["BatchOutcome", "run_batches", "split_batches"]
 
 T = TypeVar("T")
 
@@ -30,3 +31,28 @@ def split_batches(items: Sequence[T], max_batches: int, *, min_batch: int = 1) -
         result.append(list(items[start:end]))
         start = end
     return result
+
+
+@dataclass
+class BatchOutcome:
+    """What a set of batch tasks returned: their results, and the blocks that failed."""
+
+    results: list[Any] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    first_error: str = ""
+
+
+def run_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]]) -> BatchOutcome:
+    """Submit ``task(job=job, block_ids=batch)`` for every batch on ``runner`` and wait; a
+    batch that raises ``BatchFailed`` contributes its failed block ids instead of a result."""
+    from tasks.blockwise import BatchFailed
+
+    outcome = BatchOutcome()
+    futures = [runner.submit(task, parameters={"job": job, "block_ids": list(batch)}) for batch in batches]
+    for future in futures:
+        try:
+            outcome.results.append(future.result())
+        except BatchFailed as exc:
+            outcome.failed.extend(exc.block_ids)
+            outcome.first_error = outcome.first_error or exc.message
+    return outcome

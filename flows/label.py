@@ -11,23 +11,12 @@ from storage.db.database import Database
 from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
-from tasks.blockwise import BatchFailed, FaultHook, SourceRef, plan_batches
+from flows.batching import run_batches
+from tasks.blockwise import FaultHook, SourceRef, plan_batches
 from tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
 from tasks.ops.label import CONNECTIVITIES
 
 __all__ = ["LABEL_VERSION", "run_label"]
-
-
-def _gather(runner: ThreadPoolTaskRunner, task: Any, job: LabelJob, batches: list[list[str]]) -> tuple[int, list[str], str]:
-    futures = [runner.submit(task, parameters={"job": job, "block_ids": batch}) for batch in batches]
-    done, failed, first = 0, [], ""
-    for future in futures:
-        try:
-            done += future.result()["done"]
-        except BatchFailed as exc:
-            failed.extend(exc.block_ids)
-            first = first or exc.message
-    return done, failed, first
 
 
 def run_label(
@@ -77,9 +66,9 @@ def run_label(
                 continue
             remaining = [b for b in all_ids if b not in done]
             batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)
-            computed, failed, first = _gather(runner, task, job, batches)
-            summary[f"{stage}_computed"] = computed
-            if failed:
-                raise BlockFailuresError(f"label:{stage}", run_id, failed, first)
+            outcome = run_batches(runner, task, job, batches)
+            summary[f"{stage}_computed"] = sum(result["done"] for result in outcome.results)
+            if outcome.failed:
+                raise BlockFailuresError(f"label:{stage}", run_id, outcome.failed, outcome.first_error)
     summary["computed"] = summary.get("relabel_computed", 0)
     return summary

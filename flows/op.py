@@ -22,6 +22,7 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs import TierflowConfig, load_config, load_db_config
+from flows.batching import run_batches
 from flows.database import open_database
 from flows.runs import recorded_run
 from flows.tiers import open_tier, open_tiers
@@ -32,7 +33,7 @@ from storage.errors import TierflowError
 from storage.geometry import BlockGrid
 from storage.tiers import PosixTier, Tier, parse_s3_uri
 from storage.volumes import fingerprint_path
-from tasks.blockwise import BatchFailed, FaultHook, MapJob, open_source, plan_batches, run_map_batch
+from tasks.blockwise import FaultHook, MapJob, open_source, plan_batches, run_map_batch
 from flows.label import LABEL_VERSION, run_label
 from flows.features import FEATURES_VERSION, run_features
 from flows.pyramid import PYRAMID_VERSION, run_pyramid
@@ -232,19 +233,11 @@ def run_op(
                      extras=extras, mask=mask_ref, fault=fault)
         batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
         runner = ThreadPoolTaskRunner(max_workers=workers)
-        failed: list[str] = []
-        first_error = ""
-        computed, task_seconds = 0, 0.0
         with runner:
-            futures = [runner.submit(map_blocks, parameters={"job": job, "block_ids": batch}) for batch in batches]
-            for future in futures:
-                try:
-                    outcome = future.result()
-                    computed += outcome["done"]
-                    task_seconds += outcome["seconds"]
-                except BatchFailed as exc:
-                    failed.extend(exc.block_ids)
-                    first_error = first_error or exc.message
+            outcome = run_batches(runner, map_blocks, job, batches)
+        computed = sum(result["done"] for result in outcome.results)
+        task_seconds = sum(result["seconds"] for result in outcome.results)
+        failed, first_error = outcome.failed, outcome.first_error
         if failed:
             raise BlockFailuresError(op, run_id, failed, first_error)
         return {"run_id": run_id, "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,

@@ -18,7 +18,8 @@ from storage.db.database import Database
 from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
-from tasks.blockwise import BatchFailed, FaultHook, SourceRef, open_source, plan_batches
+from flows.batching import run_batches
+from tasks.blockwise import FaultHook, SourceRef, open_source, plan_batches
 from tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tasks.pyramid_blocks import LevelJob, downsample_level
 
@@ -88,16 +89,10 @@ def run_pyramid(
             remaining = [b.block_id for b in job.grid if b.block_id not in done]
             summary["blocks"] += len(job.grid)
             batches = plan_batches(job.grid, remaining, max_batches=max_batches, min_batches=2 * workers)
-            futures = [runner.submit(downsample_level, parameters={"job": job, "block_ids": batch}) for batch in batches]
-            failed, first = [], ""
-            for future in futures:
-                try:
-                    summary["computed"] += future.result()["done"]
-                except BatchFailed as exc:
-                    failed.extend(exc.block_ids)
-                    first = first or exc.message
-            if failed:
-                raise BlockFailuresError(f"downsample:level{level}", run_id, failed, first)
+            outcome = run_batches(runner, downsample_level, job, batches)
+            summary["computed"] += sum(result["done"] for result in outcome.results)
+            if outcome.failed:
+                raise BlockFailuresError(f"downsample:level{level}", run_id, outcome.failed, outcome.first_error)
             previous = location
     scales, translations = pyramid_transforms(factors, base_scale=voxel, window_centered=method != "nearest")
     attributes = multiscales_attributes(name=str(params.get("name", "image")), axes=axes, scales=scales,
