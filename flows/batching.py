@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["BatchOutcome", "run_batches", "split_batches"]
+__all__ = ["BatchOutcome", "OpContext", "run_batches", "split_batches"]
 
 T = TypeVar("T")
 
@@ -31,6 +31,23 @@ def split_batches(items: Sequence[T], max_batches: int, *, min_batch: int = 1) -
         result.append(list(items[start:end]))
         start = end
     return result
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What every multi-stage operation (label, downsample, features) is run with."""
+
+    db: Any
+    run_id: int
+    op_key: str
+    source: Any
+    target: Any
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    params: dict[str, Any]
+    workers: int
+    max_batches: int
+    fault: Any = None
 
 
 @dataclass

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.arrays import ArrayLocation
-from storage.db.database import Database
+from flows.batching import OpContext
 from storage.db.repo import add_object_features
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
@@ -43,23 +42,10 @@ def feature_rows(table: pd.DataFrame, channels: list[str], time_point: int) -> l
     return rows
 
 
-def run_features(
-    *,
-    db: Database,
-    run_id: int,
-    op_key: str,
-    source: SourceRef,
-    target: ArrayLocation,
-    shape: tuple[int, ...],
-    block_shape: tuple[int, ...],
-    params: dict[str, Any],
-    workers: int,
-    max_batches: int,
-    extras: dict[str, SourceRef],
-    source_uri: str,
-    fault: Any = None,
-) -> dict[str, Any]:
+def run_features(ctx: OpContext, *, extras: dict[str, SourceRef], source_uri: str) -> dict[str, Any]:
     """Compute, merge and store the features; the CSV goes to ``target`` (a file key)."""
+    db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
+    shape, block_shape, params, workers, max_batches = ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches
     unknown = sorted(set(params) - {"time_point", "dataset", "sample"})
     if unknown:
         raise TierflowError(f"features has no parameter(s) {unknown}; it takes time_point, dataset, sample")

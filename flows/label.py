@@ -6,33 +6,19 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.arrays import ArrayLocation, create_output_array
-from storage.db.database import Database
+from storage.arrays import create_output_array
 from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
-from flows.batching import run_batches
-from tasks.blockwise import FaultHook, SourceRef, plan_batches
+from flows.batching import OpContext, run_batches
+from tasks.blockwise import plan_batches
 from tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
 from tasks.ops.label import CONNECTIVITIES
 
 __all__ = ["LABEL_VERSION", "run_label"]
 
 
-def run_label(
-    *,
-    db: Database,
-    run_id: int,
-    op_key: str,
-    source: SourceRef,
-    target: ArrayLocation,
-    shape: tuple[int, ...],
-    block_shape: tuple[int, ...],
-    params: dict[str, Any],
-    workers: int,
-    max_batches: int,
-    fault: FaultHook | None = None,
-) -> dict[str, Any]:
+def run_label(ctx: OpContext) -> dict[str, Any]:
     """Run the three label stages, skipping whatever the ledger says is done.
 
     Raises
@@ -40,6 +26,9 @@ def run_label(
     BlockFailuresError
         (from :mod:`flows.op`) listing the failed blocks of the first stage that failed.
     """
+    db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
+    shape, block_shape, params, workers, max_batches, fault = (
+        ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
     from flows.op import BlockFailuresError
 
     ndim = len(shape)

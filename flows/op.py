@@ -22,10 +22,10 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs import TierflowConfig, load_config, load_db_config
-from flows.batching import run_batches
+from flows.batching import OpContext, run_batches
 from flows.database import open_database
 from flows.runs import recorded_run
-from flows.tiers import open_tier, open_tiers
+from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
 from storage.db.database import Database
 from storage.db.repo.ledger import done_blocks
@@ -191,16 +191,14 @@ def run_op(
             content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items()))])
             key = op_key(op, version, dict(params or {}), content)
             stages = {"label": run_label, "downsample": run_pyramid, "features": run_features}
-            extra: dict[str, Any] = {"dtype": volume.dtype} if op == "downsample" else {}
+            extra: dict[str, Any] = {"dtype": volume.dtype} if op == "downsample" else {}  # keyword-only extras
             if op == "features":
                 extra = {"extras": extras, "source_uri": source.uri if isinstance(source, ArrayLocation) else Path(source).as_uri()}
             elif extras:
                 raise TierflowError(f"{op} takes no extra inputs, got {sorted(extras)}")
-            summary = stages[op](
-                db=db, run_id=run_id, op_key=key, source=source, target=target, shape=tuple(volume.shape),
-                block_shape=shape_blocks, params=dict(params or {}), workers=workers,
-                max_batches=config.execution.max_task_runs // 8, fault=fault, **extra,
-            )
+            context = OpContext(db, run_id, key, source, target, tuple(volume.shape), shape_blocks, dict(params or {}),
+                                workers, config.execution.max_task_runs // 8, fault)
+            summary = stages[op](context, **extra)
             logger.info("%s: %s", op, summary)
             return {"run_id": run_id, "op_key": key, "output": target.uri, **summary}
         spec = get_map_op(op)

@@ -14,12 +14,11 @@ import numpy as np
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from storage.arrays import ArrayLocation, create_output_array
-from storage.db.database import Database
 from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
-from flows.batching import run_batches
-from tasks.blockwise import FaultHook, SourceRef, open_source, plan_batches
+from flows.batching import OpContext, run_batches
+from tasks.blockwise import SourceRef, open_source, plan_batches
 from tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tasks.pyramid_blocks import LevelJob, downsample_level
 
@@ -40,22 +39,11 @@ def _method(requested: str, source: SourceRef) -> str:
     return "mode" if made_by in ("label", "watershed") else "mean"
 
 
-def run_pyramid(
-    *,
-    db: Database,
-    run_id: int,
-    op_key: str,
-    source: SourceRef,
-    target: ArrayLocation,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    block_shape: tuple[int, ...],
-    params: dict[str, Any],
-    workers: int,
-    max_batches: int,
-    fault: FaultHook | None = None,
-) -> dict[str, Any]:
+def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
     """Write levels ``0 .. levels-1`` into the group at ``target`` and its OME-Zarr metadata."""
+    db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
+    shape, block_shape, params, workers, max_batches, fault = (
+        ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
     from flows.op import BlockFailuresError
 
     unknown = sorted(set(params) - {"levels", "method", "voxel_size", "name"})

@@ -32,7 +32,7 @@ from storage.db.database import Database
 from storage.db.locks import advisory_locks
 from storage.db.repo.ledger import done_blocks, record_blocks
 from storage.errors import TierflowError
-from storage.geometry import Block, BlockGrid, Roi
+from storage.geometry import Block, BlockGrid
 from storage.volumes import Volume, ZarrVolume, open_volume
 from tasks.ops.catalog import get_map_op
 

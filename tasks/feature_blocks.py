@@ -4,7 +4,6 @@ its blocks (small: one row per object piece), the flow merges all batches exactl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE

@@ -105,6 +105,7 @@ def test_external_database_takes_its_password_from_the_environment(project, monk
         ("tierflow.user.toml", '[tiers.source]\nbackend = "s3"\n', "tiers.source"),
         ("tierflow.user.toml", '[execution]\nbackend = "kubernetes"\n', "execution.backend"),
         ("db.user.toml", '[database]\nport = 70000\n', "database.port"),
+        # negative case: tierflow refuses any database but PostgreSQL
         ("db.user.toml", '[database]\nmode = "sqlite"\n', "database.mode"),
     ],
 )

@@ -122,7 +122,6 @@ def op(
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
     from flows.cli.data import _config
     from flows.op import resolve_location, run_op
-    from storage.geometry import BlockGrid
     from tasks.blockwise import open_source
 
     config = _config(ctx)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
-from storage.tiers.base import COPY_BUFFER, HashingReader, ObjectInfo, Tier
+from storage.tiers.base import COPY_BUFFER, ObjectInfo, Tier
 from storage.tiers.names import check_key
 
 __all__ = ["S3Tier", "parse_s3_uri"]
