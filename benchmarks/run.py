@@ -77,6 +77,9 @@ def _preimport(name: str) -> None:
 
     if name.startswith("tierflow-"):
         import flows.op  # noqa: F401
+        from flows.prefect_env import prepare_process
+
+        prepare_process()  # process start-up, as the CLI does before its first flow run
     elif name.startswith("dask"):
         import dask.array  # noqa: F401
         import dask_image.ndfilters  # noqa: F401
@@ -109,9 +112,9 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
                       "gaussian-rerun": ("gaussian", {"sigma": 2.0})}[kind]
         if kind == "gaussian-rerun":
             out = str(work / "out-tierflow-gaussian.zarr")
-        from flows.prefect_env import without_heartbeats
+        from flows.prefect_env import interactive_flows
 
-        with without_heartbeats():  # as the CLI runs flows
+        with interactive_flows():  # as the CLI runs flows
             result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
         extra = {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
     elif name == "scipy-gaussian":

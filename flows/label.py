@@ -11,6 +11,7 @@ from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
 from flows.batching import OpContext, run_batches
+from flows.outputs import claim_output
 from tasks.blockwise import plan_batches
 from tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
 from tasks.ops.label import CONNECTIVITIES
@@ -48,10 +49,10 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 done = done_blocks(session, job.stage_key(stage), target.uri)
             if stage == "merge":
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
-                create_output_array(
+                claim_output(db, target, op_key, lambda: create_output_array(
                     target, shape=shape, dtype=summary["dtype"], chunks=block_shape,
                     attributes={"tierflow": {"op": "label", "version": LABEL_VERSION, "connectivity": connectivity, "op_key": op_key}},
-                )
+                ), keep_op_keys=[job.stage_key("local"), job.stage_key("merge")])
                 continue
             remaining = [b for b in all_ids if b not in done]
             batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)

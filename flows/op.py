@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from configs import TierflowConfig, load_config, load_db_config
 from flows.batching import OpContext, run_batches
 from flows.database import open_database
+from flows.outputs import claim_output
 from flows.runs import recorded_run
 from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
@@ -219,9 +220,11 @@ def run_op(
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
         check_chunks_align(shape_blocks, shape_blocks, target.uri)
-        create_output_array(target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks,
-                            compression=resolved.get("compression", "lz4"),
-                            attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}})
+        stale = claim_output(db, target, key, lambda: create_output_array(
+            target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks, compression=resolved.get("compression", "lz4"),
+            attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}}))
+        if stale:
+            logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
         grid = BlockGrid(volume.shape, shape_blocks, halo)
         with db.session() as session:
             already = done_blocks(session, key, target.uri)

@@ -18,6 +18,7 @@ from storage.db.repo.ledger import done_blocks
 from storage.errors import TierflowError
 from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
 from flows.batching import OpContext, run_batches
+from flows.outputs import claim_output
 from tasks.blockwise import SourceRef, open_source, plan_batches
 from tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tasks.pyramid_blocks import LevelJob, downsample_level
@@ -59,10 +60,19 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
     factors = pyramid_factors(shape, levels, factor=2)
     import zarr
 
-    group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
     shapes = [tuple(shape)]
     for level_factors in factors[1:]:
         shapes.append(downsampled_shape(shapes[-1], level_factors))
+    group_holder: list[Any] = []
+
+    def open_stamped_group() -> None:
+        group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
+        group.attrs["tierflow"] = {"op": "downsample", "version": PYRAMID_VERSION, "op_key": op_key}
+        group_holder.append(group)
+
+    claim_output(db, target, op_key, open_stamped_group,
+                 ledger_uris=[ArrayLocation(target.tier, f"{target.key}/{level}").uri for level in range(levels)])
+    group = group_holder[0]
     summary: dict[str, Any] = {"levels": levels, "method": method, "shapes": [list(s) for s in shapes], "computed": 0, "blocks": 0}
     previous: SourceRef = source
     with ThreadPoolTaskRunner(max_workers=workers) as runner:

@@ -6,7 +6,8 @@ A batch is a contiguous group of blocks. Its task
 2. asks the ledger which of its blocks are done already (one query) and skips them,
 3. reads the union of the remaining blocks' read ROIs **once** (each chunk decoded once per
    batch, instead of once per block that needs it as halo),
-4. runs the kernel on that region and writes each block's inner part (whole chunks),
+4. runs the kernel on each block's read ROI cut from that region and writes the block's inner
+   part (whole chunks),
 5. records every block in the ledger (done or failed, attempt, host, SLURM job id, seconds,
    bytes) in one insert, and raises listing the failed blocks, so Prefect retries only those.
 
@@ -144,22 +145,17 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             region = region.union(block.read_roi)
         read_started = time.perf_counter()
         volume = open_source(job.source)
-        if any(job.halo) and isinstance(volume, ZarrVolume):
-            data = volume.read(region, cache=_HALO_CACHE, cache_key=job.op_key)
-        else:
-            data = volume.read(region)
+        # with a halo, each block's read ROI comes from the decoded-chunk cache (each chunk decoded
+        # about once; no batch-sized array); without one, the batch's region is read in one go
+        per_block = any(job.halo) and isinstance(volume, ZarrVolume)
+        data = None if per_block else volume.read(region)
         extras = {name: open_source(ref).read(region) for name, ref in job.extras.items()}
         if job.mask is not None:
             mask = open_source(job.mask).read(region)
-        compute_started = time.perf_counter()
-        result = op.kernel(data, job.params, **extras)
-        if job.mask is not None:
-            result = np.where(mask != 0, result, np.zeros((), dtype=result.dtype))
-        compute_seconds = time.perf_counter() - compute_started
-        read_seconds = compute_started - read_started
-        target = job.target.open(read_only=False)
+        read_seconds = time.perf_counter() - read_started
+        target = job.target.writer()
         rows, failed, first_error = [], [], ""
-        share = (read_seconds + compute_seconds) / len(todo)
+        compute_seconds, read_share = 0.0, read_seconds / len(todo)
         for block in todo:
             block_started = time.perf_counter()
             row: dict[str, Any] = {
@@ -170,14 +166,24 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             try:
                 if job.fault is not None:
                     job.fault(block.block_id)
-                values = result[block.write_roi.relative_to(region)]
+                # the kernel runs per block (read ROI = block + halo, cut from the batch's region):
+                # its working arrays stay small enough for the allocator to reuse them, where one
+                # region-sized float array per batch cost fresh, kernel-zeroed pages every time
+                # (a third of the CPU time on 512 MiB, measured with perf)
+                inside = block.read_roi.relative_to(region)
+                block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=job.op_key) if per_block else data[inside]
+                result = op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()})
+                if job.mask is not None:
+                    result = np.where(mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
+                values = result[block.write_roi.relative_to(block.read_roi)]
+                compute_seconds += time.perf_counter() - block_started
                 target[block.write_roi.slices] = values
                 row.update(status="done", bytes=int(values.nbytes))
             except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
                 row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
                 failed.append(block.block_id)
                 first_error = first_error or row["error"]
-            row.update(seconds=share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
+            row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
             rows.append(row)
         with job.db.session() as session:
             record_blocks(session, rows)

@@ -121,7 +121,7 @@ def label_relabel(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
     offsets = json.loads(tier.get_bytes(f"{job.state_key}/offsets.json"))
     volume = open_source(job.source)
-    output = job.target.open(read_only=False)  # created by the flow once the merge is known
+    output = job.target.writer()  # created by the flow once the merge is known
 
     def work(block: Any) -> int:
         labels, _ = label_block(volume.read(block.write_roi), connectivity=job.connectivity)

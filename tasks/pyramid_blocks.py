@@ -52,7 +52,7 @@ def _input_roi(out_roi: Roi, factors: Sequence[int], in_shape: Sequence[int]) ->
 def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
     """Compute a batch of output blocks of one level."""
     volume = open_source(job.source)
-    output = job.target.open(read_only=False)
+    output = job.target.writer()
     grid = job.grid
 
     def work(block_id: str) -> int:

@@ -112,6 +112,31 @@ def test_rerun_is_served_by_the_ledger_and_a_parameter_change_recomputes(project
     assert touched["computed"] == 36
 
 
+def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_path, ledger, prefect_api):
+    import shutil
+
+    from scipy import ndimage
+
+    from flows.op import run_op
+
+    configs, out = str(project / "configs"), str(tmp_path / "out.zarr")
+    data = zarr.open_array(source)[:]
+
+    def expected(sigma):
+        return np.clip(np.rint(ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535).astype(np.uint16)
+
+    def run(sigma):
+        return run_op("gaussian", source, out, {"sigma": sigma, "backend": "scipy"}, block_shape=BLOCKS, workers=2, config_dir=configs)
+
+    assert run(2.0)["computed"] == 36
+    shutil.rmtree(out)  # the user deletes the output: the ledger must not vouch for it any more
+    assert run(2.0)["computed"] == 36
+    np.testing.assert_array_equal(zarr.open_array(out)[:], expected(2.0))
+    assert run(1.0)["computed"] == 36  # another op key overwrites the same output ...
+    assert run(2.0)["computed"] == 36  # ... so sigma=2's done blocks there are stale
+    np.testing.assert_array_equal(zarr.open_array(out)[:], expected(2.0))
+    assert len(ledger(status="stale")) == 36 * 3
+
 def test_two_concurrent_runs_compute_each_block_once(project, source, tmp_path, ledger, prefect_api):
     from flows.op import run_op
 

@@ -58,9 +58,9 @@ def ingest(
     _config(ctx)
     from flows.ingest import ingest as ingest_flow
 
-    from flows.prefect_env import without_heartbeats
+    from flows.prefect_env import interactive_flows
 
-    with without_heartbeats():
+    with interactive_flows():
         result = ingest_flow(raw_dir=raw_dir, dataset=dataset, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
@@ -139,9 +139,9 @@ def promote(
     _config(ctx)
     from flows.promote import promote as promote_flow
 
-    from flows.prefect_env import without_heartbeats
+    from flows.prefect_env import interactive_flows
 
-    with without_heartbeats():
+    with interactive_flows():
         result = promote_flow(run=run, artifacts=artifact or None, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
@@ -161,9 +161,9 @@ def retention(
     _config(ctx)
     from flows.retention import retention as retention_flow
 
-    from flows.prefect_env import without_heartbeats
+    from flows.prefect_env import interactive_flows
 
-    with without_heartbeats():
+    with interactive_flows():
         result = retention_flow(dry_run=dry_run, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)

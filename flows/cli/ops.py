@@ -135,9 +135,9 @@ def op(
     target_uri = resolve_location(config, output).uri
 
     def run() -> dict[str, Any]:
-        from flows.prefect_env import without_heartbeats
+        from flows.prefect_env import interactive_flows
 
-        with without_heartbeats():
+        with interactive_flows():
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
                           inputs=_parse_params(extra) or None, mask=mask)
 
@@ -192,9 +192,9 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
     from flows.op import resume_op
 
     _config(ctx)
-    from flows.prefect_env import without_heartbeats
+    from flows.prefect_env import interactive_flows
 
-    with without_heartbeats():
+    with interactive_flows():
         result = resume_op(run, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
@@ -217,9 +217,9 @@ def track(
     from flows.track import track as track_flow
 
     _config(ctx)
-    from flows.prefect_env import without_heartbeats
+    from flows.prefect_env import interactive_flows
 
-    with without_heartbeats():
+    with interactive_flows():
         result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,
                             frame_interval=frame_interval, config_dir=state(ctx).config_path)
     if as_json:

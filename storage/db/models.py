@@ -52,7 +52,7 @@ __all__ = [
 
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "crashed")
 ARTIFACT_TIERS = ("source", "output", "scratch", "ephemeral")
-BLOCK_STATUSES = ("running", "done", "failed")
+BLOCK_STATUSES = ("running", "done", "failed", "stale")
 RETENTION_ACTIONS = ("deleted", "rotated")
 
 

@@ -119,7 +119,7 @@ MAP_OPS: dict[str, MapOp] = {
             "sigma": ParamSpec(float, ..., "standard deviation in voxels"),
             "truncate": ParamSpec(float, 3.0, "kernel radius in sigmas"),
             "mode": ParamSpec(str, "mirror", "border handling", ("mirror", "reflect", "nearest", "constant", "wrap")),
-            "backend": ParamSpec(str, "bioimage-cpp", "kernel implementation", ("bioimage-cpp", "scipy")),
+            "backend": ParamSpec(str, "opencv", "kernel implementation", ("opencv", "bioimage-cpp", "scipy")),
             "out_dtype": ParamSpec(str, "", "output dtype (default: the input's)"),
         },
     ),

@@ -21,7 +21,9 @@ __all__ = [
     "threshold",
 ]
 
-GAUSSIAN_BACKENDS = ("bioimage-cpp", "scipy")
+GAUSSIAN_BACKENDS = ("opencv", "bioimage-cpp", "scipy")
+_OPENCV_BORDERS = {"mirror": "BORDER_REFLECT_101", "reflect": "BORDER_REFLECT", "nearest": "BORDER_REPLICATE", "constant": "BORDER_CONSTANT"}
+_OPENCV_SOURCE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 
 
 def cast_output(values: np.ndarray, dtype: np.dtype | type | str, *, copy: bool = True) -> np.ndarray:
@@ -57,7 +59,7 @@ def gaussian(
     sigma: float | Sequence[float],
     truncate: float = 3.0,
     mode: str = "mirror",
-    backend: str = "bioimage-cpp",
+    backend: str = "opencv",
     out_dtype: np.dtype | str | None = None,
 ) -> np.ndarray:
     """Gaussian smoothing.
@@ -71,11 +73,14 @@ def gaussian(
     truncate
         Kernel radius in sigmas. The ``bioimage-cpp`` backend supports only 3.0.
     mode
-        Border handling (SciPy's names). ``bioimage-cpp`` supports only ``"mirror"``.
+        Border handling (SciPy's names). ``opencv`` supports mirror, reflect, nearest and
+        constant (0); ``bioimage-cpp`` only ``"mirror"``.
     backend
-        ``"bioimage-cpp"`` (float32, about 2.4x faster than SciPy here; block-wise results equal
-        the whole-volume result up to float32 rounding: an integer output may differ by 1 in
-        rare voxels) or ``"scipy"`` (float32 working precision, bit-exact block-wise).
+        ``"opencv"`` (default: OpenCV's separable SIMD filters in float32, 2.4x faster than
+        bioimage-cpp and 3.6x faster than SciPy per block here, measured on 76x268x268 uint16),
+        ``"bioimage-cpp"`` (float32, about 1.5x faster than SciPy) or ``"scipy"``. The float32
+        backends equal SciPy's float32 result up to float32 rounding (≤ 5e-4 here), so an
+        integer output may differ by 1 in rare voxels; ``"scipy"`` is bit-exact block-wise.
     out_dtype
         Output dtype; default the input's (see :func:`cast_output`).
 
@@ -95,7 +100,10 @@ def gaussian(
     if backend not in GAUSSIAN_BACKENDS:
         raise ValueError(f"gaussian backend {backend!r} is not one of {GAUSSIAN_BACKENDS}")
     out_dtype = np.dtype(out_dtype or image.dtype)
-    if backend == "bioimage-cpp":
+    if backend == "opencv":
+        working = np.float64 if out_dtype == np.float64 else np.float32
+        smoothed = _gaussian_opencv(image, _per_axis(sigma, image.ndim), truncate, mode, working)
+    elif backend == "bioimage-cpp":
         if truncate != 3.0 or mode != "mirror":
             raise ValueError("the bioimage-cpp gaussian uses truncate=3.0 and mode='mirror'; use backend='scipy' for others")
         import bioimage_cpp
@@ -107,6 +115,52 @@ def gaussian(
         working = np.float64 if out_dtype == np.float64 else np.float32
         smoothed = ndimage.gaussian_filter(image.astype(working, copy=False), sigma, mode=mode, truncate=truncate)
     return cast_output(smoothed, out_dtype, copy=False)
+
+
+def _per_axis(sigma: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+    sigmas = (float(sigma),) * ndim if np.isscalar(sigma) else tuple(float(s) for s in sigma)  # type: ignore[arg-type]
+    if len(sigmas) != ndim:
+        raise ValueError(f"sigma {sigma!r} has {len(sigmas)} values but the image has {ndim} axes")
+    return sigmas
+
+
+def _gaussian_kernel1d(sigma: float, truncate: float, dtype: type) -> np.ndarray:
+    """SciPy's sampled gaussian (radius ``int(truncate * sigma + 0.5)``), normalised."""
+    radius = int(truncate * sigma + 0.5)
+    if sigma <= 0 or radius == 0:
+        return np.ones(1, dtype=dtype)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 / sigma**2 * x**2)
+    return (weights / weights.sum()).astype(dtype)
+
+
+def _gaussian_opencv(image: np.ndarray, sigmas: tuple[float, ...], truncate: float, mode: str, working: type) -> np.ndarray:
+    """Separable gaussian with OpenCV's SIMD row/column filters: (y, x) per plane, then z as a
+    column filter over the planes seen as one (z, y*x) image. Integer sources of 8/16 bits are
+    converted on the fly (no float copy of the input)."""
+    import cv2
+
+    # tierflow runs blocks in parallel; OpenCV's own thread pool on top of that cost 20 % of the
+    # wall time of a 512 MiB run on 2 cores (measured), so its kernels run single-threaded
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    if mode not in _OPENCV_BORDERS:
+        raise ValueError(f"the opencv gaussian supports mode {sorted(_OPENCV_BORDERS)}; use backend='scipy' for {mode!r}")
+    border = getattr(cv2, _OPENCV_BORDERS[mode])
+    depth = cv2.CV_64F if working == np.float64 else cv2.CV_32F
+    kernels = [_gaussian_kernel1d(s, truncate, working) for s in sigmas]
+    source = image if image.dtype in _OPENCV_SOURCE_DTYPES else image.astype(working)
+    if image.ndim == 2:
+        return cv2.sepFilter2D(np.ascontiguousarray(source), depth, kernels[1], kernels[0], borderType=border)
+    planes, rows, columns = image.shape
+    out = np.empty(image.shape, dtype=working)
+    for index in range(planes):
+        cv2.sepFilter2D(np.ascontiguousarray(source[index]), depth, kernels[2], kernels[1], dst=out[index], borderType=border)
+    if len(kernels[0]) > 1:
+        identity = np.ones(1, dtype=working)
+        out = cv2.sepFilter2D(out.reshape(planes, rows * columns), depth, identity, kernels[0], borderType=border)
+        out = out.reshape(planes, rows, columns)
+    return out
 
 
 def threshold(image: np.ndarray, *, value: float, above: bool = True) -> np.ndarray:

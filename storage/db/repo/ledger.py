@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["block_progress", "done_blocks", "failed_blocks", "record_blocks"]
+__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_stale", "record_blocks"]
 
 _COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
 
@@ -43,6 +43,15 @@ def done_blocks(session: Session, op_key: str, array_uri: str) -> set[str]:
             .distinct()
         )
     )
+
+
+def mark_stale(session: Session, array_uris: Collection[str], *, keep_op_keys: Collection[str] = ()) -> int:
+    """Mark the done rows of ``array_uris`` stale (their content was deleted or overwritten),
+    except those of ``keep_op_keys``; returns how many rows changed (history is kept)."""
+    query = update(BlockRecord).where(BlockRecord.array_uri.in_(list(array_uris)), BlockRecord.status == "done")
+    if keep_op_keys:
+        query = query.where(BlockRecord.op_key.not_in(list(keep_op_keys)))
+    return int(session.execute(query.values(status="stale")).rowcount or 0)
 
 
 def failed_blocks(session: Session, run_id: int) -> list[str]:
