@@ -77,9 +77,10 @@ def _preimport(name: str) -> None:
 
     if name.startswith("tierflow-"):
         import flows.op  # noqa: F401
-        from flows.prefect_env import prepare_process
+        from flows.prefect_env import interactive_flows
 
-        prepare_process()  # process start-up, as the CLI does before its first flow run
+        with interactive_flows():  # process start-up, as the CLI does before its first flow run
+            pass
     elif name.startswith("dask"):
         import dask.array  # noqa: F401
         import dask_image.ndfilters  # noqa: F401

@@ -6,6 +6,7 @@ typed loader that reads them.
 """
 
 from configs.layers import deep_merge, find_config_dir
+from configs.notebook import load_notebook_config
 from configs.settings import DatabaseConfig, TierflowConfig, load_config, load_db_config
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "find_config_dir",
     "load_config",
     "load_db_config",
+    "load_notebook_config",
 ]

@@ -22,8 +22,10 @@ __all__ = [
     "ConfigMeta",
     "DatabaseConfig",
     "ExecutionSettings",
+    "PipelineSettings",
     "PrefectSettings",
     "RetentionSettings",
+    "SlurmSettings",
     "TierSettings",
     "TierflowConfig",
     "load_config",
@@ -85,12 +87,41 @@ class ExecutionSettings(_Section):
     max_workers: int = Field(0, ge=0, le=4096, description="0 = one per CPU core")
     block_shape: tuple[int, int, int] = (64, 256, 256)
     max_task_runs: int = Field(1000, ge=1, le=5000)
+    memory_limit_percent: float = Field(90, gt=0, le=100, description="Stop a run cleanly above this share of RAM in use")
 
     @model_validator(mode="after")
     def _positive_block_shape(self) -> ExecutionSettings:
         if any(side <= 0 for side in self.block_shape):
             raise ValueError(f"block_shape {list(self.block_shape)} must be positive on every axis")
         return self
+
+
+class SlurmSettings(_Section):
+    """SLURM jobs for block work (``[execution].backend = "slurm"``) and the SLURM worker."""
+
+    partition: str = Field("", description="sbatch --partition; empty: the cluster's default")
+    account: str = Field("", description="sbatch --account; empty: none")
+    cores_per_job: int = Field(1, ge=1, le=1024, description="CPUs of one Dask worker job")
+    memory_per_job: str = Field("4GB", min_length=1, description="Memory of one Dask worker job, e.g. 16GB")
+    walltime: str = Field("01:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="Job time limit HH:MM:SS")
+    max_jobs: int = Field(0, ge=0, le=10000, description="0 = [execution].max_workers jobs")
+    job_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines, e.g. --qos=short")
+    python: str = Field("", description="Python on the compute nodes; empty: the one running tierflow")
+
+
+class PipelineSettings(_Section):
+    """Defaults of the ``pipeline`` flow's parameters (``--param`` overrides them per run)."""
+
+    segment_channel: int = Field(0, ge=0, description="Channel that is smoothed, thresholded and labelled")
+    sigma: float = Field(1.0, gt=0, le=50, description="Gaussian smoothing before the threshold, voxels")
+    threshold: str = Field("otsu", description='"otsu" or a number')
+    connectivity: Literal[6, 18, 26] = 26
+    max_distance: float = Field(15.0, gt=0, description="Tracking: largest move between time points, voxels")
+    frame_interval: float = Field(1.0, gt=0, description="Seconds (or any unit) between time points")
+    pyramid_levels: int = Field(3, ge=1, le=10)
+    block_shape: tuple[int, int, int] = (16, 128, 128)
+    neuroglancer_url: str = Field("https://neuroglancer-demo.appspot.com", description="Neuroglancer app for report links")
+    data_url: str = Field("http://127.0.0.1:9000", description="Where `tierflow serve` publishes Tier 1 for Neuroglancer")
 
 
 class RetentionSettings(_Section):
@@ -146,6 +177,8 @@ class TierflowConfig(_FilesThenEnv):
     tiers: TiersSettings
     execution: ExecutionSettings = ExecutionSettings()
     retention: RetentionSettings = RetentionSettings()
+    slurm: SlurmSettings = SlurmSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     prefect: PrefectSettings = PrefectSettings()
     _meta: ConfigMeta = PrivateAttr()
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["BatchOutcome", "OpContext", "run_batches", "split_batches"]
+__all__ = ["BatchOutcome", "OpContext", "collect_batches", "run_batches", "split_batches", "submit_batches"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,18 @@ class OpContext:
     workers: int
     max_batches: int
     fault: Any = None
+    progress: Any = None
+    """``progress(n)``: told as batches finish how many blocks they completed (or None)."""
+    new_runner: Any = None
+    """``new_runner(extra_threads=0)``: a fresh task runner of the configured backend
+    (:func:`flows.runners.block_task_runner`); default Prefect's thread pool."""
+
+    def runner(self, extra_threads: int = 0) -> Any:
+        if self.new_runner is not None:
+            return self.new_runner(extra_threads=extra_threads)
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=self.workers + extra_threads)
 
 
 @dataclass
@@ -59,16 +71,31 @@ class BatchOutcome:
     first_error: str = ""
 
 
-def run_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]]) -> BatchOutcome:
+def run_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]], progress: Any = None) -> BatchOutcome:
     """Submit ``task(job=job, block_ids=batch)`` for every batch on ``runner`` and wait; a
-    batch that raises ``BatchFailed`` contributes its failed block ids instead of a result."""
+    batch that raises ``BatchFailed`` contributes its failed block ids instead of a result.
+    ``progress(n)`` is told how many blocks each finished batch completed."""
+    return collect_batches(submit_batches(runner, task, job, batches), progress)
+
+
+def submit_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]]) -> list[Any]:
+    """Submit ``task(job=job, block_ids=batch)`` for every batch; returns the futures (see
+    :func:`collect_batches`)."""
+    return [runner.submit(task, parameters={"job": job, "block_ids": list(batch)}) for batch in batches]
+
+
+def collect_batches(futures: Sequence[Any], progress: Any = None) -> BatchOutcome:
+    """Wait for batch futures; a batch that raises ``BatchFailed`` contributes its failed block
+    ids instead of a result; ``progress(n)``, if given, hears of the blocks each one finished."""
     from tasks.blockwise import BatchFailed
 
     outcome = BatchOutcome()
-    futures = [runner.submit(task, parameters={"job": job, "block_ids": list(batch)}) for batch in batches]
     for future in futures:
         try:
-            outcome.results.append(future.result())
+            result = future.result()
+            outcome.results.append(result)
+            if progress is not None and isinstance(result, dict):
+                progress(int(result.get("done", 0)) + int(result.get("skipped", 0)))
         except BatchFailed as exc:
             outcome.failed.extend(exc.block_ids)
             outcome.first_error = outcome.first_error or exc.message

@@ -45,6 +45,9 @@ def _external_url(config: DatabaseConfig) -> URL:
     )
 
 
+_MIGRATED: set[str] = set()
+
+
 def open_database(
     config: DatabaseConfig | None = None, *, migrate: bool = False, check_schema: bool = False
 ) -> Database:
@@ -70,8 +73,9 @@ def open_database(
     else:
         url = _external_url(config)
     db = Database(url, connect_timeout=config.connect_timeout_seconds)
-    if migrate:
+    if migrate and url not in _MIGRATED:
         upgrade(db)
+        _MIGRATED.add(url)  # once per process and server: a pipeline opens it for every operation
     elif check_schema:
         require_current(db)
     return db

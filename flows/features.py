@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.batching import OpContext
 from storage.db.repo import add_object_features
@@ -53,8 +52,9 @@ def run_features(ctx: OpContext, *, extras: dict[str, SourceRef], source_uri: st
     job = FeatureJob(op_key, run_id, source, dict(extras), source_uri, tuple(shape), tuple(block_shape), db)
     grid = BlockGrid(shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=max_batches, min_batches=2 * workers)
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        parts = [runner.submit(feature_partials, parameters={"job": job, "block_ids": batch}).result() for batch in batches]
+    with ctx.runner() as runner:
+        futures = [runner.submit(feature_partials, parameters={"job": job, "block_ids": batch}) for batch in batches]
+        parts = [future.result() for future in futures]
     table = features_table(merge_partials(parts), time_point=time_point)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)

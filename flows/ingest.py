@@ -34,7 +34,7 @@ MAX_BATCHES = 32
 
 
 @flow(name="ingest", log_prints=False)
-def ingest(raw_dir: str, dataset: str, config_dir: str | None = None) -> dict[str, Any]:
+def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run: int | None = None) -> dict[str, Any]:
     """Snapshot ``raw_dir`` as dataset ``dataset`` on Tier 1.
 
     Parameters
@@ -58,7 +58,7 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None) -> dict[st
     config = load_config(config_dir)
     source = open_tiers(config).source
     db = open_database(load_db_config(config_dir), migrate=True)
-    with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}) as run_id:
+    with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}, parent_id=parent_run) as run_id:
         paths = list_raw_files(raw)
         hashed = hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8))
         manifest = Manifest(dataset, tuple(entry for batch in hashed.result() for entry in batch))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from storage.arrays import create_output_array
 from storage.db.repo.ledger import done_blocks
@@ -43,7 +42,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     grid = BlockGrid(shape, block_shape)
     all_ids = [b.block_id for b in grid]
     summary: dict[str, Any] = {"blocks": len(grid), "connectivity": connectivity}
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+    with ctx.runner() as runner:
         for stage, task in (("local", label_local), ("merge", label_merge), ("relabel", label_relabel)):
             with db.session() as session:
                 done = done_blocks(session, job.stage_key(stage), target.uri)
@@ -56,7 +55,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 continue
             remaining = [b for b in all_ids if b not in done]
             batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)
-            outcome = run_batches(runner, task, job, batches)
+            outcome = run_batches(runner, task, job, batches, ctx.progress if stage == "relabel" else None)
             summary[f"{stage}_computed"] = sum(result["done"] for result in outcome.results)
             if outcome.failed:
                 raise BlockFailuresError(f"label:{stage}", run_id, outcome.failed, outcome.first_error)

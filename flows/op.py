@@ -19,12 +19,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs import TierflowConfig, load_config, load_db_config
 from flows.batching import OpContext, run_batches
 from flows.database import open_database
 from flows.outputs import claim_output
+from flows.runners import block_task_runner
 from flows.runs import recorded_run
 from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
@@ -133,6 +133,8 @@ def run_op(
     inputs: dict[str, str] | None = None,
     mask: str | None = None,
     fault: FaultHook | None = None,
+    progress: Any = None,
+    parent_run: int | None = None,
 ) -> dict[str, Any]:
     """Run ``op`` block-wise from ``input`` to ``output``.
 
@@ -159,6 +161,11 @@ def run_op(
         Restrict the op to the non-zero voxels of this array (0 elsewhere).
     fault
         Test-only fault injection: called with each block id before it is written.
+    progress
+        ``progress(n)`` is told, as batches finish, how many blocks they completed (the
+        pipeline's progress artifacts); when called in-process via ``run_op.fn``.
+    parent_run
+        The run this op runs inside (a pipeline), recorded as its parent.
 
     Returns
     -------
@@ -187,7 +194,7 @@ def run_op(
     mask_ref = locate(mask) if mask else None
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
                   "workers": workers, "inputs": dict(inputs or {}), "mask": mask}
-    with recorded_run(db, "op", parameters) as run_id:
+    with recorded_run(db, "op", parameters, parent_id=parent_run) as run_id:
         if op in MULTI_STAGE:
             content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items()))])
             key = op_key(op, version, dict(params or {}), content)
@@ -197,11 +204,13 @@ def run_op(
                 extra = {"extras": extras, "source_uri": source.uri if isinstance(source, ArrayLocation) else Path(source).as_uri()}
             elif extras:
                 raise TierflowError(f"{op} takes no extra inputs, got {sorted(extras)}")
-            context = OpContext(db, run_id, key, source, target, tuple(volume.shape), shape_blocks, dict(params or {}),
-                                workers, config.execution.max_task_runs // 8, fault)
+            context = OpContext(db, int(run_id), key, source, target, tuple(volume.shape), shape_blocks, dict(params or {}),
+                                workers, config.execution.max_task_runs // 8, fault, progress,
+                                lambda extra_threads=0: block_task_runner(config, workers, extra_threads=extra_threads))
             summary = stages[op](context, **extra)
             logger.info("%s: %s", op, summary)
-            return {"run_id": run_id, "op_key": key, "output": target.uri, **summary}
+            run_id.result = {"run_id": int(run_id), "op_key": key, "output": target.uri, **summary}
+            return run_id.result
         spec = get_map_op(op)
         resolved = spec.resolve(params or {})
         if op == "threshold" and str(resolved["value"]).lower() == "otsu":
@@ -230,20 +239,21 @@ def run_op(
             already = done_blocks(session, key, target.uri)
         remaining = [b.block_id for b in grid if b.block_id not in already]
         logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
-        job = MapJob(op, resolved, key, run_id, source, target, tuple(volume.shape), shape_blocks, halo, db,
+        job = MapJob(op, resolved, key, int(run_id), source, target, tuple(volume.shape), shape_blocks, halo, db,
                      extras=extras, mask=mask_ref, fault=fault)
         batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
-        runner = ThreadPoolTaskRunner(max_workers=workers)
+        runner = block_task_runner(config, workers)
         with runner:
-            outcome = run_batches(runner, map_blocks, job, batches)
+            outcome = run_batches(runner, map_blocks, job, batches, progress)
         computed = sum(result["done"] for result in outcome.results)
         task_seconds = sum(result["seconds"] for result in outcome.results)
         failed, first_error = outcome.failed, outcome.first_error
         if failed:
             raise BlockFailuresError(op, run_id, failed, first_error)
-        return {"run_id": run_id, "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
-                "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved,
-                "task_seconds": task_seconds, "workers": workers}
+        run_id.result = {"run_id": int(run_id), "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
+                         "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved,
+                         "task_seconds": task_seconds, "workers": workers}
+        return run_id.result
 
 
 def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | None = None) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def configure_prefect(config: TierflowConfig) -> None:
 
 
 _PREPARED = False
+_QUIET_SETTINGS: dict[int, tuple[object, object]] = {}
 
 
 def prepare_process() -> None:
@@ -77,8 +78,17 @@ def interactive_flows() -> Iterator[None]:
     CLI or a notebook ends (or visibly crashes) in front of its user. Deployments keep Prefect's
     default. Also prepares the process once (see :func:`prepare_process`).
     """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # type: ignore[attr-defined]
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
 
     prepare_process()
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    current = prefect.context.get_settings_context()
+    # as prefect.settings.temporary_settings, but the updated settings (0.1 s of pydantic
+    # validation) are made once per process
+    cached = _QUIET_SETTINGS.get(id(current.settings))
+    if cached is None or cached[0] is not current.settings:
+        cached = (current.settings, current.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+        _QUIET_SETTINGS[id(current.settings)] = cached
+    quiet = cached[1]
+    with prefect.context.SettingsContext(profile=current.profile, settings=quiet):
         yield

@@ -57,6 +57,7 @@ def promote(
     artifacts: list[str] | None = None,
     config_dir: str | None = None,
     after_copy: AfterCopyHook | None = None,
+    parent_run: int | None = None,
 ) -> dict[str, Any]:
     """Promote artifacts to Tier 1 with read-back verification.
 
@@ -81,7 +82,7 @@ def promote(
     db = open_database(load_db_config(config_dir), migrate=True)
     promoted: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    with recorded_run(db, "promote", {"run": run, "artifacts": artifacts}) as run_id:
+    with recorded_run(db, "promote", {"run": run, "artifacts": artifacts}, parent_id=parent_run) as run_id:
         with db.session() as session:
             chosen = _select(session, run, artifacts)
             plans = []

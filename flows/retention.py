@@ -33,7 +33,12 @@ def rules_from_config(config: Any) -> RetentionRules:
 
 
 @flow(name="retention")
-def retention(dry_run: bool = False, config_dir: str | None = None) -> dict[str, Any]:
+def retention(
+    dry_run: bool = False,
+    config_dir: str | None = None,
+    artifact_ids: list[int] | None = None,
+    parent_run: int | None = None,
+) -> dict[str, Any]:
     """Delete what the retention rules allow (or, with ``dry_run``, only list it).
 
     Returns
@@ -51,8 +56,11 @@ def retention(dry_run: bool = False, config_dir: str | None = None) -> dict[str,
     rules = rules_from_config(config)
     with db.session() as session:
         plan = plan_retention(session, managed, rules, now)
+    if artifact_ids is not None:  # only these artifacts (a pipeline reclaiming its own scratch)
+        chosen = set(artifact_ids)
+        plan = [item for item in plan if item.artifact_id in chosen]
     if not dry_run:
-        with recorded_run(db, "retention", {"dry_run": False}) as run_id, db.session() as session:
+        with recorded_run(db, "retention", {"dry_run": False, "artifact_ids": artifact_ids}, parent_id=parent_run) as run_id, db.session() as session:
             apply_retention(session, managed, plan, run_id=run_id, now=now)
     with db.session() as session:  # what is reclaimable now (after a real run: what is left)
         remaining = plan if dry_run else plan_retention(session, managed, rules, datetime.now(UTC))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from storage.db.database import Database
 from storage.db.models import Run
 from storage.db.repo import finish_run, start_run
 
-__all__ = ["code_version", "recorded_run"]
+__all__ = ["RunRecord", "code_version", "recorded_run"]
 
 
 @functools.cache
@@ -46,22 +49,37 @@ def _flow_run_id() -> str | None:
         return None
 
 
+class RunRecord(int):
+    """The ``runs.id`` of a recorded run (an int), with a place for what the run returns."""
+
+    result: dict[str, Any] | None = None
+
+
 @contextmanager
-def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any]) -> Iterator[int]:
-    """Record a run as running, then completed or failed (with the error's first line).
+def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, parent_id: int | None = None) -> Iterator[RunRecord]:
+    """Record a run as running, then completed (with ``run.result`` if set) or failed (with
+    the error's first line). A run inside another one (``parent_id``) is keyed by its Prefect
+    flow run only if no sibling is (op runs of one pipeline stage share the stage's flow run).
 
     Yields
     ------
-    int
-        The ``runs.id`` of this run.
+    RunRecord
+        The ``runs.id`` of this run; set ``.result`` to store what the run returned.
     """
+    flow_run_id = _flow_run_id()
     with db.session() as session:
+        if parent_id is not None and flow_run_id is not None:
+            # an op run inside a pipeline stage shares the stage's flow run with its siblings
+            taken = session.scalars(select(Run.id).where(Run.flow_run_id == uuid.UUID(str(flow_run_id)))).first()
+            flow_run_id = None if taken is not None else flow_run_id
         run = start_run(
-            session, flow_name=flow_name, parameters=parameters, flow_run_id=_flow_run_id(), code_version=code_version()
+            session, flow_name=flow_name, parameters=parameters, flow_run_id=flow_run_id,
+            code_version=code_version(), parent_id=parent_id,
         )
-        run_id = run.id
+        record = RunRecord(run.id)
+    run_id = record
     try:
-        yield run_id
+        yield record
     except BaseException as exc:
         with db.session() as session:
             row = session.get(Run, run_id)
@@ -72,4 +90,10 @@ def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any]) -> It
     with db.session() as session:
         row = session.get(Run, run_id)
         if row is not None:
-            finish_run(session, row, "completed")
+            finish_run(session, row, "completed", result=_json_safe(record.result) if record.result is not None else None)
+
+
+def _json_safe(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))

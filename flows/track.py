@@ -30,6 +30,7 @@ def track(
     frame_interval: float = 1.0,
     spacing: list[float] | None = None,
     config_dir: str | None = None,
+    parent_run: int | None = None,
 ) -> dict[str, Any]:
     """Track the objects that the ``features`` runs ``runs`` stored (one run per time point, or
     one run with many), per dataset and sample.
@@ -52,7 +53,7 @@ def track(
     objects["sample"] = objects["sample"].fillna("")
     summary = {"tracks": 0, "points": 0, "divisions": 0}
     with recorded_run(db, "track", {"runs": runs, "max_distance": max_distance, "allow_splits": allow_splits,
-                                    "max_gap": max_gap, "frame_interval": frame_interval}) as run_id:
+                                    "max_gap": max_gap, "frame_interval": frame_interval}, parent_id=parent_run) as run_id:
         for (dataset, sample), group in objects.groupby(["dataset", "sample"], dropna=False):
             linked = link_tracks(group.drop(columns=["dataset", "sample"]), max_distance=max_distance,
                                  allow_splits=allow_splits, spacing=spacing, max_gap=max_gap)

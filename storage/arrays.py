@@ -100,9 +100,11 @@ def create_output_array(
     compression: str = "lz4",
     attributes: Mapping[str, Any] | None = None,
     fill_value: Any = 0,
+    codecs_like: Any = None,
 ) -> Any:
     """Create the output array, or reuse an existing one of the same shape, dtype and chunks
-    (a resumed or repeated run writes into it).
+    (a resumed or repeated run writes into it). ``codecs_like``: take the serializer,
+    compressors, filters and fill value of that array instead of ``compression``.
 
     Raises
     ------
@@ -122,12 +124,16 @@ def create_output_array(
         if attributes:
             array.attrs.update(dict(attributes))
         return array
+    codecs: dict[str, Any] = {"compressors": _compressors(compression)}
+    if codecs_like is not None:  # the same encoding as another array (to copy its chunks as they are)
+        codecs = {"serializer": codecs_like.serializer, "compressors": codecs_like.compressors, "filters": codecs_like.filters}
+        fill_value = codecs_like.fill_value
     array = zarr.create_array(
         store=location.tier.zarr_store(location.key),
         shape=tuple(shape),
         chunks=tuple(chunks),
         dtype=np.dtype(dtype),
-        compressors=_compressors(compression),
+        **codecs,
         fill_value=fill_value,
         dimension_names=("z", "y", "x")[-len(shape):] if len(shape) <= 3 else None,
         attributes=dict(attributes or {}),

@@ -52,8 +52,11 @@ class BatchFailed(TierflowError):
     """Some blocks of a batch failed; ``block_ids`` names them."""
 
     def __init__(self, op: str, block_ids: Sequence[str], first_error: str) -> None:
-        self.block_ids = list(block_ids)
+        self.op, self.block_ids, self.first_error = op, list(block_ids), first_error
         super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask workers)
+        return (type(self), (self.op, self.block_ids, self.first_error))
 
 
 def open_source(ref: SourceRef) -> Volume:

@@ -17,7 +17,7 @@ from storage.geometry import BlockGrid, Roi
 from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
 from tasks.ops.pyramid import downsample_labels, downsample_mean
 
-__all__ = ["LevelJob", "downsample_level"]
+__all__ = ["LevelJob", "copy_chunk", "downsample_level"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class LevelJob:
     level: int
     db: Database
     fault: FaultHook | None = field(default=None, compare=False)
+    copy_from: ArrayLocation | None = None
+    """Level 0 only: a zarr array with the same chunks and codecs whose encoded chunks are
+    copied as they are (no decode and re-encode; see :func:`copy_chunk`)."""
 
     @property
     def grid(self) -> BlockGrid:
@@ -55,6 +58,19 @@ def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
     output = job.target.writer()
     grid = job.grid
 
+    if job.copy_from is not None:
+        source_store = job.copy_from.tier.zarr_store(job.copy_from.key, read_only=True)
+        target_store = job.target.tier.zarr_store(job.target.key)
+        encode_key = job.copy_from.open().metadata.encode_chunk_key
+
+        def copy(block_id: str) -> int:
+            return copy_chunk(source_store, target_store, encode_key(grid.block(block_id).index))
+
+        return ledgered_blocks(
+            db=job.db, run_id=job.run_id, op="downsample:level0", key=f"{job.op_key}:level0", array_uri=job.target.uri,
+            block_ids=block_ids, work=copy, fault=job.fault, fault_prefix="level0:",
+        )
+
     def work(block_id: str) -> int:
         out_roi = grid.block(block_id).write_roi
         data = volume.read(_input_roi(out_roi, job.factors, job.in_shape))
@@ -71,3 +87,17 @@ def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
         db=job.db, run_id=job.run_id, op=f"downsample:level{job.level}", key=f"{job.op_key}:level{job.level}",
         array_uri=job.target.uri, block_ids=block_ids, work=work, fault=job.fault, fault_prefix=f"level{job.level}:",
     )
+
+
+def copy_chunk(source_store: Any, target_store: Any, chunk_key: str) -> int:
+    """Copy one encoded chunk between two zarr stores of arrays with equal chunks and codecs
+    (an absent chunk, i.e. all fill value, removes the target's); returns the bytes copied."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    data = sync(source_store.get(chunk_key, prototype=default_buffer_prototype()))
+    if data is None:
+        sync(target_store.delete(chunk_key))
+        return 0
+    sync(target_store.set(chunk_key, data))
+    return len(data)

@@ -172,3 +172,15 @@ def test_op_status_and_resume_from_the_command_line(project, source, tmp_path, p
     assert bad.returncode == 1 and "colour" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("op", "gaussian", "-i", str(tmp_path / "nope.zarr"), "-o", str(tmp_path / "y.zarr"), "-p", "sigma=2", cwd=project, env=env, check=False)
     assert missing.returncode == 1 and "nope.zarr does not exist" in missing.stderr
+
+
+def test_the_dask_backend_gives_the_thread_backends_result(project, source, tmp_path, ledger, prefect_api, monkeypatch):
+    from flows.op import run_op
+
+    configs = str(project / "configs")
+    threads = run_op("gaussian", source, str(tmp_path / "threads.zarr"), {"sigma": 1.5}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    monkeypatch.setenv("TIERFLOW_EXECUTION__BACKEND", "dask")  # a LocalCluster of 2 worker processes
+    dask = run_op("gaussian", source, str(tmp_path / "dask.zarr"), {"sigma": 1.5}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    assert threads["computed"] == dask["computed"] == 36
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dask.zarr"))[:], zarr.open_array(str(tmp_path / "threads.zarr"))[:])
+    assert len({r.block_id for r in ledger(dask["run_id"], status="done")}) == 36

@@ -13,6 +13,7 @@ import typer
 from flows.cli import data as data_commands
 from flows.cli import db as db_commands
 from flows.cli import ops as ops_commands
+from flows.cli import pipeline as pipeline_commands
 from flows.cli._app import CliState, console, print_json, report_error, state
 
 __all__ = ["app", "main"]
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(db_commands.app, name="db")
 data_commands.register(app)
 ops_commands.register(app)
+pipeline_commands.register(app)
 
 
 @app.callback()
@@ -70,27 +72,15 @@ def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
                   f"dbname={database.dbname} user={database.user} password={'***' if database.password else 'unset'}")
 
 
-@app.command()
-def demo(ctx: typer.Context) -> None:
-    """The main job on embedded defaults (for now: start, migrate and show the results database)."""
-    from configs import load_db_config
-    from flows.cli.db import _server_info, database_status
-    from flows.database import open_database
-
-    config = load_db_config(state(ctx).config_path)
-    with console.status("starting the embedded results database and migrating it"):
-        db = open_database(config, migrate=True)
-    _, server = _server_info(ctx)
-    report = database_status(db, config.mode, server)
-    console.print(f"results database ready: {report['url']} (PostgreSQL {report['server_version']}, "
-                  f"schema {report['schema_revision']})")
-    console.print(f"tables: {', '.join(f'{k}={v}' for k, v in report['row_counts'].items())}")
-    console.print("next: `tierflow db status`, `tierflow config`; the pipeline arrives with the next issues.")
-
-
 def main() -> None:
     """Entry point of the ``tierflow`` console script."""
     debug = "--debug" in sys.argv[1:]
+    if not debug and {"demo", "run", "resume"} & set(sys.argv[1:]):
+        # long runs show a Rich status and a summary; Prefect's per-task INFO lines go to the
+        # run log on Tier 4 and to the Prefect UI instead of the terminal (--debug shows them)
+        import os
+
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         app()
     except SystemExit:

@@ -187,13 +187,29 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
 
 
 def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The failed run to finish.")], as_json: JsonOption = False) -> None:
-    """Finish a failed op run: recompute only the blocks the ledger does not mark done."""
-    from flows.cli.data import _config
+    """Finish a failed (or killed) op or pipeline run: only what the ledger does not mark done
+    is computed again."""
+    from flows.cli.data import _config, _database
     from flows.op import resume_op
+    from storage.db.repo import get_run
 
     _config(ctx)
     from flows.prefect_env import interactive_flows
 
+    with _database(ctx).session() as session:
+        row = get_run(session, run)
+        flow_name = row.flow_name if row is not None else None
+    if flow_name == "pipeline":
+        from flows.cli.pipeline import _pipeline_summary
+        from flows.pipeline import resume_pipeline
+
+        with interactive_flows(), console.status(f"resuming pipeline run {run}"):
+            result = resume_pipeline(run, config_dir=state(ctx).config_path)
+        if as_json:
+            print_json(result)
+            return
+        _pipeline_summary(result)
+        return
     with interactive_flows():
         result = resume_op(run, config_dir=state(ctx).config_path)
     if as_json:

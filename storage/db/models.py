@@ -75,6 +75,10 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     message: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    """The run this one ran inside (an op run of a pipeline stage), or None."""
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """What the run returned (summary counts and locations), once completed."""
 
     @property
     def seconds(self) -> float | None:

@@ -24,6 +24,7 @@ def start_run(
     flow_run_id: uuid.UUID | str | None = None,
     code_version: str | None = None,
     host: str | None = None,
+    parent_id: int | None = None,
 ) -> Run:
     """Record a run as started now; an existing row for ``flow_run_id`` is reused (a resume).
 
@@ -40,6 +41,7 @@ def start_run(
         run = Run(flow_run_id=flow_run_uuid, flow_name=flow_name)
         session.add(run)
     run.parameters = dict(parameters or {})
+    run.parent_id = parent_id
     run.code_version = code_version
     run.host = host or socket.gethostname()
     run.status = "running"
@@ -50,12 +52,15 @@ def start_run(
     return run
 
 
-def finish_run(session: Session, run: Run, status: str, message: str | None = None) -> Run:
-    """Record a run's end state (``completed``, ``failed``, ``cancelled`` or ``crashed``)."""
+def finish_run(session: Session, run: Run, status: str, message: str | None = None, result: dict[str, Any] | None = None) -> Run:
+    """Record a run's end state (``completed``, ``failed``, ``cancelled`` or ``crashed``) and,
+    if given, what it returned."""
     if status not in RUN_STATUSES:
         raise TierflowError(f"run status {status!r} is not one of {RUN_STATUSES}")
     run.status = status
     run.message = message
+    if result is not None:
+        run.result = result
     run.ended_at = datetime.now(UTC)
     session.flush()
     return run

@@ -1,0 +1,264 @@
+"""CLI: ``tierflow demo``, ``tierflow run pipeline``, ``tierflow runs list|show`` and
+``tierflow serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from flows.cli._app import console, print_json, state
+
+__all__ = ["register"]
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+run_app = typer.Typer(help="Run a flow: `tierflow run pipeline --snapshot ID`.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs recorded in the results database.", no_args_is_help=True)
+
+
+def _pipeline_summary(result: dict[str, Any]) -> None:
+    usage = result["tier_usage"]
+    head = "served from cache (run {})".format(result["served_from_run"]) if result.get("cached") else "completed"
+    console.print(f"[bold]pipeline run {result['run_id']}[/] {head}: snapshot [cyan]{result['snapshot_id']}[/] "
+                  f"({result['volumes']} volumes) -> {result['objects']} objects, {result['tracks']} tracks, "
+                  f"{result['divisions']} divisions")
+    console.print(f"  tiers: {usage['written_scratch']:,} B on scratch, {usage['written_output']:,} B on output, "
+                  f"{usage['promoted']:,} B promoted to Tier 1, {usage['reclaimed']:,} B of scratch reclaimed")
+    console.print(f"  report: {result['promoted'].get('report.md', result.get('report_uri'))}")
+    console.print(f"  run log: {result['log']}")
+
+
+def run_pipeline(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")],
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="Snapshot id (or a unique prefix).")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="Or a raw folder to ingest first.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Override a [pipeline] parameter: key=value (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches per operation.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the main job (stage, smooth, threshold, label, features, track, pyramid, promote,
+    retention, report) on a snapshot or a raw folder."""
+    from flows.cli.data import _config
+    from flows.cli.ops import _parse_params
+    from flows.pipeline import pipeline
+    from flows.prefect_env import interactive_flows
+
+    _config(ctx)
+    with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
+        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=_parse_params(param), workers=workers,
+                          config_dir=state(ctx).config_path)
+    if as_json:
+        print_json(result)
+        return
+    _pipeline_summary(result)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def demo(
+    ctx: typer.Context,
+    raw_dir: Annotated[Path | None, typer.Option("--raw-dir", help="Where the synthetic raw data goes (default var/demo/raw).")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=20)] = 2,
+    time_points: Annotated[int, typer.Option("--time-points", min=2, max=100)] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """The main job on embedded defaults: synthesize a time-lapse (moving, dividing and touching
+    cells in 2 channels), ingest it, run the pipeline, print what came out and how to look."""
+    from flows.cli.data import _config
+    from flows.pipeline import pipeline
+    from flows.prefect_env import interactive_flows
+    from tasks.synthetic import SyntheticSpec, linking_accuracy, write_synthetic_raw
+
+    config = _config(ctx)
+    raw = (raw_dir or Path(config.meta.project_root) / "var" / "demo" / "raw").expanduser().resolve()
+    spec = SyntheticSpec(samples=samples, time_points=time_points)
+    with console.status(f"synthesizing {samples} samples x {spec.channels} channels x {time_points} time points of "
+                        f"{'x'.join(map(str, spec.shape))} uint16 in {raw}"):
+        truth = write_synthetic_raw(raw, spec)
+    with interactive_flows(), console.status("running the pipeline (ingest -> stages -> promote -> retention -> report)"):
+        result = pipeline("demo", raw_dir=str(raw), config_dir=state(ctx).config_path)
+    points = _track_points(ctx, result)
+    score = linking_accuracy(truth, points)
+    result["linking"] = score
+    if as_json:
+        print_json(result)
+        return
+    _pipeline_summary(result)
+    console.print(f"  tracking vs the generator's ground truth: {score['correct']}/{score['links']} links right "
+                  f"({score['accuracy']:.1%}), {score['detected']:.1%} of true cells detected")
+    _artifacts_per_tier(ctx)
+    console.print("\n[bold]Look at the results[/]")
+    console.print("  Prefect UI:   prefect server start   (then http://127.0.0.1:4200 -> Runs, Artifacts)")
+    console.print(f"  this run:     tierflow runs show {result['run_id']}")
+    console.print("  tables in SQL: tierflow db url   (object_features, track_points, track_kinematics, track_msd)")
+    first_link = next(iter(result.get("links", {}).values()), None)
+    if first_link:
+        console.print("  Neuroglancer: tierflow serve   (publishes Tier 1), then open a link from the report, e.g.")
+        console.print(f"    {first_link[:160]}...")
+
+
+def _track_points(ctx: typer.Context, result: dict[str, Any]) -> Any:
+    import pandas as pd
+    from sqlalchemy import select
+
+    from flows.cli.data import _database
+    from storage.db.models import Run, TrackPoint
+
+    db = _database(ctx)
+    run_id = result.get("served_from_run") or result["run_id"]
+    with db.session() as session:
+        track_run = session.scalars(select(Run.id).where(Run.parent_id == run_id, Run.flow_name == "track").order_by(Run.id.desc())).first()
+        rows = session.execute(select(TrackPoint.sample, TrackPoint.time_point, TrackPoint.track_id, TrackPoint.parent_track_id,
+                                      TrackPoint.centroid_z, TrackPoint.centroid_y, TrackPoint.centroid_x)
+                               .where(TrackPoint.run_id == track_run)).all()
+    return pd.DataFrame(rows, columns=["sample", "time_point", "track_id", "parent_track_id", "centroid_z", "centroid_y", "centroid_x"])
+
+
+def _artifacts_per_tier(ctx: typer.Context) -> None:
+    from sqlalchemy import func, select
+
+    from flows.cli.data import _database
+    from storage.db.models import Artifact
+
+    db = _database(ctx)
+    with db.session() as session:
+        rows = session.execute(select(Artifact.tier, func.count(), func.coalesce(func.sum(Artifact.bytes), 0))
+                               .where(Artifact.deleted_at.is_(None)).group_by(Artifact.tier)).all()
+    console.print("  live artifacts: " + ", ".join(f"{tier} {count} ({int(size):,} B)" for tier, count, size in sorted(rows)))
+
+
+def runs_list(
+    ctx: typer.Context,
+    flow: Annotated[str | None, typer.Option("--flow", help="Only runs of this flow (pipeline, op, ingest...).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 30,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent runs: id, flow, status, start, duration, parent."""
+    from flows.cli.data import _database
+    from storage.db.repo import list_runs
+
+    db = _database(ctx)
+    with db.session() as session:
+        rows = [{"id": r.id, "flow": r.flow_name, "status": r.status, "started_at": r.started_at, "seconds": r.seconds,
+                 "parent": r.parent_id, "flow_run_id": str(r.flow_run_id) if r.flow_run_id else None, "message": r.message}
+                for r in list_runs(session, limit=limit, flow_name=flow)]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("run", "flow", "status", "started", "seconds", "parent", "message")
+    for r in rows:
+        table.add_row(str(r["id"]), r["flow"], r["status"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}" if r["started_at"] else "",
+                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "", str(r["parent"] or ""), (r["message"] or "")[:60])
+    console.print(table)
+
+
+def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
+    """One run: parameters, result, child runs, artifacts and block progress."""
+    from sqlalchemy import func, select
+
+    from flows.cli.data import _database
+    from storage.db.models import Artifact, BlockRecord, Run
+    from storage.db.repo import get_run
+    from storage.errors import TierflowError
+
+    db = _database(ctx)
+    with db.session() as session:
+        row = get_run(session, run)
+        if row is None:
+            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        children = session.execute(select(Run.id, Run.flow_name, Run.status).where(Run.parent_id == row.id).order_by(Run.id)).all()
+        family = [row.id, *[c.id for c in children]]
+        artifacts = session.execute(select(Artifact.id, Artifact.tier, Artifact.name, Artifact.uri, Artifact.bytes, Artifact.promoted_uri,
+                                           Artifact.deleted_at).where(Artifact.run_id == row.id).order_by(Artifact.id)).all()
+        blocks = session.execute(select(BlockRecord.status, func.count()).where(BlockRecord.run_id.in_(family)).group_by(BlockRecord.status)).all()
+        report = {
+            "id": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "parameters": row.parameters,
+            "started_at": row.started_at, "ended_at": row.ended_at, "seconds": row.seconds, "host": row.host,
+            "code_version": row.code_version, "flow_run_id": str(row.flow_run_id) if row.flow_run_id else None, "parent": row.parent_id,
+            "result": row.result, "children": [{"id": c.id, "flow": c.flow_name, "status": c.status} for c in children],
+            "artifacts": [{"id": a.id, "tier": a.tier, "name": a.name, "uri": a.uri, "bytes": a.bytes, "promoted_uri": a.promoted_uri,
+                           "deleted": a.deleted_at is not None} for a in artifacts],
+            "blocks": {status: int(count) for status, count in blocks},
+        }
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"[bold]run {report['id']}[/] {report['flow']}: {report['status']}"
+                  + (f" ({report['seconds']:.1f} s)" if report["seconds"] else "") + (f" - {report['message']}" if report["message"] else ""))
+    console.print(f"  parameters: {report['parameters']}")
+    if report["children"]:
+        counts: dict[str, int] = {}
+        for child in report["children"]:
+            counts[f"{child['flow']} {child['status']}"] = counts.get(f"{child['flow']} {child['status']}", 0) + 1
+        console.print("  child runs: " + ", ".join(f"{n} x {k}" for k, n in sorted(counts.items())))
+    if report["blocks"]:
+        console.print("  blocks: " + ", ".join(f"{k} {v}" for k, v in sorted(report["blocks"].items())))
+    if report["artifacts"]:
+        table = Table("artifact", "tier", "name", "bytes", "state")
+        for a in report["artifacts"]:
+            state_text = "deleted" if a["deleted"] else (f"promoted -> {a['promoted_uri']}" if a["promoted_uri"] else "live")
+            table.add_row(str(a["id"]), a["tier"], a["name"], f"{a['bytes']:,}", state_text)
+        console.print(table)
+    result = report["result"] or {}
+    for name, url in sorted((result.get("links") or {}).items())[:3]:
+        console.print(f"  neuroglancer {name}: {url[:120]}...")
+
+
+def serve(
+    ctx: typer.Context,
+    tier: Annotated[str, typer.Option("--tier", help="The tier to publish (a POSIX one).")] = "source",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Default: the port of [pipeline].data_url.")] = 0,
+) -> None:
+    """Publish a POSIX tier over HTTP with CORS on 127.0.0.1, read-only, so that Neuroglancer
+    (in the browser) can load its zarr arrays; Ctrl-C stops it."""
+    import functools
+    import http.server
+    from urllib.parse import urlparse
+
+    from flows.cli.data import _config
+    from storage.errors import TierflowError
+
+    config = _config(ctx)
+    root = config.tier_root(tier)
+    if root.startswith("s3://"):
+        raise TierflowError(f"tier {tier} is on S3: Neuroglancer reads it through the S3 endpoint, nothing to serve")
+    port = port or urlparse(config.pipeline.data_url).port or 9000
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self) -> None:
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def do_PUT(self) -> None:  # read-only
+            self.send_error(405)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
+    console.print(f"serving {root} (tier {tier}) at http://127.0.0.1:{port} with CORS; Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def register(app: typer.Typer) -> None:
+    run_app.command("pipeline")(run_pipeline)
+    app.add_typer(run_app, name="run")
+    runs_app.command("list")(runs_list)
+    runs_app.command("show")(runs_show)
+    app.add_typer(runs_app, name="runs")
+    app.command("demo")(demo)
+    app.command("serve")(serve)
