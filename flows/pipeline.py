@@ -111,9 +111,10 @@ class PipelineParams(BaseModel):
             raise TierflowError(f"pipeline parameter {where}: {first['msg']}", hint="see [pipeline] in configs/tierflow.def.toml") from None
 
 
-def pipeline_key(snapshot_id: str, params: PipelineParams) -> str:
-    """Identity of a pipeline result: version, snapshot and parameters."""
-    text = json.dumps({"version": PIPELINE_VERSION, "snapshot": snapshot_id, "params": params.model_dump(mode="json")}, sort_keys=True)
+def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
+    """Identity of a pipeline result: version, dataset, snapshot and parameters."""
+    text = json.dumps({"version": PIPELINE_VERSION, "dataset": dataset, "snapshot": snapshot_id, "params": params.model_dump(mode="json")},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -325,7 +326,7 @@ def pipeline(
                                 hint="see `tierflow snapshots list`; give a longer prefix of the id")
         snap = matches[0]
         snapshot_id, snapshot_pk = snap.snapshot_id, int(snap.id)
-    key = pipeline_key(snapshot_id, chosen)
+    key = pipeline_key(dataset, snapshot_id, chosen)
     recorded = {"dataset": dataset, "snapshot": snapshot_id, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key}
 
     cached = _cached_result(db, key, tiers.source)

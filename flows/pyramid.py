@@ -92,7 +92,9 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
 
     def open_stamped_group() -> None:
         group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
-        group.attrs["tierflow"] = {"op": "downsample", "version": PYRAMID_VERSION, "op_key": op_key}
+        stamp = {"op": "downsample", "version": PYRAMID_VERSION, "op_key": op_key}
+        if group.attrs.get("tierflow") != stamp:
+            group.attrs["tierflow"] = stamp
         group_holder.append(group)
 
     claim_output(db, target, op_key, open_stamped_group,

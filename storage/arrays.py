@@ -7,6 +7,8 @@ codec, not the disk, limits I/O: zstd wrote ~100 MiB/s here, lz4 ~200 MiB/s).
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,8 +123,11 @@ def create_output_array(
                 f"not {tuple(shape)} {np.dtype(dtype)} chunks {tuple(chunks)}",
                 hint="choose another output, or delete the old array first",
             )
-        if attributes:
-            array.attrs.update(dict(attributes))
+        wanted = json.loads(json.dumps(dict(attributes or {}), default=str))
+        if any(array.attrs.get(key) != value for key, value in wanted.items()):
+            # rewrite only on change: zarr.json's mtime is part of the array's content id, which
+            # keys the cache of every operation reading it (a needless rewrite recomputed them)
+            array.attrs.update(wanted)
         return array
     codecs: dict[str, Any] = {"compressors": _compressors(compression)}
     if codecs_like is not None:  # the same encoding as another array (to copy its chunks as they are)

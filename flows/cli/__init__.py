@@ -75,12 +75,13 @@ def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def main() -> None:
     """Entry point of the ``tierflow`` console script."""
     debug = "--debug" in sys.argv[1:]
-    if not debug and {"demo", "run", "resume"} & set(sys.argv[1:]):
-        # long runs show a Rich status and a summary; Prefect's per-task INFO lines go to the
-        # run log on Tier 4 and to the Prefect UI instead of the terminal (--debug shows them)
+    if not debug:
+        # commands show Rich progress, a summary, and errors as one line with a hint; Prefect's
+        # run logs (per-task lines, a failed flow's traceback) go to the run log on Tier 4 and to
+        # the Prefect UI instead of the terminal (--debug shows them)
         import os
 
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     try:
         app()
     except SystemExit:
