@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[])
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the median wall time is reported")
+    parser.add_argument("--merge", action="store_true", help="update the --out file with these contenders' results")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--one")
     parser.add_argument("--inputs")
@@ -254,11 +256,24 @@ def main() -> None:
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
         results = {}
         for name in names:
-            results[name] = measure(name, inputs, work, str(configs), env, args.timeout)
+            runs = []
+            for _ in range(args.repeat):
+                if name == "tierflow-gaussian-rerun" and runs:
+                    pass  # the first run's output is still there: every repeat is a cached re-run
+                elif name == "tierflow-gaussian" and runs:
+                    shutil.rmtree(work / "out-tierflow-gaussian.zarr", ignore_errors=True)
+                runs.append(measure(name, inputs, work, str(configs), env, args.timeout))
+            ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["wall"])
+            results[name] = ok[len(ok) // 2] if ok else runs[-1]
+            if len(ok) > 1:
+                results[name]["walls"] = [round(r["wall"], 3) for r in runs if "error" not in r]
             shown = results[name].get("error") or f"{results[name]['wall']:.2f} s, peak RSS {results[name]['peak_rss_mib']:.0f} MiB"
-            print(f"  {name:28s} {shown}", flush=True)
+            print(f"  {name:28s} {shown}" + (f"  (median of {len(ok)}: {results[name]['walls']})" if len(ok) > 1 else ""), flush=True)
+        if args.merge and Path(args.out).is_file():
+            results = {**json.loads(Path(args.out).read_text())["results"], **results}
         report(results, args.size_mib)
-        Path(args.out).write_text(json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "repeat": args.repeat,
+                                              "results": results}, indent=2))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -39,7 +39,7 @@ from flows.database import open_database
 from flows.ingest import ingest
 from flows.memory_guard import MemoryGuard
 from flows.neuroglancer import neuroglancer_url, zarr_source
-from flows.op import run_op
+from flows.op import op_flow
 from flows.progress import StageProgress
 from flows.promote import promote
 from flows.retention import retention
@@ -191,7 +191,7 @@ def op_stage(stage: str, op: str, jobs: list[dict[str, Any]], params: PipelinePa
     progress = StageProgress(stage, total)
     results, reached = [], 0
     for job in jobs:
-        result = run_op.fn(op, job["input"], job["output"], job.get("params"), block_shape=tuple(params.block_shape), workers=workers,
+        result = op_flow.fn(op, job["input"], job["output"], job.get("params"), block_shape=tuple(params.block_shape), workers=workers,
                            config_dir=config_dir, inputs=job.get("inputs"), progress=progress.advance, parent_run=parent_run)
         reached += job["blocks"]
         progress.reach(reached)

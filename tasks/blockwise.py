@@ -92,7 +92,7 @@ class MapJob:
         return f"{self.op_key}|{self.target.uri}|{block_id}"
 
 
-def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1, target_voxels: int = 16 * 2**20) -> list[list[str]]:
+def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1, target_voxels: int = 64 * 2**20) -> list[list[str]]:
     """Group blocks into contiguous batches: few enough task runs, large enough to amortise the
     per-task overhead, and at least ``min_batches`` (to keep every worker busy)."""
     wanted = set(block_ids)
