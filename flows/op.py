@@ -89,6 +89,17 @@ def _content_id(source: str | ArrayLocation) -> str:
     return fingerprint_path(source)
 
 
+def _locate(config: TierflowConfig, where: str) -> str | ArrayLocation:
+    """An input as the block engine takes it: an absolute local path, or a zarr location on S3."""
+    return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
+
+
+def _inputs_content(source: str | ArrayLocation, extras: dict[str, Any], mask_ref: str | ArrayLocation | None) -> str:
+    """The content id of everything a map op reads: main input, extra inputs, mask."""
+    return "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items())),
+                     f"mask={_content_id(mask_ref)}" if mask_ref else ""])
+
+
 def op_key(op: str, version: str, params: dict[str, Any], content_id: str) -> str:
     """The cache key of an operation on an input."""
     text = json.dumps({"op": op, "version": version, "params": params, "input": content_id}, sort_keys=True, default=str)
@@ -135,18 +146,11 @@ def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None,
     if op == "threshold" and str(resolved["value"]).lower() == "otsu":
         return None
     config = load_config(config_dir)
-
-    def locate(where: str) -> str | ArrayLocation:
-        return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
-
-    source, target = locate(input), resolve_location(config, output)
+    source, target = _locate(config, input), resolve_location(config, output)
     if not target.exists():
         return None
-    extras = {name: locate(where) for name, where in (inputs or {}).items()}
-    mask_ref = locate(mask) if mask else None
-    content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items())),
-                        f"mask={_content_id(mask_ref)}" if mask_ref else ""])
-    key = op_key(op, spec.version, resolved, content)
+    extras = {name: _locate(config, where) for name, where in (inputs or {}).items()}
+    key = op_key(op, spec.version, resolved, _inputs_content(source, extras, _locate(config, mask) if mask else None))
     if stamped_op_key(target) != key:
         return None
     shape = tuple(open_source(source).shape)
@@ -252,7 +256,7 @@ def op_flow(
     config = load_config(config_dir)
     db: Database = open_database(load_db_config(config_dir), migrate=True)
     def locate(where: str) -> str | ArrayLocation:
-        return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
+        return _locate(config, where)
 
     source = locate(input)
     target = resolve_location(config, output)
@@ -294,9 +298,7 @@ def op_flow(
         for name, ref in extras.items():
             if tuple(open_source(ref).shape) != tuple(volume.shape):
                 raise TierflowError(f"{op}: input {name} has shape {open_source(ref).shape}, the main input {volume.shape}")
-        content = "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items())),
-                            f"mask={_content_id(mask_ref)}" if mask_ref else ""])
-        key = op_key(op, spec.version, resolved, content)
+        key = op_key(op, spec.version, resolved, _inputs_content(source, extras, mask_ref))
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
         check_chunks_align(shape_blocks, shape_blocks, target.uri)
