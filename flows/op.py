@@ -25,7 +25,7 @@ from flows.batching import OpContext, run_batches
 from flows.database import open_database
 from flows.outputs import claim_output, stamped_op_key
 from flows.runners import block_task_runner
-from flows.runs import recorded_run
+from flows.runs import recorded_run, run_to_resume
 from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
 from storage.db.database import Database
@@ -338,16 +338,7 @@ def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | Non
     TierflowError
         If the run does not exist or is not an ``op`` run.
     """
-    from storage.db.repo import get_run
-
-    db = open_database(load_db_config(config_dir))
-    with db.session() as session:
-        row = get_run(session, run)
-        if row is None:
-            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
-        if row.flow_name != "op":
-            raise TierflowError(f"run {row.id} is a {row.flow_name!r} run; `tierflow resume` resumes op runs")
-        recorded = dict(row.parameters)
+    recorded = run_to_resume(open_database(load_db_config(config_dir)), run, "op")
     return run_op(
         recorded["op"], recorded["input"], recorded["output"], recorded.get("params") or {},
         block_shape=tuple(recorded["block_shape"]), workers=recorded.get("workers"), config_dir=config_dir,

@@ -44,7 +44,7 @@ from flows.progress import StageProgress
 from flows.promote import promote
 from flows.retention import retention
 from flows.run_log import tee_run_log
-from flows.runs import recorded_run
+from flows.runs import recorded_run, run_to_resume
 from flows.tiers import open_tiers
 from flows.track import track
 from storage.db.database import Database
@@ -508,17 +508,6 @@ def resume_pipeline(run: str, *, config_dir: str | None = None) -> dict[str, Any
     TierflowError
         If the run does not exist or is not a pipeline run.
     """
-    from storage.db.repo import finish_run, get_run
-
-    db = open_database(load_db_config(config_dir))
-    with db.session() as session:
-        row = get_run(session, run)
-        if row is None:
-            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
-        if row.flow_name != "pipeline":
-            raise TierflowError(f"run {row.id} is a {row.flow_name!r} run, not a pipeline run")
-        if row.status == "running":
-            finish_run(session, row, "crashed", message="its process ended without finishing; resumed by a new run")
-        recorded = dict(row.parameters)
+    recorded = run_to_resume(open_database(load_db_config(config_dir)), run, "pipeline", mark_crashed=True)
     return pipeline(recorded["dataset"], snapshot=recorded["snapshot"], params=recorded["params"], workers=recorded.get("workers"),
                     config_dir=config_dir)

@@ -17,7 +17,7 @@ from storage.db.database import Database
 from storage.db.models import Run
 from storage.db.repo import finish_run, start_run
 
-__all__ = ["RunRecord", "code_version", "recorded_run"]
+__all__ = ["RunRecord", "code_version", "recorded_run", "run_to_resume"]
 
 
 @functools.cache
@@ -97,3 +97,27 @@ def _json_safe(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value, default=str))
+
+
+def run_to_resume(db: Database, run: str, flow_name: str, *, mark_crashed: bool = False) -> dict[str, Any]:
+    """The recorded parameters of ``run`` (an id or a Prefect flow-run id) so it can be run
+    again; with ``mark_crashed``, a run still marked running (its process died) is marked
+    crashed first.
+
+    Raises
+    ------
+    TierflowError
+        If there is no such run, or it is not a ``flow_name`` run.
+    """
+    from storage.db.repo import get_run
+    from storage.errors import TierflowError
+
+    with db.session() as session:
+        row = get_run(session, run)
+        if row is None:
+            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        if row.flow_name != flow_name:
+            raise TierflowError(f"run {row.id} is a {row.flow_name!r} run; this resumes {flow_name} runs")
+        if mark_crashed and row.status == "running":
+            finish_run(session, row, "crashed", message="its process ended without finishing; resumed by a new run")
+        return dict(row.parameters)
