@@ -105,8 +105,16 @@ class SlurmSettings(_Section):
     memory_per_job: str = Field("4GB", min_length=1, description="Memory of one Dask worker job, e.g. 16GB")
     walltime: str = Field("01:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="Job time limit HH:MM:SS")
     max_jobs: int = Field(0, ge=0, le=10000, description="0 = [execution].max_workers jobs")
-    job_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines, e.g. --qos=short")
+    job_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines, e.g. --exclusive")
     python: str = Field("", description="Python on the compute nodes; empty: the one running tierflow")
+    qos: str = Field("", description="sbatch --qos; empty: none")
+    constraint: str = Field("", description="sbatch --constraint; empty: none")
+    preamble: str = Field("", description="Shell lines every job runs first, e.g. module load python/3.11")
+    flow_run_time: str = Field("04:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="Time limit of a flow run's job")
+    flow_run_mem: str = Field("4G", pattern=r"^\d+[KMGTkmgt]?[Bb]?$", description="Memory of a flow run's job, e.g. 8G")
+    flow_run_cpus: int = Field(1, ge=1, le=1024, description="CPUs of a flow run's job")
+    pool_concurrency: int = Field(0, ge=0, le=100000, description="Most flow runs of the SLURM pool at once (tierflow deploy); 0: no limit")
+    oom_memory_factor: float = Field(2.0, gt=1, le=16, description="A block batch that ran out of memory is retried with this much more")
 
 
 class PipelineSettings(_Section):

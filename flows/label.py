@@ -6,7 +6,7 @@ from typing import Any
 
 
 from storage.arrays import create_output_array
-from storage.db.repo.ledger import done_blocks
+from storage.db.repo.ledger import done_blocks, mark_blocks_stale
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
 from flows.batching import OpContext, run_batches
@@ -46,6 +46,9 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
         for stage, task in (("local", label_local), ("merge", label_merge), ("relabel", label_relabel)):
             with db.session() as session:
                 done = done_blocks(session, job.stage_key(stage), target.uri)
+                lost = done - job.stored_state(stage)  # e.g. a cleaned scratch folder: redo those blocks
+                mark_blocks_stale(session, job.stage_key(stage), target.uri, lost)
+            done -= lost
             if stage == "merge":
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
                 claim_output(db, target, op_key, lambda: create_output_array(

@@ -8,6 +8,7 @@ arrays) or its first voxel (``nearest``). The group validates with ome-zarr-mode
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,8 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
             remaining = [b.block_id for b in job.grid if b.block_id not in done]
             summary["blocks"] += len(job.grid)
             batches = plan_batches(job.grid, remaining, max_batches=max_batches, min_batches=2 * workers)
+            if 0 < len(batches) < workers:  # the top levels: too few blocks to keep every worker busy
+                job = dataclasses.replace(job, threads=workers // len(batches))
             if level == 0 and levels > 1 and copy_from is not None:
                 # level 0 holds the source's voxels, so level 1 reads the source while level 0's
                 # chunks are copied: their batches are submitted interleaved (copy is I/O,

@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,16 @@ class LabelJob:
 
     def stage_key(self, stage: str) -> str:
         return f"{self.op_key}:{stage}"
+
+    def stored_state(self, stage: str) -> set[str]:
+        """The blocks whose merge state of ``stage`` is stored (``"all"`` for the merge's
+        table); relabel stores none but the output, which the ledger's stamp covers."""
+        tier = self.target.tier
+        if stage == "local":
+            return {PurePosixPath(info.key).stem for info in tier.list(f"{self.state_key}/faces") if info.key.endswith(".npz")}
+        if stage == "merge":
+            return {"all"} if tier.exists(f"{self.state_key}/lut.npy") and tier.exists(f"{self.state_key}/offsets.json") else set()
+        return {block.block_id for block in self.grid}
 
 
 def _run_stage(job: LabelJob, stage: str, block_ids: Sequence[str], work: Any) -> dict[str, Any]:

@@ -1,12 +1,23 @@
 """Block-wise pyramid levels: each output block of level ``l`` reads the matching region of
 level ``l-1`` (``factor`` times larger) and downsamples it, so every output chunk is written by
-exactly one block (see :mod:`tasks.ops.pyramid` for the kernels and dtype policy)."""
+exactly one block (see :mod:`tasks.ops.pyramid` for the kernels and dtype policy).
+
+A block's input region is read and downsampled piece by piece, one piece per input chunk
+(the kernels are block-exact on pieces that start at multiples of the factors): each chunk is
+decoded once, the temporaries stay chunk-sized, and a level with fewer blocks than workers
+(the top of a pyramid is often one chunk) spreads its pieces over ``threads`` threads instead of
+leaving cores idle.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -17,7 +28,7 @@ from storage.geometry import BlockGrid, Roi
 from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
 from tasks.ops.pyramid import downsample_labels, downsample_mean
 
-__all__ = ["LevelJob", "copy_chunk", "downsample_level"]
+__all__ = ["LevelJob", "copy_chunk", "downsample_level", "input_pieces"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class LevelJob:
     copy_from: ArrayLocation | None = None
     """Level 0 only: a zarr array with the same chunks and codecs whose encoded chunks are
     copied as they are (no decode and re-encode; see :func:`copy_chunk`)."""
+    threads: int = 1
+    """Threads that share the pieces of each block (more than one when the level has fewer
+    batches than the run has workers)."""
 
     @property
     def grid(self) -> BlockGrid:
@@ -49,6 +63,19 @@ def _input_roi(out_roi: Roi, factors: Sequence[int], in_shape: Sequence[int]) ->
     start = tuple(o * f for o, f in zip(out_roi.offset, factors, strict=True))
     stop = tuple(min(e * f, s) for e, f, s in zip(out_roi.end, factors, in_shape, strict=True))
     return Roi(start, tuple(b - a for a, b in zip(start, stop, strict=True)))
+
+
+def input_pieces(in_roi: Roi, chunks: Sequence[int], factors: Sequence[int]) -> list[Roi]:
+    """``in_roi`` cut at the input's chunk borders along every axis whose chunk extent is a
+    multiple of its factor (elsewhere a cut could split a window; the axis stays whole)."""
+    cuts_per_axis = []
+    for start, end, chunk, factor in zip(in_roi.offset, in_roi.end, chunks, factors, strict=True):
+        if chunk % factor:
+            cuts_per_axis.append([(start, end)])
+            continue
+        edges = [start, *range((start // chunk + 1) * chunk, end, chunk), end]
+        cuts_per_axis.append(list(itertools.pairwise(edges)))
+    return [Roi(tuple(a for a, _ in cut), tuple(b - a for a, b in cut)) for cut in itertools.product(*cuts_per_axis)]
 
 
 @task(name="downsample-level", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
@@ -71,22 +98,41 @@ def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
             block_ids=block_ids, work=copy, fault=job.fault, fault_prefix="level0:",
         )
 
-    def work(block_id: str) -> int:
-        out_roi = grid.block(block_id).write_roi
-        data = volume.read(_input_roi(out_roi, job.factors, job.in_shape))
+    def downsample(data: np.ndarray) -> np.ndarray:
         if all(f == 1 for f in job.factors):
-            values = data
-        elif job.method == "mean":
-            values = downsample_mean(data, job.factors)
+            return data
+        if job.method == "mean":
+            return downsample_mean(data, job.factors)
+        return downsample_labels(data, job.factors, method=job.method)
+
+    def work(block_id: str, pool: ThreadPoolExecutor | None) -> int:
+        out_roi = grid.block(block_id).write_roi
+        values = np.empty(out_roi.shape, dtype=volume.dtype)
+
+        def piece(in_piece: Roi) -> None:
+            start = tuple(a // f - o for a, f, o in zip(in_piece.offset, job.factors, out_roi.offset, strict=True))
+            part = downsample(volume.read(in_piece))
+            values[tuple(slice(a, a + n) for a, n in zip(start, part.shape, strict=True))] = part
+
+        pieces = input_pieces(_input_roi(out_roi, job.factors, job.in_shape), volume.chunks, job.factors)
+        if pool is not None and len(pieces) > 1:
+            list(pool.map(piece, pieces))  # re-raises a piece's error
         else:
-            values = downsample_labels(data, job.factors, method=job.method)
+            for in_piece in pieces:
+                piece(in_piece)
         output[out_roi.slices] = values
         return int(values.nbytes)
 
-    return ledgered_blocks(
-        db=job.db, run_id=job.run_id, op=f"downsample:level{job.level}", key=f"{job.op_key}:level{job.level}",
-        array_uri=job.target.uri, block_ids=block_ids, work=work, fault=job.fault, fault_prefix=f"level{job.level}:",
-    )
+    pool = ThreadPoolExecutor(job.threads, thread_name_prefix="pyramid-piece") if job.threads > 1 else None
+    try:
+        return ledgered_blocks(
+            db=job.db, run_id=job.run_id, op=f"downsample:level{job.level}", key=f"{job.op_key}:level{job.level}",
+            array_uri=job.target.uri, block_ids=block_ids, work=lambda block_id: work(block_id, pool), fault=job.fault,
+            fault_prefix=f"level{job.level}:",
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def copy_chunk(source_store: Any, target_store: Any, chunk_key: str) -> int:

@@ -111,6 +111,24 @@ def test_label_gives_the_same_partition_as_scipy(op, tmp_path, shape, blocks, co
     assert same_partition(labels, reference)
 
 
+def test_label_recomputes_merge_state_that_was_deleted(op, tmp_path):
+    # the merge state lives beside the output (``<output>.tierflow-label/``); a user or a
+    # clean-up that deletes it together with the output must not leave the ledger pointing at
+    # faces that are gone
+    import shutil
+
+    mask = blobs(SHAPE_3D)
+    source = write(tmp_path / "in.zarr", mask.astype(np.uint8), BLOCKS_3D)
+    op("label", source, tmp_path / "labels.zarr", {"connectivity": 26}, BLOCKS_3D)
+    shutil.rmtree(tmp_path / "labels.zarr")
+    shutil.rmtree(tmp_path / "labels.zarr.tierflow-label")
+    result = op("label", source, tmp_path / "labels.zarr", {"connectivity": 26}, BLOCKS_3D)
+    reference, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert result["local_computed"] == len(list(np.ndindex(*(-(-n // b) for n, b in zip(SHAPE_3D, BLOCKS_3D, strict=True)))))
+    assert result["objects"] == count
+    assert same_partition(zarr.open_array(str(tmp_path / "labels.zarr"))[:], reference)
+
+
 def test_convert_tiff_stack_and_slice_folder_to_zarr(op, tmp_path):
     import tifffile
 

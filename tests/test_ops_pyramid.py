@@ -143,6 +143,23 @@ def test_mean_by_hand_rounds_half_to_even():
     np.testing.assert_array_equal(downsample_mean(image, 2), [[3, 4], [8, 9]])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 4), (4, 4, 4), (1, 1, 1), (2, 3, 2)])
+def test_integer_means_round_half_to_even_like_rint_of_the_float_mean(dtype, factors):
+    # 8/16-bit data in whole power-of-two windows takes an integer shift path; every other
+    # window (here 2x3x2) takes the float path: both must equal rint of the exact mean
+    info = np.iinfo(dtype)
+    image = np.random.default_rng(RNG_SEED + 3).integers(info.min, info.max, (16, 24, 64), endpoint=True).astype(dtype)
+    exact = downscale_local_mean(image.astype(np.float64), factors)
+    window = int(np.prod(factors))
+    if window > 1:  # the data holds ties (means ending in .5), so rounding is really tested
+        assert np.any(np.abs(exact - np.floor(exact) - 0.5) < 1e-9)
+    result = downsample_mean(image, factors)
+    assert result.dtype == dtype
+    np.testing.assert_array_equal(result, np.rint(exact).astype(dtype))
+    np.testing.assert_array_equal(downsample_mean(image, factors, out_dtype=np.int32), np.rint(exact))
+
+
 def test_mean_never_rescales_and_refuses_a_narrow_out_dtype():
     image = np.full((4, 4), 40000, dtype=np.uint16)
     np.testing.assert_array_equal(downsample_mean(image, (2, 2)), 40000)
@@ -245,3 +262,25 @@ def test_pyramid_factors_stop_small_and_skipped_axes():
         pyramid_factors((8, 8), 2, axes_to_skip=(2,))
     with pytest.raises(ValueError, match="`min_size`"):
         pyramid_factors((8, 8), 2, min_size=(1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("offset", "shape", "chunks", "factors"),
+    [((0, 0, 0), (38, 64, 64), (16, 32, 32), (2, 2, 2)),   # cut at 16, 32 along z; 32 along y, x
+     ((32, 64, 0), (5, 64, 77), (16, 32, 30), (2, 2, 4)),  # x: 30 % 4 != 0, so x is never cut
+     ((0, 0), (45, 31), (9, 12), (3, 4))],                 # 2-D; both axes cut
+)
+def test_input_pieces_tile_the_region_and_cut_only_where_windows_allow(offset, shape, chunks, factors):
+    from storage.geometry import Roi
+    from tasks.pyramid_blocks import input_pieces
+
+    region = Roi(offset, shape)
+    pieces = input_pieces(region, chunks, factors)
+    covered = np.zeros(shape, dtype=np.int32)
+    for piece in pieces:
+        covered[piece.relative_to(region)] += 1
+        for axis, (start, chunk, factor) in enumerate(zip(piece.offset, chunks, factors, strict=True)):
+            assert start % factor == 0, f"piece {piece} starts inside a window along axis {axis}"
+            if chunk % factor == 0:  # never spans two input chunks
+                assert start // chunk == (start + piece.shape[axis] - 1) // chunk
+    np.testing.assert_array_equal(covered, 1)  # every voxel read exactly once

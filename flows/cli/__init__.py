@@ -12,6 +12,7 @@ import typer
 
 from flows.cli import data as data_commands
 from flows.cli import db as db_commands
+from flows.cli import deploy as deploy_commands
 from flows.cli import ops as ops_commands
 from flows.cli import pipeline as pipeline_commands
 from flows.cli._app import CliState, console, print_json, report_error, state
@@ -29,6 +30,7 @@ app.add_typer(db_commands.app, name="db")
 data_commands.register(app)
 ops_commands.register(app)
 pipeline_commands.register(app)
+deploy_commands.register(app)
 
 
 @app.callback()

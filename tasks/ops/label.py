@@ -115,7 +115,8 @@ def face_equivalences(
     ndim = len(grid_shape)
     rank = rank_of(connectivity, ndim)
     block_steps = [d for d in product((-1, 0, 1), repeat=ndim) if any(d) and next(x for x in d if x) > 0]
-    found: list[np.ndarray] = []
+    size = max(offsets.values(), default=0) + max((int(f.max()) for fs in faces.values() for f in fs.values() if f.size), default=0) + 1
+    found: list[np.ndarray] = []  # pairs as one int64 key each (a * size + b): 1-D unique sorts far faster than rows
     for index in product(*(range(n) for n in grid_shape)):
         for step in block_steps:
             crossing = [axis for axis in range(ndim) if step[axis]]
@@ -127,13 +128,27 @@ def face_equivalences(
             mine = _boundary(faces[index], {a: step[a] for a in crossing}, ndim)
             theirs = _boundary(faces[other], {a: -step[a] for a in crossing}, ndim)
             free = rank - len(crossing)  # how many in-boundary axes a neighbour step may also change
+            keys = []
             for shift in product((-1, 0, 1), repeat=mine.ndim):
                 if sum(1 for s in shift if s) > free:
                     continue
                 left, right = _pairs_with_shift(mine, theirs, shift)
                 if left.size:
-                    found.append(np.stack([left.astype(np.int64) + offsets[index], right.astype(np.int64) + offsets[other]], axis=1))
-    return np.unique(np.concatenate(found), axis=0) if found else np.empty((0, 2), dtype=np.int64)
+                    keys.append(_pair_keys(left.astype(np.int64) + offsets[index], right.astype(np.int64) + offsets[other], size))
+            if keys:
+                found.append(np.unique(np.concatenate(keys), axis=0))
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    unique = np.unique(np.concatenate(found), axis=0)
+    return unique if unique.ndim == 2 else np.stack([unique // size, unique % size], axis=1)
+
+
+def _pair_keys(left: np.ndarray, right: np.ndarray, size: int) -> np.ndarray:
+    """Pairs of ids below ``size`` as one int64 each (``left * size + right``), or as rows when
+    ``size**2`` does not fit (more than 3 billion provisional ids)."""
+    if size < 3_000_000_000:
+        return left * size + right
+    return np.stack([left, right], axis=1)
 
 
 def merge_equivalences(total: int, pairs: np.ndarray) -> np.ndarray:

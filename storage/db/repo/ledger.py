@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_stale", "record_blocks"]
+__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks"]
 
 _COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
 
@@ -51,6 +51,16 @@ def mark_stale(session: Session, array_uris: Collection[str], *, keep_op_keys: C
     query = update(BlockRecord).where(BlockRecord.array_uri.in_(list(array_uris)), BlockRecord.status == "done")
     if keep_op_keys:
         query = query.where(BlockRecord.op_key.not_in(list(keep_op_keys)))
+    return int(session.execute(query.values(status="stale")).rowcount or 0)
+
+
+def mark_blocks_stale(session: Session, op_key: str, array_uri: str, block_ids: Collection[str]) -> int:
+    """Mark the done rows of some blocks of one operation stale (what they stored is gone);
+    returns how many rows changed."""
+    if not block_ids:
+        return 0
+    query = update(BlockRecord).where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
+                                      BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "done")
     return int(session.execute(query.values(status="stale")).rowcount or 0)
 
 

@@ -1,0 +1,68 @@
+"""``tierflow deploy`` (work pools + deployments) and ``tierflow worker`` (start a pool's worker)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.cli._app import console, state
+
+__all__ = ["register"]
+
+
+def deploy(
+    ctx: typer.Context,
+    name: Annotated[list[str] | None, typer.Option("--name", help="Only this deployment (repeatable), e.g. pipeline-slurm.")] = None,
+) -> None:
+    """Create the work pools (tierflow-local, tierflow-slurm) and apply deployments/prefect.yaml."""
+    from configs import load_config
+    from flows.deployments import apply_deployments, ensure_pools, require_server
+    from flows.prefect_env import configure_prefect
+
+    config = load_config(state(ctx).config_path)
+    configure_prefect(config)
+    url = require_server(config)
+    os.environ["PREFECT_API_URL"] = url
+    table = Table("work pool", "type", "", "concurrency limit", title=f"Prefect server {url}")
+    for pool in ensure_pools(config):
+        table.add_row(pool.name, pool.type, "created" if pool.created else "updated", str(pool.concurrency_limit or "none"))
+    console.print(table)
+    output = apply_deployments(config, names=name)
+    deployed = [line.strip() for line in output.splitlines() if "Deployment '" in line and "successfully created" in line]
+    for line in deployed:
+        console.print(line)
+    console.print("Start a worker per pool: `tierflow worker local` and, on a SLURM login node, `tierflow worker slurm`.")
+
+
+def worker(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="local (process pool) or slurm (tierflow-slurm pool).")],
+    run_once: Annotated[bool, typer.Option("--run-once", help="Submit what is scheduled now, then stop.")] = False,
+) -> None:
+    """Start the worker of a pool (`prefect worker start --pool ... --type ...` with tierflow's settings)."""
+    from configs import load_config
+    from flows.deployments import LOCAL_POOL, SLURM_POOL, project_home, require_server
+    from flows.prefect_env import configure_prefect
+    from flows.slurm.worker import WORKER_TYPE
+    from storage.errors import TierflowError
+
+    pools = {"local": (LOCAL_POOL, "process"), "slurm": (SLURM_POOL, WORKER_TYPE)}
+    if kind not in pools:
+        raise TierflowError(f"no worker kind {kind!r}", hint="use `tierflow worker local` or `tierflow worker slurm`")
+    config = load_config(state(ctx).config_path)
+    configure_prefect(config)
+    pool, worker_type = pools[kind]
+    env = dict(os.environ, PREFECT_API_URL=require_server(config), TIERFLOW_HOME=str(project_home(config)))
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", worker_type, *(["--run-once"] if run_once else [])]
+    console.print(f"$ {' '.join(command[2:])}")
+    os.chdir(project_home(config))
+    os.execve(sys.executable, command, env)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("worker")(worker)
