@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["BatchOutcome", "OpContext", "collect_batches", "run_batches", "split_batches", "submit_batches"]
+__all__ = ["BatchOutcome", "LostBatchError", "OpContext", "collect_batches", "run_batches", "split_batches", "submit_batches"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,17 @@ class BatchOutcome:
     results: list[Any] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     first_error: str = ""
+    lost: list[LostBatchError] = field(default_factory=list)
+    """Batches whose task died without a ``BatchFailed`` (with ``lost=True``; e.g. its Dask
+    worker's SLURM job ended)."""
+
+
+@dataclass(frozen=True)
+class LostBatchError:
+    """A batch whose task raised something other than ``BatchFailed``."""
+
+    block_ids: list[str]
+    error: str
 
 
 def run_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]], progress: Any = None) -> BatchOutcome:
@@ -81,12 +92,19 @@ def run_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str
 def submit_batches(runner: Any, task: Any, job: Any, batches: Sequence[Sequence[str]]) -> list[Any]:
     """Submit ``task(job=job, block_ids=batch)`` for every batch; returns the futures (see
     :func:`collect_batches`)."""
-    return [runner.submit(task, parameters={"job": job, "block_ids": list(batch)}) for batch in batches]
+    futures = []
+    for batch in batches:
+        future = runner.submit(task, parameters={"job": job, "block_ids": list(batch)})
+        future.tierflow_block_ids = list(batch)  # for collect_batches(lost=True)
+        futures.append(future)
+    return futures
 
 
-def collect_batches(futures: Sequence[Any], progress: Any = None) -> BatchOutcome:
+def collect_batches(futures: Sequence[Any], progress: Any = None, *, lost: bool = False) -> BatchOutcome:
     """Wait for batch futures; a batch that raises ``BatchFailed`` contributes its failed block
-    ids instead of a result; ``progress(n)``, if given, hears of the blocks each one finished."""
+    ids instead of a result; ``progress(n)``, if given, hears of the blocks each one finished.
+    With ``lost``, a batch that raises anything else is returned in ``outcome.lost`` instead of
+    raising (the caller decides whether to submit it again)."""
     from tasks.blockwise import BatchFailed
 
     outcome = BatchOutcome()
@@ -99,4 +117,8 @@ def collect_batches(futures: Sequence[Any], progress: Any = None) -> BatchOutcom
         except BatchFailed as exc:
             outcome.failed.extend(exc.block_ids)
             outcome.first_error = outcome.first_error or exc.message
+        except Exception as exc:
+            if not lost or not hasattr(future, "tierflow_block_ids"):
+                raise
+            outcome.lost.append(LostBatchError(list(future.tierflow_block_ids), f"{type(exc).__name__}: {exc}"[:2000]))
     return outcome

@@ -25,6 +25,7 @@ from flows.batching import OpContext, run_batches
 from flows.database import open_database
 from flows.outputs import claim_output, stamped_op_key
 from flows.runners import block_task_runner
+from flows.slurm.scheduler import SlurmScheduler
 from flows.runs import recorded_run, run_to_resume
 from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
@@ -181,6 +182,7 @@ def run_op(
     fault: FaultHook | None = None,
     progress: Any = None,
     parent_run: int | None = None,
+    slurm_scheduler: Any = None,
 ) -> dict[str, Any]:
     """Run ``op`` block-wise from ``input`` to ``output`` (see :func:`op_flow`, the Prefect flow).
 
@@ -193,7 +195,7 @@ def run_op(
         if cached is not None:
             return cached
     return op_flow(op, input, output, params, block_shape=block_shape, workers=workers, config_dir=config_dir, inputs=inputs, mask=mask,
-                   fault=fault, progress=progress, parent_run=parent_run)
+                   fault=fault, progress=progress, parent_run=parent_run, slurm_scheduler=slurm_scheduler)
 
 
 @flow(name="op")
@@ -210,6 +212,7 @@ def op_flow(
     fault: FaultHook | None = None,
     progress: Any = None,
     parent_run: int | None = None,
+    slurm_scheduler: Any = None,
 ) -> dict[str, Any]:
     """Run ``op`` block-wise from ``input`` to ``output``.
 
@@ -236,6 +239,8 @@ def op_flow(
         Restrict the op to the non-zero voxels of this array (0 elsewhere).
     fault
         Test-only fault injection: called with each block id before it is written.
+    slurm_scheduler
+        Test-only: answers how a lost batch's SLURM job ended (default: SLURM's own tools).
     progress
         ``progress(n)`` is told, as batches finish, how many blocks they completed (the
         pipeline's progress artifacts); when called in-process via ``run_op.fn``.
@@ -317,7 +322,15 @@ def op_flow(
         batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
         runner = block_task_runner(config, workers)
         with runner:
-            outcome = run_batches(runner, map_blocks, job, batches, progress)
+            if config.execution.backend == "slurm":
+                from flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
+
+                outcome = run_with_slurm_retries(
+                    runner, lambda: block_task_runner(config, workers, memory_factor=config.slurm.oom_memory_factor), map_blocks,
+                    job, batches, SlurmBatchRetries(db, int(run_id), key, target.uri, scheduler=slurm_scheduler or SlurmScheduler()),
+                    progress, log=logger.warning)
+            else:
+                outcome = run_batches(runner, map_blocks, job, batches, progress)
         computed = sum(result["done"] for result in outcome.results)
         task_seconds = sum(result["seconds"] for result in outcome.results)
         failed, first_error = outcome.failed, outcome.first_error

@@ -6,7 +6,7 @@
 * ``dask``: a Dask LocalCluster of worker processes through prefect-dask, one thread each
   (for kernels that hold the GIL, or to see the work in Dask's dashboard).
 * ``slurm``: Dask workers in SLURM jobs (dask-jobqueue's SLURMCluster), see
-  :mod:`flows.slurm_cluster`.
+  :mod:`flows.slurm_cluster` (lost batches are retried by :mod:`flows.slurm.retries`).
 
 Task arguments cross process boundaries on the Dask backends, which is why they are paths,
 block ids and picklable handles (:class:`storage.db.database.Database`, tiers) only.
@@ -21,9 +21,10 @@ from configs import TierflowConfig
 __all__ = ["block_task_runner"]
 
 
-def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: int = 0) -> Any:
+def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: int = 0, memory_factor: float = 1.0) -> Any:
     """A fresh task runner for ``workers`` parallel batches (``extra_threads`` more threads on
-    the thread backend, for I/O-bound batches submitted alongside)."""
+    the thread backend, for I/O-bound batches submitted alongside; ``memory_factor`` times
+    ``[slurm].memory_per_job`` for SLURM worker jobs, for batches that ran out of memory)."""
     backend = config.execution.backend
     if backend == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -43,4 +44,4 @@ def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: in
         )
     from flows.slurm_cluster import slurm_task_runner
 
-    return slurm_task_runner(config, workers)
+    return slurm_task_runner(config, workers, memory_factor=memory_factor)

@@ -18,20 +18,28 @@ from configs import TierflowConfig
 __all__ = ["slurm_cluster_kwargs", "slurm_task_runner"]
 
 
-def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None) -> dict[str, Any]:
-    """SLURMCluster keyword arguments from ``[slurm]`` (job logs under Tier 4's ``logs/slurm``)."""
+def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, memory_factor: float = 1.0) -> dict[str, Any]:
+    """SLURMCluster keyword arguments from ``[slurm]`` (job logs under Tier 4's ``logs/slurm``;
+    ``memory_factor`` times ``memory_per_job``)."""
+    from flows.slurm.retries import scale_memory
+
     settings = config.slurm
     logs = Path(config.tier_root("ephemeral")) / "logs" / "slurm"
     logs.mkdir(parents=True, exist_ok=True)
-    prologue = [f"export PREFECT_API_URL={api_url}"] if api_url else []
+    prologue = [line for line in settings.preamble.splitlines() if line.strip()]
+    prologue += [f"export PREFECT_API_URL={api_url}", "export PREFECT_SERVER_EPHEMERAL_ENABLED=false"] if api_url else []
+    directives = list(settings.job_directives)
+    directives += [f"--qos={settings.qos}"] if settings.qos else []
+    directives += [f"--constraint={settings.constraint}"] if settings.constraint else []
     return {
         "cores": settings.cores_per_job,
         "processes": 1,
-        "memory": settings.memory_per_job,
+        "memory": scale_memory(settings.memory_per_job, memory_factor) if memory_factor != 1.0 else settings.memory_per_job,
         "walltime": settings.walltime,
         "queue": settings.partition or None,
         "account": settings.account or None,
-        "job_extra_directives": list(settings.job_directives),
+        "job_extra_directives": directives,
+        "job_name": "tierflow-blocks",
         "job_script_prologue": prologue,
         "python": settings.python or sys.executable,
         "log_directory": str(logs),
@@ -39,14 +47,19 @@ def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None) 
     }
 
 
-def slurm_task_runner(config: TierflowConfig, workers: int) -> Any:
+def slurm_task_runner(config: TierflowConfig, workers: int, *, memory_factor: float = 1.0) -> Any:
     """A DaskTaskRunner whose workers are SLURM jobs (1 to ``max_jobs`` or ``workers``)."""
     from prefect.settings import PREFECT_API_URL  # type: ignore[attr-defined]
     from prefect_dask import DaskTaskRunner
 
+    import dask
+
     jobs = config.slurm.max_jobs or workers
+    # a task whose worker job died is not re-run by Dask on a job of the same size: the flow
+    # asks SLURM why the job ended and decides (flows.slurm.retries)
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
     return DaskTaskRunner(
         cluster_class="dask_jobqueue.SLURMCluster",
-        cluster_kwargs=slurm_cluster_kwargs(config, api_url=PREFECT_API_URL.value() or None),
+        cluster_kwargs=slurm_cluster_kwargs(config, api_url=PREFECT_API_URL.value() or None, memory_factor=memory_factor),
         adapt_kwargs={"minimum": 1, "maximum": jobs},
     )

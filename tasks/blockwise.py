@@ -31,7 +31,7 @@ from storage.arrays import ArrayLocation
 from storage.chunk_cache import ChunkCache
 from storage.db.database import Database
 from storage.db.locks import advisory_locks
-from storage.db.repo.ledger import done_blocks, record_blocks
+from storage.db.repo.ledger import done_blocks, record_blocks, settle_running
 from storage.errors import TierflowError
 from storage.geometry import Block, BlockGrid
 from storage.volumes import Volume, ZarrVolume, open_volume
@@ -83,6 +83,9 @@ class MapJob:
     extras: dict[str, SourceRef] = field(default_factory=dict)
     mask: SourceRef | None = None
     fault: FaultHook | None = field(default=None, compare=False)
+    attempt_offset: int = 0
+    """Attempts made before this submission (a batch re-submitted after its SLURM job ran out
+    of memory or time records attempt 2, 3, ... in the ledger)."""
 
     @property
     def grid(self) -> BlockGrid:
@@ -133,7 +136,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
     """
     op = get_map_op(job.op)
     grid = job.grid
-    attempt = _attempt()
+    attempt = _attempt() + job.attempt_offset
     host = socket.gethostname()
     slurm_job = os.environ.get("SLURM_JOB_ID")
     started = time.perf_counter()
@@ -143,6 +146,11 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
         todo: list[Block] = [grid.block(b) for b in block_ids if b not in done]
         if not todo:
             return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
+        if slurm_job:  # in a SLURM job: if the job dies with the batch, the flow learns where it ran
+            with job.db.session() as session:
+                record_blocks(session, [{"run_id": job.run_id, "op": job.op, "op_key": job.op_key, "array_uri": job.target.uri,
+                                         "block_id": block.block_id, "status": "running", "attempt": attempt, "host": host,
+                                         "slurm_job_id": slurm_job, "started_at": datetime.now(UTC)} for block in todo])
         region = todo[0].read_roi
         for block in todo[1:]:
             region = region.union(block.read_roi)
@@ -189,6 +197,8 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
             rows.append(row)
         with job.db.session() as session:
+            if slurm_job:
+                settle_running(session, job.run_id, job.op_key, job.target.uri, [block.block_id for block in todo])
             record_blocks(session, rows)
     if failed:
         raise BatchFailed(job.op, failed, first_error)

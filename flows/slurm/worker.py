@@ -84,6 +84,7 @@ class SlurmJobConfiguration(BaseJobConfiguration):
         worker_name: str | None = None,
         worker_id: UUID | None = None,
     ) -> None:
+        configured_command = self.command  # the base class fills in a bare `prefect ...` when empty
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
         site = _site_defaults()
         for key, value in site.items():
@@ -93,7 +94,9 @@ class SlurmJobConfiguration(BaseJobConfiguration):
         self.env["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
         if site.get("home") and not self.env.get("TIERFLOW_HOME"):
             self.env["TIERFLOW_HOME"] = site["home"]
-        self.command = self.command or f"{self.python or sys.executable} -m prefect flow-run execute"
+        # the Prefect engine of the Python that has tierflow (a bare `prefect` may not be on the
+        # compute node's PATH)
+        self.command = configured_command or f"{self.python or sys.executable} -m prefect flow-run execute"
 
 
 def _site_defaults() -> dict[str, Any]:
@@ -228,6 +231,11 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
         elif outcome.state == "Crashed" and not final:
             await self.client.set_flow_run_state(flow_run_id, Crashed(message=outcome.message), force=False)
             logger.error(outcome.message)
+        elif outcome.state == "Crashed" and flow_run.state.is_crashed():
+            # the engine saw only a signal ("aborted by a termination signal"): SLURM knows why
+            message = f"{outcome.message} (the flow run said: {flow_run.state.message})"
+            await self.client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+            logger.error(message)
         elif outcome.state == "Crashed":
             logger.warning(f"{outcome.message} (the flow had reported {flow_run.state.name})")
         return SlurmWorkerResult(identifier=job_id, status_code=outcome.status_code)
@@ -268,7 +276,9 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
             if job is not None and job.name and job.name != job_name(flow_run.id):
                 continue  # the id was reused by another job: not ours
             self._followed.add(flow_run.id)
-            self._logger.info(f"Following flow run {flow_run.id} again: SLURM job {job_id} ({job.state if job else 'ended'})")
+            message = f"Worker {self.name!r} follows SLURM job {job_id} again ({job.state if job else 'ended'})"
+            self._logger.info(f"{message}: flow run {flow_run.id}")
+            self.get_flow_run_logger(flow_run).info(message)  # in the run's logs, in the UI
             self._runs_task_group.start_soon(self._follow_adopted, flow_run.id, job_id)
 
     async def _follow_adopted(self, flow_run_id: UUID, job_id: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks"]
+__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
+           "settle_running"]
 
 _COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
 
@@ -62,6 +63,26 @@ def mark_blocks_stale(session: Session, op_key: str, array_uri: str, block_ids: 
     query = update(BlockRecord).where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
                                       BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "done")
     return int(session.execute(query.values(status="stale")).rowcount or 0)
+
+
+def running_rows(session: Session, run_id: int, op_key: str, array_uri: str, block_ids: Collection[str]) -> list[BlockRecord]:
+    """The ``running`` rows of some blocks of one run (a batch in a SLURM job records them when
+    it starts, so the flow can tell which job a lost batch was in)."""
+    return list(session.scalars(select(BlockRecord).where(
+        BlockRecord.run_id == run_id, BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
+        BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "running").order_by(BlockRecord.id)))
+
+
+def settle_running(session: Session, run_id: int, op_key: str, array_uri: str, block_ids: Collection[str], *,
+                   error: str | None = None) -> int:
+    """End the ``running`` rows of some blocks: deleted (the batch records its own outcome), or
+    with ``error`` turned into ``failed`` rows that keep their SLURM job id and attempt."""
+    where = (BlockRecord.run_id == run_id, BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
+             BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "running")
+    if error is None:
+        return int(session.execute(delete(BlockRecord).where(*where)).rowcount or 0)
+    return int(session.execute(update(BlockRecord).where(*where).values(status="failed", error=error[:2000],
+                                                                        finished_at=func.now())).rowcount or 0)
 
 
 def failed_blocks(session: Session, run_id: int) -> list[str]:

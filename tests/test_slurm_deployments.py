@@ -1,0 +1,297 @@
+"""Deployments on a real SLURM cluster, as a lab runs them.
+
+A real ``prefect server start`` on a free port, the single-node SLURM cluster of
+``.ci/slurm-up.sh``, a checkout whose ``configs/tierflow.user.toml`` points at both, then the
+commands of the README: ``tierflow deploy``, ``tierflow worker slurm`` in the background,
+``prefect deployment run`` and ``prefect flow-run cancel``. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from conftest import REPO_ROOT, TIERFLOW, require_service, run_cli
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    installed = all(shutil.which(tool) for tool in ("sbatch", "squeue", "scontrol", "scancel", "slurmctld", "slurmd", "munged"))
+    require_service(installed, "SLURM", "install it with `bash .ci/install-slurm.sh` (root)")
+    up = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "slurm-up.sh")], capture_output=True, text=True, timeout=120)
+    require_service(up.returncode == 0, "a running SLURM cluster", f"`bash .ci/slurm-up.sh` said: {up.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on a free port (its own SQLite database), as a lab would run it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=_clean_env(PREFECT_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+    yield url
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory, prefect_server: str, slurm: None) -> Iterator[Path]:
+    """A checkout (the code linked in, configs copied) with a user overlay for the server and
+    small SLURM jobs, deployed with `tierflow deploy`."""
+    root = tmp_path_factory.mktemp("lab") / "tierflow"
+    (root / "configs").mkdir(parents=True)
+    for part in ("flows", "tasks", "storage", "deployments"):
+        (root / part).symlink_to(REPO_ROOT / part)
+    for default in (REPO_ROOT / "configs").glob("*.def.toml"):
+        shutil.copy(default, root / "configs" / default.name)
+    for module in (REPO_ROOT / "configs").glob("*.py"):  # a checkout's configs/ is also the loader's package
+        (root / "configs" / module.name).symlink_to(module)
+    (root / "configs" / "tierflow.user.toml").write_text(
+        f'[prefect]\napi_url = "{prefect_server}"\n\n'
+        '[slurm]\nflow_run_mem = "1G"\nflow_run_time = "00:15:00"\npool_concurrency = 4\n'
+        'cores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\njob_directives = ["--mem=0"]\n'
+    )
+    run_cli("db", "upgrade", cwd=root)  # the embedded server belongs to the test, not to a job
+    deployed = run_cli("deploy", cwd=root)
+    assert "tierflow-slurm" in deployed.stdout
+    yield root
+    run_cli("db", "stop", cwd=root, check=False)
+
+
+class Worker:
+    """`tierflow worker slurm` in the background, restartable; its output goes to a log file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.log_path = root / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen([TIERFLOW, "worker", "slurm"], cwd=self.root, env=_clean_env(PREFECT_WORKER_QUERY_SECONDS="2"),
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "started!" not in self.log():
+            assert self.process.poll() is None and time.monotonic() < deadline, f"worker did not start:\n{self.log()[-3000:]}"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def worker(checkout: Path) -> Iterator[Worker]:
+    handle = Worker(checkout)
+    handle.start()
+    yield handle
+    handle.stop()
+
+
+def deployment_run(root: Path, deployment: str, *args: str) -> str:
+    """`prefect deployment run NAME ...` (stock Prefect); returns the flow run id."""
+    done = subprocess.run([PREFECT, "deployment", "run", deployment, *args], cwd=root, capture_output=True, text=True,
+                          env=_clean_env(PREFECT_API_URL=_api(root)), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout).group(1)
+
+
+def _api(root: Path) -> str:
+    return re.search(r'api_url = "([^"]+)"', (root / "configs" / "tierflow.user.toml").read_text()).group(1)
+
+
+def flow_run(root: Path, flow_run_id: str) -> dict:
+    return httpx.get(f"{_api(root)}/flow_runs/{flow_run_id}", timeout=10).json()
+
+
+def wait_for(root: Path, flow_run_id: str, states: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = flow_run(root, flow_run_id)
+        if run["state_type"] in states:
+            return run
+        assert time.monotonic() < deadline, f"flow run stayed {run['state_type']} ({run['state']['message']})"
+        time.sleep(1)
+
+
+def scontrol(job_id: str) -> dict[str, str]:
+    from flows.slurm.scheduler import parse_scontrol_job
+
+    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
+    return parse_scontrol_job(done.stdout)
+
+
+def in_squeue(job_id: str) -> bool:
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    return job_id in done.stdout.split()
+
+
+def wait_job(job_id: str, state: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while scontrol(job_id).get("JobState", "").split()[0] != state:
+        assert time.monotonic() < deadline, f"SLURM job {job_id} never reached {state}: {scontrol(job_id).get('JobState')}"
+        time.sleep(0.5)
+
+
+def job_of(root: Path, flow_run_id: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not (flow_run(root, flow_run_id).get("infrastructure_pid") or ""):
+        assert time.monotonic() < deadline, "the worker never reported a SLURM job id"
+        time.sleep(0.5)
+    return flow_run(root, flow_run_id)["infrastructure_pid"]
+
+
+def test_deploy_creates_both_pools_every_deployment_and_the_nightly_schedule(checkout, prefect_server):
+    api = prefect_server
+    pools = {name: httpx.get(f"{api}/work_pools/{name}", timeout=10).json() for name in ("tierflow-local", "tierflow-slurm")}
+    assert pools["tierflow-local"]["type"] == "process"
+    assert pools["tierflow-slurm"]["type"] == "tierflow-slurm"
+    assert pools["tierflow-slurm"]["concurrency_limit"] == 4  # [slurm].pool_concurrency
+    slurm_form = pools["tierflow-slurm"]["base_job_template"]["variables"]["properties"]
+    assert {"partition", "time", "mem", "cpus_per_task", "gpus", "account", "qos", "constraint", "extra_directives",
+            "preamble", "python", "log_dir"} <= set(slurm_form)
+    deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    names = {d["name"]: d for d in deployments}
+    assert {"pipeline-local", "pipeline-slurm", "ingest-local", "ingest-slurm", "promote-local", "promote-slurm",
+            "retention-nightly", "retention-slurm", "check-local", "check-slurm"} <= set(names)
+    assert all("tierflow" in d["tags"] for d in names.values())
+    nightly = names["retention-nightly"]["schedules"]
+    assert nightly and nightly[0]["schedule"]["cron"] == "30 2 * * *" and nightly[0]["active"]
+    # stock Prefect applies the same file
+    stock = subprocess.run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], cwd=checkout,
+                           env=_clean_env(PREFECT_API_URL=api, TIERFLOW_HOME=str(checkout)), capture_output=True, text=True, timeout=300)
+    assert stock.returncode == 0, stock.stdout[-2000:] + stock.stderr[-2000:]
+
+
+def test_a_deployment_runs_as_a_slurm_job_and_its_results_land_in_postgresql(checkout, worker):
+    from configs import load_db_config
+    from flows.database import open_database
+    from storage.db.models import Run
+
+    run_id = deployment_run(checkout, "cluster-check/check-slurm")
+    run = wait_for(checkout, run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+    assert run["state_type"] == "COMPLETED", run["state"]["message"]
+    job_id = run["infrastructure_pid"]
+    wait_job(job_id, "COMPLETED", timeout=60)  # the engine reports the run, then its process exits
+    job = scontrol(job_id)
+    assert job["JobName"] == f"prefect-{run_id}" and job["ExitCode"] == "0:0"
+    db = open_database(load_db_config(str(checkout / "configs")))
+    with db.session() as session:
+        row = session.scalars(select(Run).where(Run.flow_name == "cluster-check")).all()
+    recorded = [r for r in row if str(r.flow_run_id) == run_id]
+    assert len(recorded) == 1 and recorded[0].status == "completed"
+    assert recorded[0].parameters["slurm_job_id"] == job_id  # the flow ran inside that job
+    db.dispose()
+    log = Path(checkout / "var" / "tier4-ephemeral" / "logs" / "slurm" / f"prefect-{run_id}-{job_id}.log")
+    assert f"SLURM job {job_id}" in log.read_text()
+
+
+def test_cancelling_a_running_or_a_queued_run_removes_its_job(checkout, worker):
+    running = deployment_run(checkout, "cluster-check/check-slurm", "--param", "seconds=300")
+    # a job that cannot start for an hour: cancelled while it waits in the queue
+    queued = deployment_run(checkout, "cluster-check/check-slurm", "--param", "seconds=1",
+                            "--job-variable", f"extra_directives={json.dumps(['--begin=now+3600'])}")
+    running_job, queued_job = job_of(checkout, running), job_of(checkout, queued)
+    wait_job(running_job, "RUNNING")
+    wait_for(checkout, running, {"RUNNING"})
+    assert scontrol(queued_job)["JobState"] == "PENDING"
+    for run_id in (running, queued):
+        done = subprocess.run([PREFECT, "flow-run", "cancel", run_id], capture_output=True, text=True,
+                              env=_clean_env(PREFECT_API_URL=_api(checkout)), timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    for run_id, job_id in ((running, running_job), (queued, queued_job)):
+        final = wait_for(checkout, run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout=120)
+        assert final["state_type"] == "CANCELLED", final["state"]
+        deadline = time.monotonic() + 60
+        while in_squeue(job_id):
+            assert time.monotonic() < deadline, f"job {job_id} is still in squeue after its run was cancelled"
+            time.sleep(1)
+        assert scontrol(job_id)["JobState"] == "CANCELLED"
+
+
+def test_a_restarted_worker_finds_its_jobs_and_reports_how_they_ended(checkout, worker):
+    finishing = deployment_run(checkout, "cluster-check/check-slurm", "--param", "seconds=15")
+    killed = deployment_run(checkout, "cluster-check/check-slurm", "--param", "seconds=300")
+    finishing_job, killed_job = job_of(checkout, finishing), job_of(checkout, killed)
+    wait_job(finishing_job, "RUNNING")
+    wait_job(killed_job, "RUNNING")
+    worker.kill()
+    # while no worker watches: an administrator cancels one job; the other one ends by itself
+    subprocess.run(["scancel", killed_job], check=True)
+    wait_job(killed_job, "CANCELLED")
+    worker.start()
+    done = wait_for(checkout, finishing, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=120)
+    assert done["state_type"] == "COMPLETED"
+    cancelled = wait_for(checkout, killed, {"CANCELLED", "CRASHED", "FAILED", "COMPLETED"}, timeout=120)
+    assert cancelled["state_type"] == "CANCELLED", cancelled["state"]
+    assert f"SLURM job {killed_job} was cancelled outside Prefect" in cancelled["state"]["message"]
+    logs = httpx.post(f"{_api(checkout)}/logs/filter", json={"logs": {"flow_run_id": {"any_": [killed]}}}, timeout=10).json()
+    assert any(f"follows SLURM job {killed_job} again" in entry["message"] for entry in logs)
+
+
+def test_a_job_killed_at_its_time_limit_is_reported_as_such_not_as_success(checkout, worker):
+    # Slurm 22.05 reports this job's exit code as 0:15; only its state says TIMEOUT
+    run_id = deployment_run(checkout, "cluster-check/check-slurm", "--param", "seconds=600", "--param", "database=false",
+                            "--job-variable", "time=00:01:00")
+    job_id = job_of(checkout, run_id)
+    final = wait_for(checkout, run_id, {"CRASHED", "FAILED", "COMPLETED", "CANCELLED"}, timeout=300)
+    job = scontrol(job_id)
+    assert job["JobState"] == "TIMEOUT" and job["ExitCode"] == "0:15"
+    assert final["state_type"] == "CRASHED"
+    assert "time limit" in final["state"]["message"] and job_id in final["state"]["message"]
