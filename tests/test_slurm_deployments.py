@@ -93,7 +93,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory, prefect_server: str, slur
     (root / "configs" / "tierflow.user.toml").write_text(
         f'[prefect]\napi_url = "{prefect_server}"\n\n'
         '[slurm]\nflow_run_mem = "1G"\nflow_run_time = "00:15:00"\npool_concurrency = 4\n'
-        'cores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\njob_directives = ["--mem=0"]\n'
+        'cores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\n'
     )
     run_cli("db", "upgrade", cwd=root)  # the embedded server belongs to the test, not to a job
     deployed = run_cli("deploy", cwd=root)

@@ -37,7 +37,7 @@ class LostBatch:
 @dataclass(frozen=True)
 class RetryDecision:
     """What to do with a lost batch: ``"memory"`` (same batch, bigger jobs), ``"split"`` (two
-    halves) or ``"fail"``."""
+    halves), ``"requeue"`` (it never started: submit it again as it was) or ``"fail"``."""
 
     action: str
     batches: list[list[str]]
@@ -71,6 +71,9 @@ class SlurmBatchRetries:
     def decide(self, lost: LostBatch) -> RetryDecision:
         with self.db.session() as session:
             rows = running_rows(session, self.run_id, self.op_key, self.array_uri, lost.block_ids)
+        if not rows:  # queued on the worker that died, never started: nothing ran, nothing to learn
+            return RetryDecision("requeue", [lost.block_ids], None, "NOT_STARTED", 0)
+        with self.db.session() as session:
             job_id = rows[-1].slurm_job_id if rows else None
             attempt = max((row.attempt or 1 for row in rows), default=1)
             job = self.scheduler.job(job_id) if job_id else None
@@ -97,6 +100,7 @@ def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: 
     total = BatchOutcome()
     pending: list[tuple[Any, Any, list[list[str]]]] = [(runner, job, [list(b) for b in batches])]
     bigger = None
+    requeued: dict[tuple[str, ...], int] = {}
     try:
         while pending:
             target, current_job, current = pending.pop(0)
@@ -110,7 +114,10 @@ def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: 
                 log(f"batch {lost.block_ids[0]}..{lost.block_ids[-1]} lost with SLURM job {decision.job_id} "
                     f"({decision.state}), attempt {decision.attempt}: {decision.action}")
                 next_job = replace(current_job, attempt_offset=decision.attempt)
-                if decision.action == "memory":
+                requeued[tuple(lost.block_ids)] = requeued.get(tuple(lost.block_ids), 0) + (decision.action == "requeue")
+                if decision.action == "requeue" and requeued[tuple(lost.block_ids)] <= retries.max_attempts:
+                    pending.append((target, current_job, decision.batches))
+                elif decision.action == "memory":
                     if bigger is None:
                         bigger = bigger_runner()
                         bigger.__enter__()
