@@ -22,7 +22,7 @@ import zarr
 from scipy import ndimage
 from sqlalchemy import select
 
-from conftest import require_service, run_cli
+from conftest import REPO_ROOT, run_cli
 from test_slurm_deployments import scontrol, slurm  # noqa: F401 - the cluster fixture
 from tasks.ops.filters import cast_output
 
@@ -31,6 +31,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault hook ru
 
 
 def _slurm_config(project: Path, **extra: str) -> None:
+    """Block work in SLURM jobs. The jobs start in the project folder, as on a cluster where the
+    checkout is shared: there ``configs/`` is also the loader's package, so link its modules in."""
+    for module in (REPO_ROOT / "configs").glob("*.py"):
+        (project / "configs" / module.name).symlink_to(module)
     lines = ['[execution]\nbackend = "slurm"\nmax_workers = 2\n',
              '[slurm]\ncores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\n'
              + "".join(f"{k} = {v}\n" for k, v in extra.items())]

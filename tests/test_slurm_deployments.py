@@ -231,6 +231,8 @@ def test_a_deployment_runs_as_a_slurm_job_and_its_results_land_in_postgresql(che
     wait_job(job_id, "COMPLETED", timeout=60)  # the engine reports the run, then its process exits
     job = scontrol(job_id)
     assert job["JobName"] == f"prefect-{run_id}" and job["ExitCode"] == "0:0"
+    # job variables left empty took the site defaults of [slurm] in the user overlay
+    assert job["TimeLimit"] == "00:15:00" and job["MinMemoryNode"] == "1G"
     db = open_database(load_db_config(str(checkout / "configs")))
     with db.session() as session:
         row = session.scalars(select(Run).where(Run.flow_name == "cluster-check")).all()
