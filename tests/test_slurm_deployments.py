@@ -114,8 +114,9 @@ class Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen([TIERFLOW, "worker", "slurm"], cwd=self.root, env=_clean_env(PREFECT_WORKER_QUERY_SECONDS="2"),
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        started_before = self.log().count("started!")
         deadline = time.monotonic() + 60
-        while "started!" not in self.log():
+        while self.log().count("started!") <= started_before:
             assert self.process.poll() is None and time.monotonic() < deadline, f"worker did not start:\n{self.log()[-3000:]}"
             time.sleep(0.5)
 

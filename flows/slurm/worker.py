@@ -194,9 +194,18 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
         """Poll the job until it ends; turn a Prefect cancellation into ``scancel``; report SLURM's
         end state on the flow run unless the flow reported a final state itself."""
         cancel_requested = False
-        missing_polls = 0
+        missing_polls = failed_polls = 0
         while True:
-            job = await anyio.to_thread.run_sync(self.scheduler.job, job_id)
+            try:
+                job = await anyio.to_thread.run_sync(self.scheduler.job, job_id)
+            except Exception as exc:  # noqa: BLE001 - a slow or restarting controller: ask again next poll
+                failed_polls += 1
+                self._logger.warning(f"SLURM job {job_id}: could not read its state ({exc}); poll {failed_polls}")
+                if failed_polls >= 60:
+                    raise
+                await anyio.sleep(poll_seconds)
+                continue
+            failed_polls = 0
             if job is not None and job.ended:
                 break
             if job is None:
@@ -210,6 +219,10 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
                 except ObjectNotFound:  # the run was deleted: its job has no purpose left
                     await anyio.to_thread.run_sync(self.scheduler.cancel, job_id)
                     return SlurmWorkerResult(identifier=job_id, status_code=0)
+                except Exception as exc:  # noqa: BLE001 - the API is briefly away: the job goes on
+                    self._logger.warning(f"Flow run {flow_run_id}: could not read its state ({exc})")
+                    await anyio.sleep(poll_seconds)
+                    continue
                 if flow_run.state is not None and flow_run.state.type == StateType.CANCELLING and not cancel_requested:
                     self._logger.info(f"Flow run {flow_run_id} is cancelling: scancel {job_id} ({job.state})")
                     await anyio.to_thread.run_sync(self.scheduler.cancel, job_id)
