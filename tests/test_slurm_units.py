@@ -73,9 +73,7 @@ RECORDED = {
 
 
 def job_from(line: str) -> SlurmJob:
-    fields = parse_scontrol_job(line)
-    return SlurmJob(job_id=fields["JobId"], state=fields["JobState"].split()[0], reason=fields.get("Reason", ""),
-                    exit_code=fields.get("ExitCode", ""), name=fields.get("JobName", ""), node=fields.get("NodeList", ""))
+    return SlurmJob.from_scontrol(line)
 
 
 def test_scontrol_lines_parse_with_spaces_in_values():

@@ -31,6 +31,17 @@ def _database(ctx: typer.Context) -> Any:
     return open_database(load_db_config(state(ctx).config_path), migrate=True)
 
 
+def _existing_run(session: Any, run: str) -> Any:
+    """The ``runs`` row of ``run`` (an id or a Prefect flow-run id), or a one-line error."""
+    from storage.db.repo import get_run
+    from storage.errors import TierflowError
+
+    row = get_run(session, run)
+    if row is None:
+        raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+    return row
+
+
 def _size(n: int) -> str:
     from storage.preflight import format_bytes
 

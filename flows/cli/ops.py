@@ -153,16 +153,12 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
     """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
     from sqlalchemy import select
 
-    from flows.cli.data import _database
+    from flows.cli.data import _database, _existing_run
     from storage.db.models import BlockRecord
-    from storage.db.repo import get_run
-    from storage.errors import TierflowError
 
     db = _database(ctx)
     with db.session() as session:
-        row = get_run(session, run)
-        if row is None:
-            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        row = _existing_run(session, run)
         records = session.execute(
             select(BlockRecord.op, BlockRecord.block_id, BlockRecord.status, BlockRecord.error).where(BlockRecord.run_id == row.id).order_by(BlockRecord.id)
         ).all()

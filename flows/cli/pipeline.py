@@ -165,16 +165,12 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
     """One run: parameters, result, child runs, artifacts and block progress."""
     from sqlalchemy import func, select
 
-    from flows.cli.data import _database
+    from flows.cli.data import _database, _existing_run
     from storage.db.models import Artifact, BlockRecord, Run
-    from storage.db.repo import get_run
-    from storage.errors import TierflowError
 
     db = _database(ctx)
     with db.session() as session:
-        row = get_run(session, run)
-        if row is None:
-            raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
+        row = _existing_run(session, run)
         children = session.execute(select(Run.id, Run.flow_name, Run.status).where(Run.parent_id == row.id).order_by(Run.id)).all()
         family = [row.id, *[c.id for c in children]]
         artifacts = session.execute(select(Artifact.id, Artifact.tier, Artifact.name, Artifact.uri, Artifact.bytes, Artifact.promoted_uri,

@@ -9,7 +9,6 @@ Job states are read as SLURM names them (``JobState``), never guessed from exit 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,11 +17,8 @@ from dataclasses import dataclass, field
 
 from storage.errors import TierflowError
 
-__all__ = ["ACTIVE_STATES", "END_STATES", "SlurmError", "SlurmJob", "SlurmScheduler", "parse_scontrol_job"]
+__all__ = ["END_STATES", "SlurmError", "SlurmJob", "SlurmScheduler", "parse_scontrol_job"]
 
-ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
-"""States of a job that has not ended (it may still start, run or be requeued)."""
 END_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                         "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 """States of a job that has ended."""
@@ -53,9 +49,13 @@ class SlurmJob:
     def ended(self) -> bool:
         return self.state in END_STATES
 
-    @property
-    def pending(self) -> bool:
-        return self.state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
+    @classmethod
+    def from_scontrol(cls, line: str) -> SlurmJob:
+        """The job of one ``scontrol show job -o ID`` line."""
+        fields = parse_scontrol_job(line)
+        return cls(job_id=fields.get("JobId", ""), state=_state_name(fields.get("JobState", "")), reason=fields.get("Reason", ""),
+                   exit_code=fields.get("ExitCode", ""), name=fields.get("JobName", ""), comment=fields.get("Comment", ""),
+                   node=fields.get("NodeList", ""), source="scontrol", fields=fields)
 
 
 _PAIR = re.compile(r"(\w[\w:/]*)=(.*?)(?=\s\w[\w:/]*=|$)")
@@ -114,10 +114,7 @@ class SlurmScheduler:
         cluster without accounting)."""
         result = self._run(["scontrol", "show", "job", "-o", str(job_id)], check=False)
         if result.returncode == 0 and "JobState=" in result.stdout:
-            fields = parse_scontrol_job(result.stdout.splitlines()[0])
-            return SlurmJob(job_id=str(job_id), state=_state_name(fields.get("JobState", "")), reason=fields.get("Reason", ""),
-                            exit_code=fields.get("ExitCode", ""), name=fields.get("JobName", ""), comment=fields.get("Comment", ""),
-                            node=fields.get("NodeList", ""), source="scontrol", fields=fields)
+            return SlurmJob.from_scontrol(result.stdout.splitlines()[0])
         if shutil.which("sacct"):
             result = self._run(["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "JobID,State,ExitCode,Reason,JobName,Comment,NodeList"],
                                check=False)
@@ -133,11 +130,6 @@ class SlurmScheduler:
                 return SlurmJob(job_id=str(job_id), state=_state_name(parts[1]), reason=parts[2], name=parts[3],
                                 comment=parts[4], node=parts[5], source="squeue")
         return None
-
-    def queued_names(self) -> dict[str, str]:
-        """Job id -> job name of every job in ``squeue`` that this user can see."""
-        result = self._run(["squeue", "-h", "-o", "%i|%j"] + (["-u", os.environ["USER"]] if os.environ.get("USER") else []))
-        return dict(line.split("|", 1) for line in result.stdout.splitlines() if "|" in line)
 
     def cancel(self, job_id: str, *, signal: str | None = None) -> None:
         """``scancel [--signal=SIG] ID`` (a job that has already ended is not an error)."""
