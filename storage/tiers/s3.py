@@ -120,7 +120,7 @@ class S3Tier(Tier):
             raise TierError(f"tier {name}: multipart_chunksize {multipart_chunksize} is below S3's 5 MiB minimum")
         self.endpoint_url = endpoint_url
         self.region = region or "us-east-1"
-        self.verify = verify
+        self.tls_verify = verify
         self.multipart_threshold = max(multipart_threshold, 5 * MIB)
         self.multipart_chunksize = multipart_chunksize
         self.max_concurrency = max(1, max_concurrency)
@@ -146,7 +146,7 @@ class S3Tier(Tier):
                 region_name=self.region,
                 aws_access_key_id=self._access_key_id,
                 aws_secret_access_key=self._secret_access_key,
-                verify=self.verify,
+                verify=self.tls_verify,
                 config=Config(
                     s3={"addressing_style": "path"},
                     # RGW over HTTPS rejects aws-chunked trailing checksums (411 MissingContentLength)
@@ -432,11 +432,11 @@ class S3Tier(Tier):
         key = check_key(prefix.strip("/"))
         access_key, secret_key = self.credentials()
         client_options: dict[str, Any] = {"allow_http": True}
-        if self.verify is False:
+        if self.tls_verify is False:
             client_options["allow_invalid_certificates"] = True
-        elif isinstance(self.verify, str):
+        elif isinstance(self.tls_verify, str):
             # obstore has its own TLS stack: it takes the CA bundle as PEM text
-            client_options["root_certificate"] = Path(self.verify).read_text()
+            client_options["root_certificate"] = Path(self.tls_verify).read_text()
         config: dict[str, Any] = {"region": self.region, "virtual_hosted_style_request": False}
         if self.endpoint_url:
             config["endpoint"] = self.endpoint_url
