@@ -6,6 +6,8 @@ module turns a :class:`configs.DatabaseConfig` into them.
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy.engine import URL
 
 from configs import DatabaseConfig, load_db_config
@@ -46,6 +48,7 @@ def _external_url(config: DatabaseConfig) -> URL:
 
 
 _MIGRATED: set[str] = set()
+_OPEN: dict[tuple[int, URL, float], Database] = {}
 
 
 def open_database(
@@ -72,7 +75,13 @@ def open_database(
         url = embedded_server(config).start()
     else:
         url = _external_url(config)
-    db = Database(url, connect_timeout=config.connect_timeout_seconds)
+    # one engine (and connection pool) per server and process: a pipeline or a notebook opens
+    # the database for every operation, and an engine each left their connections to the
+    # garbage collector (PostgreSQL ran out of connection slots in a long test session)
+    cache_key = (os.getpid(), url, float(config.connect_timeout_seconds))
+    db = _OPEN.get(cache_key)
+    if db is None:
+        db = _OPEN[cache_key] = Database(url, connect_timeout=config.connect_timeout_seconds)
     if migrate and url not in _MIGRATED:
         # one query when the schema is current (a cached re-run's whole budget is ~0.2 s); the
         # locked Alembic upgrade only when it is behind

@@ -23,7 +23,8 @@ from prefect.cache_policies import NONE
 from configs import TierflowConfig, load_config, load_db_config
 from flows.batching import OpContext, run_batches
 from flows.database import open_database
-from flows.outputs import claim_output, stamped_op_key
+from flows.outputs import claim_output, output_lease, stamped_op_key
+from flows.placement import check_output_placement, op_reads
 from flows.runners import block_task_runner
 from flows.slurm.scheduler import SlurmScheduler
 from flows.runs import recorded_run, run_to_resume
@@ -190,6 +191,7 @@ def run_op(
     parameters and input content), the answer comes from one query without starting a flow run
     (recorded as an ``op`` run with ``up_to_date``); otherwise the ``op`` flow runs.
     """
+    check_output_placement(load_config(config_dir), output, op_reads(input, inputs, mask))
     if fault is None and progress is None and parent_run is None:
         cached = _up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask)
         if cached is not None:
@@ -259,6 +261,7 @@ def op_flow(
     """
     logger = get_run_logger()
     config = load_config(config_dir)
+    check_output_placement(config, output, op_reads(input, inputs, mask))
     db: Database = open_database(load_db_config(config_dir), migrate=True)
     def locate(where: str) -> str | ArrayLocation:
         return _locate(config, where)
@@ -287,7 +290,8 @@ def op_flow(
             context = OpContext(db, int(run_id), key, source, target, tuple(volume.shape), shape_blocks, dict(params or {}),
                                 workers, config.execution.max_task_runs // 8, fault, progress,
                                 lambda extra_threads=0: block_task_runner(config, workers, extra_threads=extra_threads))
-            summary = stages[op](context, **extra)
+            with output_lease(db, target, key):
+                summary = stages[op](context, **extra)
             logger.info("%s: %s", op, summary)
             run_id.result = {"run_id": int(run_id), "op_key": key, "output": target.uri, **summary}
             return run_id.result
@@ -306,40 +310,41 @@ def op_flow(
         key = op_key(op, spec.version, resolved, _inputs_content(source, extras, mask_ref))
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
-        check_chunks_align(shape_blocks, shape_blocks, target.uri)
-        stale = claim_output(db, target, key, lambda: create_output_array(
-            target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks, compression=resolved.get("compression", "lz4"),
-            attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}}))
-        if stale:
-            logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
-        grid = BlockGrid(volume.shape, shape_blocks, halo)
-        with db.session() as session:
-            already = done_blocks(session, key, target.uri)
-        remaining = [b.block_id for b in grid if b.block_id not in already]
-        logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
-        job = MapJob(op, resolved, key, int(run_id), source, target, tuple(volume.shape), shape_blocks, halo, db,
-                     extras=extras, mask=mask_ref, fault=fault)
-        batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
-        runner = block_task_runner(config, workers)
-        with runner:
-            if config.execution.backend == "slurm":
-                from flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
+        with output_lease(db, target, key):  # one op key writes this output at a time
+            check_chunks_align(shape_blocks, shape_blocks, target.uri)
+            stale = claim_output(db, target, key, lambda: create_output_array(
+                target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks, compression=resolved.get("compression", "lz4"),
+                attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}}))
+            if stale:
+                logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
+            grid = BlockGrid(volume.shape, shape_blocks, halo)
+            with db.session() as session:
+                already = done_blocks(session, key, target.uri)
+            remaining = [b.block_id for b in grid if b.block_id not in already]
+            logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
+            job = MapJob(op, resolved, key, int(run_id), source, target, tuple(volume.shape), shape_blocks, halo, db,
+                         extras=extras, mask=mask_ref, fault=fault)
+            batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
+            runner = block_task_runner(config, workers)
+            with runner:
+                if config.execution.backend == "slurm":
+                    from flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
 
-                outcome = run_with_slurm_retries(
-                    runner, lambda: block_task_runner(config, workers, memory_factor=config.slurm.oom_memory_factor), map_blocks,
-                    job, batches, SlurmBatchRetries(db, int(run_id), key, target.uri, scheduler=slurm_scheduler or SlurmScheduler()),
-                    progress, log=logger.warning)
-            else:
-                outcome = run_batches(runner, map_blocks, job, batches, progress)
-        computed = sum(result["done"] for result in outcome.results)
-        task_seconds = sum(result["seconds"] for result in outcome.results)
-        failed, first_error = outcome.failed, outcome.first_error
-        if failed:
-            raise BlockFailuresError(op, run_id, failed, first_error)
-        run_id.result = {"run_id": int(run_id), "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
-                         "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved,
-                         "task_seconds": task_seconds, "workers": workers}
-        return run_id.result
+                    outcome = run_with_slurm_retries(
+                        runner, lambda: block_task_runner(config, workers, memory_factor=config.slurm.oom_memory_factor), map_blocks,
+                        job, batches, SlurmBatchRetries(db, int(run_id), key, target.uri, scheduler=slurm_scheduler or SlurmScheduler()),
+                        progress, log=logger.warning)
+                else:
+                    outcome = run_batches(runner, map_blocks, job, batches, progress)
+            computed = sum(result["done"] for result in outcome.results)
+            task_seconds = sum(result["seconds"] for result in outcome.results)
+            failed, first_error = outcome.failed, outcome.first_error
+            if failed:
+                raise BlockFailuresError(op, run_id, failed, first_error)
+            run_id.result = {"run_id": int(run_id), "op_key": key, "output": target.uri, "blocks": len(grid), "computed": computed,
+                             "skipped": len(grid) - len(remaining), "batches": len(batches), "params": resolved,
+                             "task_seconds": task_seconds, "workers": workers}
+            return run_id.result
 
 
 def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | None = None) -> dict[str, Any]:

@@ -13,14 +13,20 @@ op agree on it and still compute each block once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 
 from storage.arrays import ArrayLocation
 from storage.db.database import Database
-from storage.db.locks import advisory_locks
+from storage.db.locks import advisory_locks, shared_lease
 from storage.db.repo.ledger import mark_stale
+from storage.errors import TierflowError
 
-__all__ = ["claim_output", "stamped_op_key"]
+__all__ = ["OutputBusyError", "claim_output", "output_lease", "stamped_op_key"]
+
+
+class OutputBusyError(TierflowError):
+    """Another run with another op key is writing the same output right now."""
 
 
 def stamped_op_key(location: ArrayLocation) -> str | None:
@@ -53,3 +59,28 @@ def claim_output(
                 stale = mark_stale(session, list(ledger_uris or [location.uri]), keep_op_keys=keep_op_keys)
         create()
     return stale
+
+
+@contextmanager
+def output_lease(db: Database, location: ArrayLocation, op_key: str) -> Iterator[None]:
+    """Hold ``location`` as the output of ``op_key`` for the whole run.
+
+    Runs of one op key share an output (the per-block locks make them compute each block
+    once); a run of another key is refused while one is live, so an output never holds blocks
+    of two keys and the ledger never vouches for blocks another key wrote. The lease is a
+    PostgreSQL session lock: a killed run releases it with its connection.
+
+    Raises
+    ------
+    OutputBusyError
+        If a run of another op key holds the output.
+    """
+    with shared_lease(db, f"output-busy|{location.uri}", f"output-key|{location.uri}|{op_key}",
+                      gate=f"output-gate|{location.uri}") as granted:
+        if not granted:
+            raise OutputBusyError(
+                f"another run is writing {location.uri} with other parameters or another input "
+                f"(this run's op key is {op_key[:12]})",
+                hint="wait for that run to finish (`tierflow runs list`), or write to another output",
+            )
+        yield

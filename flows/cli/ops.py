@@ -122,11 +122,14 @@ def op(
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
     from flows.cli.data import _config
     from flows.op import resolve_location, run_op
+    from flows.placement import check_output_placement, op_reads
     from tasks.blockwise import open_source
 
     config = _config(ctx)
     params = _parse_params(param)
     _check_op(name, params)
+    extras = _parse_params(extra)
+    check_output_placement(config, output, op_reads(input, extras, mask))
     shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else None
     source = resolve_location(config, input) if input.startswith("s3://") else input
     volume = open_source(source)
@@ -139,7 +142,7 @@ def op(
 
         with interactive_flows():
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
-                          inputs=_parse_params(extra) or None, mask=mask)
+                          inputs=extras or None, mask=mask)
 
     result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:

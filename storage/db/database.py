@@ -92,6 +92,9 @@ class Database:
             self._engine = create_engine(
                 self.url,
                 pool_pre_ping=True,
+                # block threads each hold a lock connection while they work: never make one wait
+                # for the pool (connections beyond the 5 kept are closed when returned)
+                max_overflow=-1,
                 hide_parameters=True,
                 connect_args={"connect_timeout": self.connect_timeout, "application_name": "tierflow"},
             )
