@@ -31,12 +31,12 @@ from flows.runs import recorded_run, run_to_resume
 from flows.tiers import open_tier
 from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
 from storage.db.database import Database
-from storage.db.repo.ledger import done_blocks
+from storage.db.repo.ledger import done_fingerprints
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
 from storage.tiers import PosixTier, Tier, parse_s3_uri
-from storage.volumes import fingerprint_path
-from tasks.blockwise import FaultHook, MapJob, open_source, plan_batches, run_map_batch
+from tasks.blockwise import (FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source, plan_batches, run_map_batch,
+                             source_fingerprint)
 from flows.label import LABEL_VERSION, run_label
 from flows.features import FEATURES_VERSION, run_features
 from flows.pyramid import PYRAMID_VERSION, run_pyramid
@@ -83,12 +83,10 @@ def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
 
 
 def _content_id(source: str | ArrayLocation) -> str:
-    if isinstance(source, ArrayLocation):
-        digest = hashlib.sha256()
-        for info in sorted(source.tier.list(source.key), key=lambda i: i.key):
-            digest.update(f"{info.key}\0{info.size}\0{info.mtime}\n".encode())
-        return digest.hexdigest()
-    return fingerprint_path(source)
+    """The whole-input content id the multi-stage ops (label, downsample, features) key on:
+    the input's identity and a fingerprint of every stored piece of it."""
+    fingerprint = source_fingerprint(source)
+    return f"{fingerprint.identity}@{fingerprint.whole()}"
 
 
 def _locate(config: TierflowConfig, where: str) -> str | ArrayLocation:
@@ -96,10 +94,12 @@ def _locate(config: TierflowConfig, where: str) -> str | ArrayLocation:
     return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
 
 
-def _inputs_content(source: str | ArrayLocation, extras: dict[str, Any], mask_ref: str | ArrayLocation | None) -> str:
-    """The content id of everything a map op reads: main input, extra inputs, mask."""
-    return "|".join([_content_id(source), *(f"{n}={_content_id(r)}" for n, r in sorted(extras.items())),
-                     f"mask={_content_id(mask_ref)}" if mask_ref else ""])
+def _inputs_identity(source: str | ArrayLocation, extras: dict[str, Any], mask_ref: str | ArrayLocation | None) -> str:
+    """What a map op's key names of its inputs: each input's identity (its content id when
+    known, else its location). What the inputs hold is checked per block (see
+    :mod:`storage.fingerprints`): a changed chunk recomputes only the blocks that read it."""
+    return "|".join([source_fingerprint(source).identity, *(f"{n}={source_fingerprint(r).identity}" for n, r in sorted(extras.items())),
+                     f"mask={source_fingerprint(mask_ref).identity}" if mask_ref else ""])
 
 
 def op_key(op: str, version: str, params: dict[str, Any], content_id: str) -> str:
@@ -152,15 +152,17 @@ def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None,
     if not target.exists():
         return None
     extras = {name: _locate(config, where) for name, where in (inputs or {}).items()}
-    key = op_key(op, spec.version, resolved, _inputs_content(source, extras, _locate(config, mask) if mask else None))
+    mask_ref = _locate(config, mask) if mask else None
+    key = op_key(op, spec.version, resolved, _inputs_identity(source, extras, mask_ref))
     if stamped_op_key(target) != key:
         return None
     shape = tuple(open_source(source).shape)
-    grid = BlockGrid(shape, tuple(block_shape or config.execution.block_shape)[-len(shape):])
+    grid = BlockGrid(shape, tuple(block_shape or config.execution.block_shape)[-len(shape):], spec.halo(resolved, len(shape)))
     db = open_database(load_db_config(config_dir), migrate=True)
     with db.session() as session:
-        done = done_blocks(session, key, target.uri)
-    if any(block.block_id not in done for block in grid):
+        done = done_fingerprints(session, key, target.uri)
+    job = MapJob(op, resolved, key, 0, source, target, shape, grid.block_shape, grid.halo, db, extras=extras, mask=mask_ref)
+    if blocks_to_compute(done, block_fingerprints(job)):
         return None
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(grid.block_shape),
                   "inputs": dict(inputs or {}), "mask": mask, "up_to_date": True}
@@ -307,7 +309,7 @@ def op_flow(
         for name, ref in extras.items():
             if tuple(open_source(ref).shape) != tuple(volume.shape):
                 raise TierflowError(f"{op}: input {name} has shape {open_source(ref).shape}, the main input {volume.shape}")
-        key = op_key(op, spec.version, resolved, _inputs_content(source, extras, mask_ref))
+        key = op_key(op, spec.version, resolved, _inputs_identity(source, extras, mask_ref))
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
         with output_lease(db, target, key):  # one op key writes this output at a time
@@ -318,12 +320,14 @@ def op_flow(
             if stale:
                 logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
             grid = BlockGrid(volume.shape, shape_blocks, halo)
-            with db.session() as session:
-                already = done_blocks(session, key, target.uri)
-            remaining = [b.block_id for b in grid if b.block_id not in already]
-            logger.info("%s: %d blocks, %d already done (ledger), %d to compute", op, len(grid), len(grid) - len(remaining), len(remaining))
             job = MapJob(op, resolved, key, int(run_id), source, target, tuple(volume.shape), shape_blocks, halo, db,
                          extras=extras, mask=mask_ref, fault=fault)
+            with db.session() as session:
+                done = done_fingerprints(session, key, target.uri)
+            remaining = blocks_to_compute(done, block_fingerprints(job))
+            changed = sum(1 for block_id in remaining if block_id in done)
+            logger.info("%s: %d blocks, %d already done (ledger), %d to compute (%d of them because their input changed)",
+                        op, len(grid), len(grid) - len(remaining), len(remaining), changed)
             batches = plan_batches(grid, remaining, max_batches=config.execution.max_task_runs, min_batches=2 * workers)
             runner = block_task_runner(config, workers)
             with runner:

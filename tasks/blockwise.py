@@ -31,13 +31,15 @@ from storage.arrays import ArrayLocation
 from storage.chunk_cache import ChunkCache
 from storage.db.database import Database
 from storage.db.locks import advisory_locks
-from storage.db.repo.ledger import done_blocks, record_blocks, settle_running
+from storage.db.repo.ledger import done_blocks, done_fingerprints, record_blocks, settle_running
 from storage.errors import TierflowError
+from storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
 from storage.geometry import Block, BlockGrid
 from storage.volumes import Volume, ZarrVolume, open_volume
 from tasks.ops.catalog import get_map_op
 
-__all__ = ["BatchFailed", "MapJob", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch"]
+__all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch",
+           "source_fingerprint"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -64,6 +66,11 @@ def open_source(ref: SourceRef) -> Volume:
     if isinstance(ref, ArrayLocation):
         return ZarrVolume(ref.open(read_only=True), ref.uri)
     return open_volume(ref)
+
+
+def source_fingerprint(ref: SourceRef) -> InputFingerprint:
+    """The fingerprint of an input (see :mod:`storage.fingerprints`)."""
+    return input_fingerprint(open_source(ref), location=ref if isinstance(ref, ArrayLocation) else None)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,24 @@ class MapJob:
 
     def lock_name(self, block_id: str) -> str:
         return f"{self.op_key}|{self.target.uri}|{block_id}"
+
+    def inputs(self) -> dict[str, SourceRef]:
+        """Every input a block reads, by name: ``-i``, the extra inputs, ``--mask``."""
+        return {"-i": self.source, **self.extras, **({"--mask": self.mask} if self.mask is not None else {})}
+
+
+def block_fingerprints(job: MapJob, block_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """The input fingerprint of each block (all of the grid by default): what its read ROI
+    reads now, over every input."""
+    fingerprints = {name: source_fingerprint(ref) for name, ref in job.inputs().items()}
+    grid = job.grid
+    blocks = grid if block_ids is None else (grid.block(b) for b in block_ids)
+    return {block.block_id: combined_block_fingerprint(fingerprints, block.read_roi) for block in blocks}
+
+
+def blocks_to_compute(done: dict[str, str | None], current: dict[str, str]) -> list[str]:
+    """The blocks not done, or done from an input that has changed since (in grid order)."""
+    return [block_id for block_id, fingerprint in current.items() if done.get(block_id, "\0") != fingerprint]
 
 
 def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1, target_voxels: int = 64 * 2**20) -> list[list[str]]:
@@ -142,8 +167,9 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
     started = time.perf_counter()
     with advisory_locks(job.db, [job.lock_name(b) for b in block_ids]):
         with job.db.session() as session:
-            done = done_blocks(session, job.op_key, job.target.uri)
-        todo: list[Block] = [grid.block(b) for b in block_ids if b not in done]
+            done = done_fingerprints(session, job.op_key, job.target.uri)
+        fingerprints = block_fingerprints(job, block_ids)
+        todo: list[Block] = [grid.block(b) for b in blocks_to_compute(done, fingerprints)]
         if not todo:
             return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
         if slurm_job:  # in a SLURM job: if the job dies with the batch, the flow learns where it ran
@@ -172,7 +198,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             row: dict[str, Any] = {
                 "run_id": job.run_id, "op": job.op, "op_key": job.op_key, "array_uri": job.target.uri,
                 "block_id": block.block_id, "attempt": attempt, "host": host, "slurm_job_id": slurm_job,
-                "started_at": datetime.now(UTC),
+                "started_at": datetime.now(UTC), "input_fingerprint": fingerprints[block.block_id],
             }
             try:
                 if job.fault is not None:
@@ -182,7 +208,8 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 # region-sized float array per batch cost fresh, kernel-zeroed pages every time
                 # (a third of the CPU time on 512 MiB, measured with perf)
                 inside = block.read_roi.relative_to(region)
-                block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=job.op_key) if per_block else data[inside]
+                # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
+                block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if per_block else data[inside]
                 result = op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()})
                 if job.mask is not None:
                     result = np.where(mask[inside] != 0, result, np.zeros((), dtype=result.dtype))

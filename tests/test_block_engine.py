@@ -106,10 +106,11 @@ def test_rerun_is_served_by_the_ledger_and_a_parameter_change_recomputes(project
     assert ledger(again["run_id"]) == []
     changed = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 1.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
     assert changed["computed"] == 36 and changed["op_key"] != first["op_key"]
-    # a changed input recomputes too
+    # a changed input recomputes the blocks that read the changed chunk: chunk 0.0.0 lies in the
+    # read ROIs (block + halo of 3) of the 2 x 2 x 2 blocks at the origin corner
     zarr.open_array(source, mode="r+")[0, 0, 0] = 1
     touched = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 1.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
-    assert touched["computed"] == 36
+    assert touched["computed"] == 8
 
 
 def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_path, ledger, prefect_api):
@@ -184,3 +185,53 @@ def test_the_dask_backend_gives_the_thread_backends_result(project, source, tmp_
     assert threads["computed"] == dask["computed"] == 36
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dask.zarr"))[:], zarr.open_array(str(tmp_path / "threads.zarr"))[:])
     assert len({r.block_id for r in ledger(dask["run_id"], status="done")}) == 36
+
+
+def test_repairing_one_input_chunk_recomputes_only_the_blocks_that_read_it(project, source, tmp_path, ledger, prefect_api):
+    from scipy import ndimage
+
+    from flows.op import run_op
+    from storage.geometry import BlockGrid, Roi
+
+    configs, out = str(project / "configs"), str(tmp_path / "out.zarr")
+
+    def run():
+        return run_op("gaussian", source, out, {"sigma": 2.0, "backend": "scipy"}, block_shape=BLOCKS, workers=2, config_dir=configs)
+
+    assert run()["computed"] == 36
+    array = zarr.open_array(source, mode="r+")
+    repaired = Roi((16, 32, 32), BLOCKS)  # chunk 1.1.1 is rewritten (the user repairs it)
+    array[repaired.slices] = np.random.default_rng(11).integers(0, 4000, BLOCKS, dtype=np.uint16)
+    halo = (int(3.0 * 2.0 + 0.5),) * 3  # the gaussian's kernel radius: blocks whose read ROI touches the chunk
+    grid = BlockGrid(SHAPE, BLOCKS, halo)
+    readers = {b.block_id for b in grid
+               if all(r.offset[i] < b.read_roi.end[i] and b.read_roi.offset[i] < r.end[i] for r in [repaired] for i in range(3))}
+    assert 1 < len(readers) < 36
+    again = run()
+    assert again["computed"] == len(readers) and again["skipped"] == 36 - len(readers)
+    assert {r.block_id for r in ledger(again["run_id"], "done")} == readers
+    expected = np.clip(np.rint(ndimage.gaussian_filter(array[:].astype(np.float32), 2.0, mode="mirror", truncate=3.0)), 0, 65535)
+    np.testing.assert_array_equal(zarr.open_array(out)[:], expected.astype(np.uint16))
+    assert run()["computed"] == 0  # and then it is up to date again
+
+
+def test_a_byte_identical_copy_of_a_snapshot_is_recognised(project, raw_folder, tmp_path, prefect_api):
+    import shutil
+
+    from flows.ingest import ingest
+    from flows.op import run_op
+
+    configs = str(project / "configs")
+    snap = ingest(str(raw_folder), "embryo", config_dir=configs)
+    tier1 = project / "var" / "tier1-source" / "snapshots" / "embryo" / snap["snapshot_id"]
+    copy = tmp_path / "copy-of-snapshot"
+    shutil.copytree(tier1, copy)  # new files, new mtimes, the same bytes (and manifest)
+    out = str(tmp_path / "staged.zarr")
+    first = run_op("convert", str(tier1 / "s1" / "emb_c0_t000.tif"), out, {}, block_shape=(2, 16, 16), workers=1, config_dir=configs)
+    again = run_op("convert", str(copy / "s1" / "emb_c0_t000.tif"), out, {}, block_shape=(2, 16, 16), workers=1, config_dir=configs)
+    assert first["computed"] == 8 and again["computed"] == 0 and again["op_key"] == first["op_key"]
+    (copy / "s1" / "emb_c0_t000.tif").write_bytes(b"changed")  # a changed copy is not vouched for
+    from storage.fingerprints import snapshot_content_id
+
+    assert snapshot_content_id(copy / "s1" / "emb_c0_t000.tif") is None
+    assert snapshot_content_id(copy / "s1" / "emb_c0_t001.tif") is not None

@@ -198,6 +198,8 @@ class BlockRecord(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    input_fingerprint: Mapped[str | None] = mapped_column(Text)
+    """What the block read (see :mod:`storage.fingerprints`); a changed input recomputes it."""
 
 
 class ObjectFeature(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["block_progress", "done_blocks", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
+__all__ = ["block_progress", "done_blocks", "done_fingerprints", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
            "settle_running"]
 
 _COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
@@ -44,6 +44,17 @@ def done_blocks(session: Session, op_key: str, array_uri: str) -> set[str]:
             .distinct()
         )
     )
+
+
+def done_fingerprints(session: Session, op_key: str, array_uri: str) -> dict[str, str | None]:
+    """The input fingerprint of every done block of one operation on one array (the newest
+    done row per block; one query)."""
+    rows = session.execute(
+        select(BlockRecord.block_id, BlockRecord.input_fingerprint)
+        .where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri, BlockRecord.status == "done")
+        .order_by(BlockRecord.id)
+    )
+    return {block_id: fingerprint for block_id, fingerprint in rows}
 
 
 def mark_stale(session: Session, array_uris: Collection[str], *, keep_op_keys: Collection[str] = ()) -> int:
