@@ -120,6 +120,14 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
         with interactive_flows():  # as the CLI runs flows
             result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
         extra = {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
+    elif name == "tierflow-fingerprint":  # what the per-block input fingerprints of a gaussian cost
+        from storage.fingerprints import combined_block_fingerprint, input_fingerprint
+        from storage.geometry import BlockGrid
+        from storage.volumes import open_volume
+
+        fingerprints = {"-i": input_fingerprint(open_volume(image))}
+        grid = BlockGrid(zarr.open_array(image).shape, CHUNKS, (8, 8, 8))
+        extra["blocks"] = len({b.block_id: combined_block_fingerprint(fingerprints, b.read_roi) for b in grid})
     elif name == "scipy-gaussian":
         from scipy import ndimage
 
@@ -266,7 +274,7 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
         _warm_up_server(work, configs, env)
         names = ["scipy-gaussian", "tierflow-gaussian", "dask-image-gaussian", "bioimage-py-gaussian",
-                 "tierflow-gaussian-rerun", "tierflow-gaussian-4x",
+                 "tierflow-gaussian-rerun", "tierflow-gaussian-4x", "tierflow-fingerprint",
                  "scipy-label", "tierflow-label", "bioimage-py-label", "dask-image-label",
                  "skimage-pyramid", "tierflow-pyramid", "dask-coarsen-pyramid"]
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
@@ -320,6 +328,7 @@ def report(results: dict, size_mib: int) -> None:
         share = max(0.0, 1 - first["task_seconds"] / first["workers"] / first["wall"])
         print(f"  orchestration share of tierflow gaussian  {share:.1%}  [<= 10 %] ({first['batches']} task runs)")
     print(f"  cached re-run / first run              {ratio('tierflow-gaussian-rerun', 'tierflow-gaussian')}  [<= 0.05]")
+    print(f"  input fingerprints / first run         {ratio('tierflow-fingerprint', 'tierflow-gaussian')}  (per-block, all blocks)")
     base, larger = results.get("tierflow-gaussian", {}), results.get("tierflow-gaussian-4x", {})
     if base.get("peak_rss_mib") and larger.get("peak_rss_mib"):
         print(f"  peak RSS, 4x the volume                {larger['peak_rss_mib'] / base['peak_rss_mib']:.2f}x  [<= 1.2]")
