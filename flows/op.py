@@ -28,13 +28,14 @@ from flows.placement import check_output_placement, op_reads
 from flows.runners import block_task_runner
 from flows.slurm.scheduler import SlurmScheduler
 from flows.runs import recorded_run, run_to_resume
-from flows.tiers import open_tier
-from storage.arrays import ArrayLocation, check_chunks_align, create_output_array
+from flows.tiers import s3_tier_of
+from storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
 from storage.db.database import Database
 from storage.db.repo.ledger import done_fingerprints
 from storage.errors import TierflowError
 from storage.geometry import BlockGrid
-from storage.tiers import PosixTier, Tier, parse_s3_uri
+from storage.local_copy import local_copy
+from storage.tiers import PosixTier
 from tasks.blockwise import (FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source, plan_batches, run_map_batch,
                              source_fingerprint)
 from flows.label import LABEL_VERSION, run_label
@@ -43,7 +44,7 @@ from flows.pyramid import PYRAMID_VERSION, run_pyramid
 from tasks.ops.catalog import MAP_OPS, get_map_op
 from tasks.ops.filters import histogram_counts, otsu_from_histogram
 
-__all__ = ["BlockFailuresError", "op_flow", "op_key", "resolve_location", "resume_op", "run_op"]
+__all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
 
 MULTI_STAGE = {"label": LABEL_VERSION, "downsample": PYRAMID_VERSION, "features": FEATURES_VERSION}
 
@@ -60,26 +61,37 @@ class BlockFailuresError(TierflowError):
         )
 
 
-def _tier_for_s3(config: TierflowConfig, uri: str) -> Tier:
-    bucket, _ = parse_s3_uri(uri)
-    for name in ("source", "output", "scratch"):
-        settings = getattr(config.tiers, name)
-        if settings.backend == "s3" and parse_s3_uri(config.tier_root(name))[0] == bucket:
-            return open_tier(name, settings.model_copy(update={"root": f"s3://{bucket}"}), f"s3://{bucket}")
-    source = config.tiers.source
-    if source.backend != "s3":
-        raise TierflowError(f"{uri}: no configured tier is on S3, so tierflow does not know its endpoint",
-                            hint="configure an S3 tier (endpoint_url, credentials) in configs/tierflow.user.toml")
-    return open_tier("scratch", source.model_copy(update={"root": f"s3://{bucket}"}), f"s3://{bucket}")
-
-
 def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
     """A zarr array location for a local path or an ``s3://bucket/key`` URI."""
     if where.startswith("s3://"):
-        tier = _tier_for_s3(config, where)
-        return ArrayLocation(tier, parse_s3_uri(where)[1])
+        return ArrayLocation(*s3_tier_of(config, where))
     path = Path(where).expanduser().resolve()
     return ArrayLocation(PosixTier("scratch", path.parent), path.name)
+
+
+def output_location(config: TierflowConfig, where: str) -> ArrayLocation:
+    """Where an operation writes ``where``; refused before any work if its tier takes no writes.
+
+    Raises
+    ------
+    TierError
+        If the output is on a read-only or write-once tier (see :func:`check_writable`).
+    """
+    location = resolve_location(config, where)
+    check_writable(location)
+    return location
+
+
+def locate_input(config: TierflowConfig, where: str) -> str | ArrayLocation:
+    """An input as the block engine takes it: an absolute local path, a zarr array on S3, or,
+    for a TIFF stack or slice folder on S3, the path of its verified copy in Tier 4 tmp."""
+    if not where.startswith("s3://"):
+        return str(Path(where).expanduser().resolve())
+    location = resolve_location(config, where)
+    if location.exists():
+        return location
+    folder = config.tmp_dir / "s3-inputs" / location.tier.uri()[len("s3://"):]
+    return str(local_copy(location.tier, location.key, folder))
 
 
 def _content_id(source: str | ArrayLocation) -> str:
@@ -87,11 +99,6 @@ def _content_id(source: str | ArrayLocation) -> str:
     the input's identity and a fingerprint of every stored piece of it."""
     fingerprint = source_fingerprint(source)
     return f"{fingerprint.identity}@{fingerprint.whole()}"
-
-
-def _locate(config: TierflowConfig, where: str) -> str | ArrayLocation:
-    """An input as the block engine takes it: an absolute local path, or a zarr location on S3."""
-    return resolve_location(config, where) if where.startswith("s3://") else str(Path(where).expanduser().resolve())
 
 
 def _inputs_identity(source: str | ArrayLocation, extras: dict[str, Any], mask_ref: str | ArrayLocation | None) -> str:
@@ -148,11 +155,12 @@ def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None,
     if op == "threshold" and str(resolved["value"]).lower() == "otsu":
         return None
     config = load_config(config_dir)
-    source, target = _locate(config, input), resolve_location(config, output)
+    target = output_location(config, output)
+    source = locate_input(config, input)
     if not target.exists():
         return None
-    extras = {name: _locate(config, where) for name, where in (inputs or {}).items()}
-    mask_ref = _locate(config, mask) if mask else None
+    extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
+    mask_ref = locate_input(config, mask) if mask else None
     key = op_key(op, spec.version, resolved, _inputs_identity(source, extras, mask_ref))
     if stamped_op_key(target) != key:
         return None
@@ -266,10 +274,10 @@ def op_flow(
     check_output_placement(config, output, op_reads(input, inputs, mask))
     db: Database = open_database(load_db_config(config_dir), migrate=True)
     def locate(where: str) -> str | ArrayLocation:
-        return _locate(config, where)
+        return locate_input(config, where)
 
+    target = output_location(config, output)
     source = locate(input)
-    target = resolve_location(config, output)
     volume = open_source(source)
     ndim = len(volume.shape)
     shape_blocks = tuple(block_shape or config.execution.block_shape)[-ndim:]

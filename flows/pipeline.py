@@ -51,6 +51,7 @@ from storage.db.database import Database
 from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
 from storage.db.repo import add_artifact
 from storage.errors import TierflowError
+from storage.local_copy import local_copy
 from storage.raw_layout import parse_volume_name
 from storage.tiers import Tier
 
@@ -148,18 +149,12 @@ def _volumes(db: Database, snapshot_pk: int) -> list[dict[str, Any]]:
 
 
 def _local_input(source: Tier, snapshot_prefix: str, volume: dict[str, Any], tmp: Path) -> str:
-    """A local path of a raw volume on Tier 1 (S3 objects are downloaded to Tier 4 tmp)."""
+    """A local path of a raw volume on Tier 1 (S3 objects: a verified copy in Tier 4 tmp)."""
     key = f"{snapshot_prefix}/{volume['path']}"
     uri = source.uri(key)
     if uri.startswith("file://"):
         return str(Path(uri[len("file://"):]))
-    target = tmp / volume["path"]
-    if not target.exists():
-        for info in source.list(key):
-            path = tmp / volume["path"] / info.key[len(key) + 1:] if volume["slices"] else target
-            path.parent.mkdir(parents=True, exist_ok=True)
-            source.download(info.key, path)
-    return str(target)
+    return str(local_copy(source, key, tmp))
 
 
 def _blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
@@ -367,11 +362,12 @@ def pipeline(
         from storage.volumes import open_volume
 
         staged_jobs = []
-        for volume in volumes:
+        for volume in volumes:  # every later array has its volume's shape: read it here, from the local raw file
             local = _local_input(source, snapshot_prefix, volume, tmp)
             name = f"{volume['sample']}_c{volume['channel']}_t{volume['time_point']:03d}"
+            shape = tuple(open_volume(local).shape)
             staged_jobs.append({"input": local, "output": _where(scratch, f"{work}/staged/{name}.zarr"), "params": {"compression": "lz4"},
-                                "blocks": _blocks(tuple(open_volume(local).shape), chosen.block_shape), "name": name, **volume})
+                                "blocks": _blocks(shape, chosen.block_shape), "name": name, "shape": list(shape), **volume})
         staged = stage("stage", "convert", staged_jobs)
         staged_ids = {}
         for result in staged:
@@ -388,7 +384,7 @@ def pipeline(
                 name = f"{sample}_t{time_point:03d}"
                 source_path = seg["output"] if previous == "staged" else _where(scratch, f"{work}/{previous}/{name}.zarr")
                 jobs.append({"input": source_path, "output": _where(scratch, f"{work}/{suffix}/{name}.zarr"), "params": op_params,
-                             "blocks": _blocks(tuple(open_volume(seg["output"]).shape), chosen.block_shape),
+                             "blocks": _blocks(tuple(seg["shape"]), chosen.block_shape),
                              "sample": sample, "time_point": time_point, "name": name})
             stage(stage_name, op, jobs)
             return {(j["sample"], j["time_point"]): j["output"] for j in jobs}
@@ -412,7 +408,7 @@ def pipeline(
                 "input": labels[(sample, time_point)], "output": _where(scratch, f"{work}/features/{name}.csv"),
                 "inputs": {f"c{c}": by_volume[(sample, c, time_point)]["output"] for c in channels if (sample, c, time_point) in by_volume},
                 "params": {"time_point": time_point, "dataset": dataset, "sample": sample},
-                "blocks": _blocks(tuple(open_volume(labels[(sample, time_point)]).shape), chosen.block_shape),
+                "blocks": _blocks(tuple(by_volume[(sample, chosen.segment_channel, time_point)]["shape"]), chosen.block_shape),
                 "sample": sample, "time_point": time_point, "name": name,
             })
         features = stage("features", "features", feature_jobs)
@@ -433,7 +429,7 @@ def pipeline(
             seg = by_volume[(sample, chosen.segment_channel, time_point)]
             pyramid_jobs.append({"input": seg["output"], "output": _where(output, f"{work}/pyramids/{name}.ome.zarr"),
                                  "params": {"levels": chosen.pyramid_levels, "method": "mean", "name": name},
-                                 "blocks": int(sum(_blocks(tuple(max(1, s // 2**level) for s in open_volume(seg["output"]).shape), chosen.block_shape)
+                                 "blocks": int(sum(_blocks(tuple(max(1, s // 2**level) for s in seg["shape"]), chosen.block_shape)
                                                    for level in range(chosen.pyramid_levels))),
                                  "sample": sample, "time_point": time_point, "name": name})
         stage("pyramid", "downsample", pyramid_jobs)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from configs import TierflowConfig
 from configs.settings import TierSettings
-from storage.tiers import PosixTier, S3Tier, Tier
+from storage.errors import TierflowError
+from storage.tiers import PosixTier, S3Tier, Tier, parse_s3_uri
 
-__all__ = ["Tiers", "open_tier", "open_tiers"]
+__all__ = ["Tiers", "open_tier", "open_tiers", "s3_tier_of"]
 
 MIB = 1024 * 1024
 
@@ -61,3 +62,33 @@ def open_tiers(config: TierflowConfig) -> Tiers:
     return Tiers(
         *(open_tier(name, getattr(config.tiers, name), config.tier_root(name)) for name in ("source", "output", "scratch", "ephemeral"))
     )
+
+
+def s3_tier_of(config: TierflowConfig, uri: str) -> tuple[Tier, str]:
+    """The tier an ``s3://bucket/key`` URI is on, and its key there.
+
+    The configured S3 tier whose root holds the URI (the deepest, when roots nest) is the
+    answer, write-once if it is Tier 1. A URI outside every root is reached with the endpoint
+    and credentials of a tier in its bucket (a tier rooted at the bucket: write-once if that is
+    Tier 1's bucket), else with Tier 1's.
+
+    Raises
+    ------
+    TierflowError
+        If no configured tier is on S3 (tierflow would not know the endpoint).
+    """
+    uri = uri.rstrip("/")
+    tiers = open_tiers(config)
+    holding = [tier for tier in tiers if tier.uri().startswith("s3://") and uri.startswith(tier.uri() + "/")]
+    if holding:
+        tier = max(holding, key=lambda candidate: len(candidate.uri()))
+        return tier, tier.key_of(uri)
+    bucket, key = parse_s3_uri(uri)
+    for name in ("source", "output", "scratch"):
+        settings = getattr(config.tiers, name)
+        if settings.backend == "s3" and parse_s3_uri(config.tier_root(name))[0] == bucket:
+            return open_tier(name, settings, f"s3://{bucket}"), key
+    if config.tiers.source.backend != "s3":
+        raise TierflowError(f"{uri}: no configured tier is on S3, so tierflow does not know its endpoint",
+                            hint="configure an S3 tier (endpoint_url, credentials) in configs/tierflow.user.toml")
+    return open_tier("scratch", config.tiers.source, f"s3://{bucket}"), key

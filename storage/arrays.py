@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import TierflowError
+from storage.errors import TierError, TierflowError
 from storage.tiers.base import Tier
 
-__all__ = ["ArrayLocation", "ChunkWriter", "check_chunks_align", "create_output_array"]
+__all__ = ["ArrayLocation", "ChunkWriter", "check_chunks_align", "check_writable", "create_output_array"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,25 @@ class ArrayLocation:
     def writer(self) -> ChunkWriter:
         """The array opened for block writes (see :class:`ChunkWriter`)."""
         return ChunkWriter(self.open(read_only=False))
+
+
+def check_writable(location: ArrayLocation) -> None:
+    """Refuse an output on a tier that takes no writes (read-only) or no new results
+    (write-once: Tier 1), before any work starts.
+
+    Raises
+    ------
+    TierError
+        Naming the output, the tier and what to do instead.
+    """
+    tier = location.tier
+    if tier.read_only or tier.write_once:
+        kind = "read-only" if tier.read_only else "write-once"
+        raise TierError(
+            f"output {location.uri} is on tier {tier.name} ({tier.uri()}), which is {kind}: an operation cannot write there",
+            hint="write the output under the scratch or output tier's root (see `tierflow tiers`); "
+            "results reach Tier 1 only through `tierflow promote`",
+        )
 
 
 class ChunkWriter:

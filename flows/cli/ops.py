@@ -110,7 +110,7 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 def op(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="convert, gaussian, threshold, mask, label, watershed or downsample.")],
-    input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack, slice folder, or s3:// zarr URI.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
     block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
@@ -121,7 +121,7 @@ def op(
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
     from flows.cli.data import _config
-    from flows.op import resolve_location, run_op
+    from flows.op import locate_input, output_location, run_op
     from flows.placement import check_output_placement, op_reads
     from tasks.blockwise import open_source
 
@@ -131,11 +131,10 @@ def op(
     extras = _parse_params(extra)
     check_output_placement(config, output, op_reads(input, extras, mask))
     shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else None
-    source = resolve_location(config, input) if input.startswith("s3://") else input
-    volume = open_source(source)
+    target_uri = output_location(config, output).uri  # refused here if its tier takes no writes
+    volume = open_source(locate_input(config, input))
     blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
     total = _total_blocks(name, tuple(volume.shape), blocks, params)
-    target_uri = resolve_location(config, output).uri
 
     def run() -> dict[str, Any]:
         from flows.prefect_env import interactive_flows

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from storage.errors import IntegrityError, InvalidNameError, ObjectExistsError, ObjectNotFoundError, TierError
+from storage.promotion import promote_tree
 from storage.tiers.base import Tier
 
 __all__ = ["MULTIPART_SIZE", "TierConformance"]
@@ -32,6 +33,25 @@ MULTIPART_SIZE = 12 * 1024 * 1024 + 123  # above a 5 MiB threshold: three parts 
 
 def _payload(size: int, seed: int = 0) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def _folder_digest(objects: dict[str, bytes]) -> str:
+    """The recorded digest of a folder artifact, from its bytes: sha256 over sorted
+    ``relative-key NUL sha256 LF`` lines (written out here, independently of tierflow's code)."""
+    lines = "".join(f"{key}\0{hashlib.sha256(data).hexdigest()}\n" for key, data in sorted(objects.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _corrupt(tier: Tier, key: str) -> None:
+    """Fault injection (the only fake): replace a fresh, not yet verified copy with other bytes
+    of the same size, as a bad disk or network would, before promotion reads it back."""
+    data = bytearray(tier.get_bytes(key))
+    data[len(data) // 2] ^= 0xFF
+    tier.discard_unverified(key)
+    tier.put_bytes(key, bytes(data))
+
+
+PROMOTED = "promoted/embryo/3f9c0a1b2d4e5f60/run-7"
 
 
 class TierConformance:
@@ -193,3 +213,74 @@ class TierConformance:
         assert [info.key for info in tier.list("")] == ["ok.bin"]
         if hasattr(tier, "root") and isinstance(getattr(tier, "root"), Path):
             assert sorted(os.listdir(tier.root)) == ["ok.bin"]
+
+    # -- promotion to a write-once tier, and reading it back -----------------------------------
+
+    def test_verify_rereads_and_refuses_other_bytes(self, once: Tier) -> None:
+        data = _payload(3000, seed=20)
+        once.put_bytes("v/object.bin", data)
+        once.verify("v/object.bin", hashlib.sha256(data).hexdigest())
+        with pytest.raises(IntegrityError, match="v/object.bin"):
+            once.verify("v/object.bin", hashlib.sha256(data + b"x").hexdigest())
+
+    @pytest.mark.parametrize("size", [1000, MULTIPART_SIZE])
+    def test_promote_an_object_reads_back_equal(self, tier: Tier, once: Tier, size: int) -> None:
+        data = _payload(size, seed=21)
+        recorded = hashlib.sha256(data).hexdigest()
+        tier.put_bytes("run-7/features.csv", data)
+        result = promote_tree(tier, "run-7/features.csv", once, f"{PROMOTED}/features.csv", expected_sha256=recorded)
+        assert (result.uri, result.sha256, result.bytes, result.objects) == (once.uri(f"{PROMOTED}/features.csv"), recorded, size, 1)
+        assert once.get_bytes(f"{PROMOTED}/features.csv") == data
+        assert once.sha256(once.key_of(result.uri)) == recorded
+        with pytest.raises(TierError, match="write-once"):
+            once.delete(f"{PROMOTED}/features.csv")
+
+    def test_promote_a_zarr_folder_reads_back_equal(self, tier: Tier, once: Tier) -> None:
+        import zarr
+
+        data = np.arange(6 * 10 * 7, dtype=np.uint16).reshape(6, 10, 7)
+        zarr.create_array(store=tier.zarr_store("run-7/labels.zarr"), shape=data.shape, chunks=(4, 4, 4), dtype="uint16")[:] = data
+        objects = {info.key[len("run-7/labels.zarr/"):]: tier.get_bytes(info.key) for info in tier.list("run-7/labels.zarr")}
+        recorded = _folder_digest(objects)
+        result = promote_tree(tier, "run-7/labels.zarr", once, f"{PROMOTED}/labels.zarr", expected_sha256=recorded)
+        assert (result.sha256, result.objects, result.bytes) == (recorded, len(objects), sum(map(len, objects.values())))
+        back = {info.key[len(f"{PROMOTED}/labels.zarr/"):]: once.get_bytes(info.key) for info in once.list(f"{PROMOTED}/labels.zarr")}
+        assert back == objects
+        np.testing.assert_array_equal(zarr.open_array(store=once.zarr_store(f"{PROMOTED}/labels.zarr", read_only=True))[:], data)
+
+    def test_promoting_again_accepts_only_the_same_bytes(self, tier: Tier, once: Tier) -> None:
+        data = _payload(2000, seed=22)
+        tier.put_bytes("run-7/t.csv", data)
+        promote_tree(tier, "run-7/t.csv", once, f"{PROMOTED}/t.csv")
+        again = promote_tree(tier, "run-7/t.csv", once, f"{PROMOTED}/t.csv", expected_sha256=hashlib.sha256(data).hexdigest())
+        assert again.already_present == 1 and once.get_bytes(f"{PROMOTED}/t.csv") == data
+        tier.put_bytes("run-7/other.csv", _payload(2000, seed=23))
+        with pytest.raises(IntegrityError):
+            promote_tree(tier, "run-7/other.csv", once, f"{PROMOTED}/t.csv")
+        assert once.get_bytes(f"{PROMOTED}/t.csv") == data  # what was promoted stays
+
+    def test_a_source_changed_since_it_was_recorded_leaves_nothing(self, tier: Tier, once: Tier) -> None:
+        tier.put_bytes("run-7/f/a.bin", b"one")
+        tier.put_bytes("run-7/f/b.bin", b"two")
+        recorded = _folder_digest({"a.bin": b"one", "b.bin": b"TWO"})
+        with pytest.raises(IntegrityError, match="recorded as"):
+            promote_tree(tier, "run-7/f", once, f"{PROMOTED}/f", expected_sha256=recorded)
+        assert list(once.list("promoted")) == []
+
+    @pytest.mark.parametrize("artifact", ["object", "folder"])
+    def test_a_corrupted_copy_is_refused_and_discarded(self, tier: Tier, once: Tier, artifact: str) -> None:
+        keys = ["run-7/x.bin"] if artifact == "object" else ["run-7/x/0", "run-7/x/1/2", "run-7/x/zarr.json"]
+        for number, key in enumerate(keys):
+            tier.put_bytes(key, _payload(1500, seed=30 + number))
+        victim = f"{PROMOTED}/x" if artifact == "object" else f"{PROMOTED}/x/1/2"
+
+        def corrupt_one(target: Tier, key: str) -> None:
+            if key == victim:
+                _corrupt(target, key)
+
+        with pytest.raises(IntegrityError, match=r"run-7/x.* hashes to"):
+            promote_tree(tier, "run-7/x" if artifact == "folder" else "run-7/x.bin", once,
+                         f"{PROMOTED}/x", after_copy=corrupt_one)
+        assert list(once.list("promoted")) == []  # every object of the bad copy was discarded
+        result = promote_tree(tier, "run-7/x" if artifact == "folder" else "run-7/x.bin", once, f"{PROMOTED}/x")
+        assert result.already_present == 0 and result.objects == len(keys)  # the keys are free again
