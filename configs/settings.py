@@ -245,13 +245,18 @@ def _env_overrides(prefix: str) -> list[str]:
     return sorted(name for name in os.environ if name.upper().startswith(prefix))
 
 
+def _source_of(dotted: str, layers: ConfigLayers) -> str:
+    """Where a key's value came from: its ``TIERFLOW_*`` variable, else the file that set it."""
+    env_name = "TIERFLOW_" + dotted.replace(".", "__").upper()
+    return f"${env_name}" if env_name in os.environ else layers.source_of(dotted)
+
+
 def _validation_error(exc: ValidationError, layers: ConfigLayers, section: str = "") -> ConfigError:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         dotted = f"{section}.{key}" if section else key
-        env_name = "TIERFLOW_" + dotted.replace(".", "__").upper()
-        source = f"${env_name}" if env_name in os.environ else layers.source_of(dotted)
+        source = _source_of(dotted, layers)
         got = error.get("input")
         shown = "" if isinstance(got, (dict, SecretStr)) or "password" in dotted else f" (got {got!r})"
         lines.append(f"{source}: {dotted}: {error['msg']}{shown}")
@@ -264,6 +269,36 @@ def _validation_error(exc: ValidationError, layers: ConfigLayers, section: str =
 def _resolve_path(root: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (root / path)
+
+
+def _root_parts(settings: TierSettings, resolved: str) -> tuple[str, ...]:
+    """Where a tier's root is, as path parts that overlap exactly when one root holds the other
+    (an S3 root is placed under its endpoint, so equal bucket names on two gateways differ)."""
+    if settings.backend == "s3":
+        return ("s3", settings.endpoint_url or "", *[part for part in resolved[len("s3://"):].split("/") if part])
+    return ("posix", *Path(resolved).parts)
+
+
+def _refuse_overlapping_roots(config: TierflowConfig, paths: dict[str, str], layers: ConfigLayers) -> None:
+    """Refuse two tiers whose roots are the same or nested: retention of one would delete the
+    other's files (scratch inside source), or write into write-once Tier 1.
+
+    Raises
+    ------
+    ConfigError
+        Naming both keys, the files that set them, and both roots.
+    """
+    parts = {tier: _root_parts(getattr(config.tiers, tier), paths[f"tiers.{tier}"]) for tier in TIER_NAMES}
+    for index, first in enumerate(TIER_NAMES):
+        for second in TIER_NAMES[index + 1:]:
+            a, b = parts[first], parts[second]
+            if a[:len(b)] == b or b[:len(a)] == a:
+                where = {tier: _source_of(f"tiers.{tier}.root", layers) for tier in (first, second)}
+                raise ConfigError(
+                    f"tiers.{first}.root ({paths[f'tiers.{first}']}, from {where[first]}) and tiers.{second}.root "
+                    f"({paths[f'tiers.{second}']}, from {where[second]}) overlap: each tier needs a root of its own",
+                    hint="give every tier a separate folder or bucket prefix, none inside another",
+                )
 
 
 def _tierflow(location: ConfigLocation) -> TierflowConfig:
@@ -279,6 +314,7 @@ def _tierflow(location: ConfigLocation) -> TierflowConfig:
             paths[f"tiers.{tier}"] = settings.root.rstrip("/")
         else:
             paths[f"tiers.{tier}"] = str(_resolve_path(location.project_root, settings.root).resolve())
+    _refuse_overlapping_roots(config, paths, layers)
     ephemeral = Path(paths["tiers.ephemeral"])
     paths.update(
         state_dir=str(ephemeral / "state"), logs_dir=str(ephemeral / "logs"), tmp_dir=str(ephemeral / "tmp")

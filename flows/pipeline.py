@@ -497,13 +497,13 @@ def _publish_artifacts(summary: dict[str, Any], markdown: str, objects: pd.DataF
 def resume_pipeline(run: str, *, config_dir: str | None = None) -> dict[str, Any]:
     """Run a failed, stopped or killed pipeline run again with its recorded snapshot and
     parameters: it works in the same place, so every operation's ledger skips the blocks that
-    were done. A run still marked running (its process was killed) is marked crashed first.
+    were done. A run still marked running whose process was killed is marked crashed first.
 
     Raises
     ------
     TierflowError
         If the run does not exist or is not a pipeline run.
     """
-    recorded = run_to_resume(open_database(load_db_config(config_dir)), run, "pipeline", mark_crashed=True)
+    recorded = run_to_resume(open_database(load_db_config(config_dir)), run, "pipeline")
     return pipeline(recorded["dataset"], snapshot=recorded["snapshot"], params=recorded["params"], workers=recorded.get("workers"),
                     config_dir=config_dir)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from configs import TierflowConfig
+from storage.arrays import LABEL_STATE_SUFFIX
 from storage.errors import TierflowError
 from storage.tiers import parse_s3_uri
 
 __all__ = ["HELPER_SUFFIXES", "OutputPlacementError", "Place", "check_output_placement", "op_reads", "place_of"]
 
-HELPER_SUFFIXES = (".tierflow-label",)
+HELPER_SUFFIXES = (LABEL_STATE_SUFFIX,)
 """Folders an op writes beside its output (label merge state): checked like the output."""
 
 

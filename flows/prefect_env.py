@@ -76,12 +76,17 @@ def interactive_flows() -> Iterator[None]:
     and it sleeps in one-second steps, so every flow run takes up to a second longer.
     Heartbeats let a server notice a crashed run started by a worker; a run started from the
     CLI or a notebook ends (or visibly crashes) in front of its user. Deployments keep Prefect's
-    default. Also prepares the process once (see :func:`prepare_process`).
+    default. Also prepares the process once (see :func:`prepare_process`) and ties Prefect's
+    ephemeral API server, if one is started, to this process (see
+    :func:`flows.server_watchdog.tie_ephemeral_server`).
     """
     import prefect.context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
 
+    from flows.server_watchdog import tie_ephemeral_server
+
     prepare_process()
+    tie_ephemeral_server()
     current = prefect.context.get_settings_context()
     # as prefect.settings.temporary_settings, but the updated settings (0.1 s of pydantic
     # validation) are made once per process

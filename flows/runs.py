@@ -6,7 +6,7 @@ import functools
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,14 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.db.database import Database
+from storage.db.locks import hold_run_lock
 from storage.db.models import Run
 from storage.db.repo import finish_run, start_run
 
-__all__ = ["RunRecord", "code_version", "recorded_run", "run_to_resume"]
+__all__ = ["RunRecord", "cancel_live_runs", "code_version", "recorded_run", "run_to_resume"]
+
+_LIVE: dict[int, Database] = {}
+"""The runs this process is running now (run id -> its database), for :func:`cancel_live_runs`."""
 
 
 @functools.cache
@@ -58,8 +62,11 @@ class RunRecord(int):
 @contextmanager
 def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, parent_id: int | None = None) -> Iterator[RunRecord]:
     """Record a run as running, then completed (with ``run.result`` if set) or failed (with
-    the error's first line). A run inside another one (``parent_id``) is keyed by its Prefect
-    flow run only if no sibling is (op runs of one pipeline stage share the stage's flow run).
+    the error's first line; ``cancelled`` when stopped by Ctrl-C or SIGTERM). A run inside
+    another one (``parent_id``) is keyed by its Prefect flow run only if no sibling is (op runs
+    of one pipeline stage share the stage's flow run). While it runs, the run holds its
+    liveness lock (:func:`storage.db.locks.hold_run_lock`), taken before the ``running`` row is
+    committed: if this process dies, readers see the lock gone and mark the run crashed.
 
     Yields
     ------
@@ -67,30 +74,64 @@ def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, pa
         The ``runs.id`` of this run; set ``.result`` to store what the run returned.
     """
     flow_run_id = _flow_run_id()
-    with db.session() as session:
-        if parent_id is not None and flow_run_id is not None:
-            # an op run inside a pipeline stage shares the stage's flow run with its siblings
-            taken = session.scalars(select(Run.id).where(Run.flow_run_id == uuid.UUID(str(flow_run_id)))).first()
-            flow_run_id = None if taken is not None else flow_run_id
-        run = start_run(
-            session, flow_name=flow_name, parameters=parameters, flow_run_id=flow_run_id,
-            code_version=code_version(), parent_id=parent_id,
-        )
-        record = RunRecord(run.id)
-    run_id = record
-    try:
-        yield record
-    except BaseException as exc:
+    with ExitStack() as alive:
         with db.session() as session:
-            row = session.get(Run, run_id)
-            if row is not None:
-                status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-                finish_run(session, row, status, message=f"{type(exc).__name__}: {exc}"[:4000])
-        raise
+            if parent_id is not None and flow_run_id is not None:
+                # an op run inside a pipeline stage shares the stage's flow run with its siblings
+                taken = session.scalars(select(Run.id).where(Run.flow_run_id == uuid.UUID(str(flow_run_id)))).first()
+                flow_run_id = None if taken is not None else flow_run_id
+            run = start_run(
+                session, flow_name=flow_name, parameters=parameters, flow_run_id=flow_run_id,
+                code_version=code_version(), parent_id=parent_id,
+            )
+            record = RunRecord(run.id)
+            alive.enter_context(hold_run_lock(db, run.id))
+        _LIVE[record] = db
+        alive.callback(_LIVE.pop, record, None)
+        try:
+            yield record
+        except BaseException as exc:
+            _finish(db, record, *_end_of(exc))
+            raise
+        _finish(db, record, "completed", result=_json_safe(record.result) if record.result is not None else None)
+
+
+def _end_of(exc: BaseException) -> tuple[str, str]:
+    """The status and message of a run that ``exc`` ended: ``cancelled`` when the process was
+    asked to stop (Ctrl-C, or SIGTERM, which Prefect raises as ``TerminationSignal`` inside a
+    flow run), else ``failed``."""
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(exc, TerminationSignal):
+        from flows.stopping import stop_message
+
+        return "cancelled", stop_message(exc.signal)
+    status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+    return status, f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def _finish(db: Database, run_id: int, status: str, *, message: str | None = None, result: dict[str, Any] | None = None,
+            only_running: bool = False) -> None:
     with db.session() as session:
-        row = session.get(Run, run_id)
-        if row is not None:
-            finish_run(session, row, "completed", result=_json_safe(record.result) if record.result is not None else None)
+        row = session.get(Run, run_id, with_for_update=True)
+        if row is not None and (row.status == "running" or not only_running):
+            finish_run(session, row, status, message=message, result=result)
+
+
+def cancel_live_runs(reason: str) -> list[int]:
+    """Mark every run this process is running ``cancelled`` with ``reason`` (a run that ended
+    meanwhile keeps its end state); for a process about to stop (see :mod:`flows.stopping`).
+
+    Returns
+    -------
+    list of int
+        The run ids visited.
+    """
+    visited = []
+    for run_id, db in list(_LIVE.items()):
+        _finish(db, run_id, "cancelled", message=reason, only_running=True)
+        visited.append(run_id)
+    return visited
 
 
 def _json_safe(value: Any) -> Any:
@@ -99,15 +140,16 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def run_to_resume(db: Database, run: str, flow_name: str, *, mark_crashed: bool = False) -> dict[str, Any]:
+def run_to_resume(db: Database, run: str, flow_name: str) -> dict[str, Any]:
     """The recorded parameters of ``run`` (an id or a Prefect flow-run id) so it can be run
-    again; with ``mark_crashed``, a run still marked running (its process died) is marked
-    crashed first.
+    again. Reading it settles it: a run still marked running whose process died is marked
+    crashed, with its child runs (see :func:`storage.db.repo.runs.settle_runs`).
 
     Raises
     ------
     TierflowError
-        If there is no such run, or it is not a ``flow_name`` run.
+        If there is no such run, it is not a ``flow_name`` run, or it is still running in a live
+        process (two runs would compute the same blocks).
     """
     from storage.db.repo import get_run
     from storage.errors import TierflowError
@@ -118,6 +160,7 @@ def run_to_resume(db: Database, run: str, flow_name: str, *, mark_crashed: bool 
             raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
         if row.flow_name != flow_name:
             raise TierflowError(f"run {row.id} is a {row.flow_name!r} run; this resumes {flow_name} runs")
-        if mark_crashed and row.status == "running":
-            finish_run(session, row, "crashed", message="its process ended without finishing; resumed by a new run")
+        if row.status == "running":
+            raise TierflowError(f"run {row.id} is still running on {row.host} (its process holds the run's lock)",
+                                hint=f"wait for it to end, or stop it (Ctrl-C or kill), then `tierflow resume {row.id}`")
         return dict(row.parameters)

@@ -18,7 +18,17 @@ import numpy as np
 from storage.errors import TierError, TierflowError
 from storage.tiers.base import Tier
 
-__all__ = ["ArrayLocation", "ChunkWriter", "check_chunks_align", "check_writable", "create_output_array"]
+__all__ = ["LABEL_STATE_SUFFIX", "ArrayLocation", "ChunkWriter", "array_sidecars", "check_chunks_align", "check_writable",
+           "create_output_array"]
+
+LABEL_STATE_SUFFIX = ".tierflow-label"
+"""Label's merge state lives beside its output array, under ``<array key>.tierflow-label/<op key>/``."""
+
+
+def array_sidecars(key: str) -> list[str]:
+    """The folders tierflow keeps beside the array at ``key`` (label's merge state): counted
+    and reclaimed with the array."""
+    return [f"{key.rstrip('/')}{LABEL_STATE_SUFFIX}"]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage.arrays import array_sidecars
 from storage.db.models import Artifact, ArtifactLineage
 from storage.db.repo.artifacts import mark_deleted
 from storage.db.repo.retention import record_retention_event
@@ -87,7 +88,8 @@ def consumed_artifacts(session: Session) -> set[int]:
 
 
 def _artifact_bytes(tier: Tier, key: str) -> int:
-    return sum(info.size for info in tier.list(key))
+    """Bytes of an artifact with the folders kept beside it (label's merge state)."""
+    return sum(info.size for prefix in (key, *array_sidecars(key)) for info in tier.list(prefix))
 
 
 def plan_retention(session: Session, tiers: Mapping[str, Tier], rules: RetentionRules, now: datetime) -> list[PlannedDeletion]:
@@ -158,7 +160,8 @@ def apply_retention(
         if item.tier == "source" or tier.write_once:
             raise TierError(f"retention refuses to delete {item.uri}: tier {item.tier} is write-once")
         if item.artifact_id is not None:
-            tier.delete_prefix(item.key)
+            for prefix in (item.key, *array_sidecars(item.key)):
+                tier.delete_prefix(prefix)
             tier.delete(item.key)
             artifact = session.get(Artifact, item.artifact_id)
             if artifact is not None:

@@ -19,7 +19,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.arrays import ArrayLocation
+from storage.arrays import LABEL_STATE_SUFFIX, ArrayLocation
 from storage.db.database import Database
 from storage.geometry import BlockGrid
 from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
@@ -56,7 +56,7 @@ class LabelJob:
 
     @property
     def state_key(self) -> str:
-        return f"{self.target.key}.tierflow-label/{self.op_key}"
+        return f"{self.target.key}{LABEL_STATE_SUFFIX}/{self.op_key}"
 
     def stage_key(self, stage: str) -> str:
         return f"{self.op_key}:{stage}"

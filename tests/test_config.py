@@ -127,3 +127,33 @@ def test_toml_syntax_errors_name_the_file(project):
     path = write(project / "configs" / "tierflow.user.toml", "[execution\nmax_workers = 1\n")
     with pytest.raises(ConfigError, match=str(path)):
         load_config(project)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "first", "second", "roots"),
+    [
+        ('[tiers.ephemeral]\nroot = "var/tier1-source"\n', "source", "ephemeral", ("var/tier1-source", "var/tier1-source")),
+        ('[tiers.scratch]\nroot = "var/tier1-source/scratch"\n', "source", "scratch", ("var/tier1-source", "var/tier1-source/scratch")),
+        ('[tiers.output]\nroot = "var"\n', "source", "output", ("var/tier1-source", "var")),
+        ('[tiers.source]\nbackend = "s3"\nroot = "s3://lab/raw"\nendpoint_url = "http://rgw:8000"\n'
+         '[tiers.scratch]\nbackend = "s3"\nroot = "s3://lab/raw/tmp/"\nendpoint_url = "http://rgw:8000"\n', "source", "scratch",
+         ("s3://lab/raw", "s3://lab/raw/tmp")),
+    ],
+)
+def test_overlapping_tier_roots_are_refused_naming_both_keys_and_roots(project, overlay, first, second, roots):
+    write(project / "configs" / "tierflow.user.toml", overlay)
+    with pytest.raises(ConfigError) as caught:
+        load_config(project)
+    message = caught.value.message
+    shown = [root if root.startswith("s3://") else str(project / root) for root in roots]
+    assert f"tiers.{first}.root ({shown[0]}, from " in message and f"tiers.{second}.root ({shown[1]}, from " in message
+    assert "overlap" in message and "tierflow.user.toml" in message and caught.value.hint
+
+
+def test_separate_tier_roots_on_one_bucket_or_two_gateways_are_accepted(project):
+    write(project / "configs" / "tierflow.user.toml",
+          '[tiers.source]\nbackend = "s3"\nroot = "s3://lab/raw"\nendpoint_url = "http://rgw:8000"\n'
+          '[tiers.output]\nbackend = "s3"\nroot = "s3://lab/raw-output"\nendpoint_url = "http://rgw:8000"\n'
+          '[tiers.scratch]\nbackend = "s3"\nroot = "s3://lab/raw"\nendpoint_url = "http://other-rgw:8000"\n')
+    config = load_config(project)
+    assert config.tier_root("output") == "s3://lab/raw-output" and config.tier_root("scratch") == "s3://lab/raw"

@@ -84,9 +84,16 @@ def main() -> None:
         import os
 
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from flows.stopping import StopRequested, stop_on_signals, stop_signal
+
+    stop_on_signals()
     try:
         app()
-    except SystemExit:
+    except SystemExit as exc:
+        signum = stop_signal()  # Typer turns a KeyboardInterrupt into exit status 130
+        if signum is not None and exc.code not in (0, None):
+            report_error(StopRequested(signum))
+            sys.exit(128 + signum)
         raise
     except KeyboardInterrupt:
         report_error(KeyboardInterrupt("interrupted"))

@@ -1,7 +1,9 @@
-"""PostgreSQL advisory locks: one writer per block across every process and run.
+"""PostgreSQL advisory locks: one writer per block across every process and run, and a
+liveness lock per running run.
 
 A lock is held by a database session; if the process holding it dies, PostgreSQL drops the
-session and the lock with it, so a crashed run never leaves a block locked.
+session and the lock with it, so a crashed run never leaves a block locked, and a run whose
+row says ``running`` while nobody holds its run lock is known to have died.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from storage.db.database import Database
 
-__all__ = ["advisory_locks", "lock_key", "shared_lease"]
+__all__ = ["advisory_locks", "held_run_locks", "hold_run_lock", "lock_key", "run_lock_key", "shared_lease"]
 
 
 def lock_key(name: str) -> int:
@@ -34,8 +37,51 @@ def advisory_locks(db: Database, names: Iterable[str]) -> Iterator[None]:
             connection.commit()
             yield
         finally:
+            # a failed lock (e.g. PostgreSQL's lock table full) aborted the transaction, and
+            # session locks outlive it: without the rollback they stayed held on the pooled
+            # connection, and a retry of the batch waited for them forever
+            connection.rollback()
             connection.execute(text("SELECT pg_advisory_unlock_all()"))
             connection.commit()
+
+
+def run_lock_key(run_id: int) -> int:
+    """The advisory lock key a running run holds (see :func:`hold_run_lock`)."""
+    return lock_key(f"tierflow-run:{int(run_id)}")
+
+
+@contextmanager
+def hold_run_lock(db: Database, run_id: int) -> Iterator[None]:
+    """Hold run ``run_id``'s liveness lock on a connection of its own until exit; PostgreSQL
+    drops it when this process dies. Take it before the row saying ``running`` is committed."""
+    key = run_lock_key(run_id)
+    with db.engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def held_run_locks(session: Session, run_ids: Iterable[int]) -> set[int]:
+    """The runs among ``run_ids`` whose liveness lock some live session of this database holds."""
+    wanted = {_lock_parts(run_lock_key(run_id)): int(run_id) for run_id in run_ids}
+    if not wanted:
+        return set()
+    held = session.execute(text(
+        "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )).all()
+    return {wanted[(int(high), int(low))] for high, low in held if (int(high), int(low)) in wanted}
+
+
+def _lock_parts(key: int) -> tuple[int, int]:
+    """How ``pg_locks`` shows a bigint advisory key: (``classid``, ``objid``) = its high and
+    low 32 bits."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
 
 
 _HOLDERS = text(
@@ -46,10 +92,9 @@ _HOLDERS = text(
 
 
 def _holders(connection: object, key: int) -> int:
-    """Sessions holding the bigint advisory lock ``key`` (pg_locks shows its high and low
-    32 bits as ``classid`` and ``objid``)."""
-    halves = {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}
-    return int(connection.execute(_HOLDERS, halves).scalar_one())  # type: ignore[attr-defined]
+    """Sessions holding the bigint advisory lock ``key``."""
+    high, low = _lock_parts(key)
+    return int(connection.execute(_HOLDERS, {"high": high, "low": low}).scalar_one())  # type: ignore[attr-defined]
 
 
 @contextmanager

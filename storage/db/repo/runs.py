@@ -1,4 +1,10 @@
-"""Runs: one row per flow run (or CLI operation)."""
+"""Runs: one row per flow run (or CLI operation).
+
+A run holds a liveness lock while it runs (:func:`storage.db.locks.hold_run_lock`). Every
+reader here (:func:`get_run`, :func:`list_runs`) settles what it reads: a run marked
+``running`` whose lock nobody holds died without finishing (killed, or its machine stopped),
+so it is marked ``crashed``, and so are its child runs left ``running``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from typing import Any
 from sqlalchemy import String, cast, select
 from sqlalchemy.orm import Session
 
+from storage.db.locks import held_run_locks
 from storage.db.models import RUN_STATUSES, Run
 from storage.errors import TierflowError
 
-__all__ = ["finish_run", "get_run", "list_runs", "start_run"]
+__all__ = ["CRASHED_MESSAGE", "finish_run", "get_run", "list_runs", "settle_runs", "start_run"]
+
+CRASHED_MESSAGE = "its process ended without finishing (killed, or its machine stopped)"
 
 
 def start_run(
@@ -68,6 +77,13 @@ def finish_run(session: Session, run: Run, status: str, message: str | None = No
 
 def get_run(session: Session, ref: int | str | uuid.UUID) -> Run | None:
     """Find a run by numeric id, Prefect flow-run id, or a unique prefix of the flow-run id."""
+    run = _find_run(session, ref)
+    if run is not None:
+        settle_runs(session, [run])
+    return run
+
+
+def _find_run(session: Session, ref: int | str | uuid.UUID) -> Run | None:
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
         return session.get(Run, int(ref))
     text = str(ref).lower()
@@ -86,4 +102,35 @@ def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None
     query = select(Run).order_by(Run.id.desc()).limit(limit)
     if flow_name:
         query = query.where(Run.flow_name == flow_name)
-    return list(session.scalars(query))
+    runs = list(session.scalars(query))
+    settle_runs(session, runs)
+    return runs
+
+
+def settle_runs(session: Session, runs: list[Run], message: str = CRASHED_MESSAGE) -> list[Run]:
+    """Mark ``crashed`` (with ``message``) each of ``runs`` that says ``running`` while no live
+    process holds its lock, and then its child runs left ``running`` the same way.
+
+    A row is re-read under ``FOR UPDATE`` before it is marked: a run finishes by committing its
+    end state and only then releasing its lock, so one that just finished is never marked.
+
+    Returns
+    -------
+    list of Run
+        The runs marked crashed (children included).
+    """
+    crashed: list[Run] = []
+    suspects = [run for run in runs if run.status == "running"]
+    while suspects:
+        alive = held_run_locks(session, [run.id for run in suspects])
+        dead = []
+        for run in suspects:
+            if run.id in alive:
+                continue
+            session.refresh(run, with_for_update=True)
+            if run.status == "running":
+                finish_run(session, run, "crashed", message=message)
+                dead.append(run)
+        crashed.extend(dead)
+        suspects = list(session.scalars(select(Run).where(Run.parent_id.in_([run.id for run in dead]), Run.status == "running"))) if dead else []
+    return crashed
