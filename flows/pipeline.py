@@ -50,8 +50,10 @@ from flows.track import track
 from storage.db.database import Database
 from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
 from storage.db.repo import add_artifact
-from storage.errors import TierflowError
+from storage.errors import InvalidParameterError, TierflowError
+from storage.geometry import parse_block_shape
 from storage.raw_layout import parse_volume_name
+from tasks.ops.params import otsu_or_number
 from storage.tiers import Tier
 
 __all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key"]
@@ -59,10 +61,14 @@ __all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key"]
 PIPELINE_VERSION = "1"
 
 
+_ALLOWED = {"threshold": "'otsu' or a finite number", "block_shape": "3 positive integers z,y,x, e.g. 16,128,128",
+            "connectivity": "6, 18 or 26"}
+
+
 class PipelineParams(BaseModel):
     """The pipeline's parameters; defaults come from ``[pipeline]`` in ``configs/``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     segment_channel: int = Field(0, ge=0)
     sigma: float = Field(1.0, gt=0, le=50)
@@ -76,18 +82,31 @@ class PipelineParams(BaseModel):
     @field_validator("threshold")
     @classmethod
     def _otsu_or_number(cls, value: str) -> str:
-        if str(value).lower() == "otsu":
-            return "otsu"
-        try:
-            float(value)
-        except ValueError:
-            raise ValueError(f"threshold {value!r} is neither 'otsu' nor a number") from None
-        return str(value)
+        if problem := otsu_or_number(value):
+            raise ValueError(f"{value!r} {problem}; give 'otsu' or a finite number")
+        return "otsu" if str(value).strip().lower() == "otsu" else str(value)
 
     @field_validator("block_shape", mode="before")
     @classmethod
     def _block_shape_from_text(cls, value: Any) -> Any:
-        return tuple(int(v) for v in value.split(",")) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_block_shape(value, key="block_shape", ndim=3)
+        except InvalidParameterError as exc:
+            raise ValueError(exc.message) from None
+
+    @classmethod
+    def allowed(cls, name: str) -> str:
+        """The range of parameter ``name`` in words (from its field's bounds), e.g. ``> 0, <= 50``."""
+        field = cls.model_fields.get(name)
+        if field is None:
+            return "see [pipeline]"
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bounds = [f"{sign} {getattr(m, attr)}" for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)]
+        if bounds:
+            return ("a finite number " if field.annotation is float else "an integer ") + " and ".join(bounds)
+        return _ALLOWED.get(name, f"a {getattr(field.annotation, '__name__', field.annotation)}")
 
     @classmethod
     def from_config(cls, config: TierflowConfig, overrides: dict[str, Any] | None = None) -> PipelineParams:
@@ -107,8 +126,11 @@ class PipelineParams(BaseModel):
             return cls(**{**base, **overrides})
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "parameters"
-            raise TierflowError(f"pipeline parameter {where}: {first['msg']}", hint="see [pipeline] in configs/tierflow.def.toml") from None
+            where = str(first["loc"][0]) if first["loc"] else "parameters"
+            raise InvalidParameterError(
+                f"pipeline parameter {where}={first.get('input')!r}: {first['msg'].removeprefix('Value error, ')}",
+                hint=f"{where} must be {cls.allowed(where)} (--param {where}=VALUE; defaults: [pipeline] in configs/tierflow.def.toml)",
+            ) from None
 
 
 def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:

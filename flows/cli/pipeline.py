@@ -43,12 +43,16 @@ def run_pipeline(
     retention, report) on a snapshot or a raw folder."""
     from flows.cli.data import _config
     from flows.cli.ops import _parse_params
-    from flows.pipeline import pipeline
+    from flows.pipeline import PipelineParams, pipeline
     from flows.prefect_env import interactive_flows
+    from storage.tiers import check_name
 
-    _config(ctx)
+    config = _config(ctx)
+    params = _parse_params(param)
+    check_name(dataset, "dataset")
+    PipelineParams.from_config(config, params)  # refuse bad parameters before any flow starts
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
-        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=_parse_params(param), workers=workers,
+        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
                           config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
