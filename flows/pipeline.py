@@ -21,8 +21,11 @@ A memory guard checks RAM at every stage boundary; every run tees its log to Tie
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +42,7 @@ from flows.database import open_database
 from flows.ingest import ingest
 from flows.memory_guard import MemoryGuard
 from flows.neuroglancer import neuroglancer_url, zarr_source
-from flows.op import op_flow
+from flows.op import BlockFailuresError, op_flow
 from flows.progress import StageProgress
 from flows.promote import promote
 from flows.retention import retention
@@ -141,6 +144,27 @@ def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+@contextmanager
+def resume_this_run(run: int, stage: str, writes_to: str) -> Iterator[None]:
+    """A stage's failure says to resume the *pipeline* run ``run`` (which re-runs its child op
+    runs, skipping their done blocks), not the child run that failed; a full disk names the tier
+    root the stage writes to (``writes_to``)."""
+    try:
+        yield
+    except BlockFailuresError as exc:
+        full = "No space left on device" in exc.message
+        raise TierflowError(
+            f"pipeline run {run}, stage {stage}: " + (f"the disk of {writes_to} is full: " if full else "") + exc.message,
+            hint=(f"free space on {writes_to} (or give it more), then " if full else "fix the cause, then ")
+            + f"`tierflow resume {run}` finishes the pipeline run: every block already done is skipped",
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise TierflowError(f"pipeline run {run}, stage {stage}: the disk of {writes_to} is full ({exc})",
+                            hint=f"free space on {writes_to}, then `tierflow resume {run}` finishes the pipeline run") from None
+
 
 def _where(tier: Tier, key: str) -> str:
     """What ``tierflow op`` takes for ``key`` on ``tier``: a local path or an ``s3://`` URI."""
@@ -383,7 +407,8 @@ def pipeline(
 
         def stage(name: str, op: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             guard.check(name, run_id=run)
-            return op_stage(name, op, jobs, chosen, workers, config_dir, run)
+            with resume_this_run(run, name, (output if name == "pyramid" else scratch).uri("")):
+                return op_stage(name, op, jobs, chosen, workers, config_dir, run)
 
         # stage: raw TIFF -> zarr on scratch, every channel
         from storage.volumes import open_volume

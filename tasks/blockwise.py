@@ -37,7 +37,7 @@ from storage.geometry import Block, BlockGrid
 from storage.volumes import Volume, ZarrVolume, open_volume
 from tasks.ops.catalog import get_map_op
 
-__all__ = ["BatchFailed", "MapJob", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch"]
+__all__ = ["BatchFailed", "MapJob", "describe_failure", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -64,6 +64,12 @@ def open_source(ref: SourceRef) -> Volume:
     if isinstance(ref, ArrayLocation):
         return ZarrVolume(ref.open(read_only=True), ref.uri)
     return open_volume(ref)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A block's error as the ledger records it: type and message on one line (at most 2000 characters)."""
+    message = exc.message if isinstance(exc, TierflowError) else str(exc)
+    return f"{type(exc).__name__}: {message}"[:2000]
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 target[block.write_roi.slices] = values
                 row.update(status="done", bytes=int(values.nbytes))
             except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
-                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                row.update(status="failed", error=describe_failure(exc))
                 failed.append(block.block_id)
                 first_error = first_error or row["error"]
             row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
@@ -240,7 +246,7 @@ def ledgered_blocks(
                     fault(f"{fault_prefix}{block_id}")
                 row.update(status="done", bytes=int(work(block_id)))
             except Exception as exc:  # noqa: BLE001 - recorded per block
-                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                row.update(status="failed", error=describe_failure(exc))
                 failed.append(block_id)
                 first = first or row["error"]
             row.update(seconds=time.perf_counter() - started, finished_at=datetime.now(UTC))

@@ -50,7 +50,11 @@ def run_pipeline(
     config = _config(ctx)
     params = _parse_params(param)
     check_name(dataset, "dataset")
-    PipelineParams.from_config(config, params)  # refuse bad parameters before any flow starts
+    PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
+    if raw is not None:
+        from storage.raw_layout import check_raw_folder
+
+        check_raw_folder(raw.expanduser())
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
                           config_dir=state(ctx).config_path)
