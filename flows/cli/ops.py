@@ -114,14 +114,14 @@ def op(
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
+    params = _parse_params(param)
+    _check_op(name, params)  # before anything heavy is imported or started
     from flows.cli.data import _config
     from flows.op import resolve_location, run_op
     from storage.geometry import parse_block_shape
     from tasks.blockwise import open_source
 
     config = _config(ctx)
-    params = _parse_params(param)
-    _check_op(name, params)
     source = resolve_location(config, input) if input.startswith("s3://") else input
     volume = open_source(source)
     shape = parse_block_shape(block_shape, ndim=len(volume.shape)) if block_shape else None

@@ -43,8 +43,8 @@ def run_pipeline(
     retention, report) on a snapshot or a raw folder."""
     from flows.cli.data import _config
     from flows.cli.ops import _parse_params
-    from flows.pipeline import PipelineParams, pipeline
-    from flows.prefect_env import interactive_flows
+    from flows.pipeline_params import PipelineParams
+    from storage.raw_layout import check_raw_folder
     from storage.tiers import check_name
 
     config = _config(ctx)
@@ -52,9 +52,10 @@ def run_pipeline(
     check_name(dataset, "dataset")
     PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:
-        from storage.raw_layout import check_raw_folder
-
         check_raw_folder(raw.expanduser())
+    from flows.pipeline import pipeline
+    from flows.prefect_env import interactive_flows
+
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
                           config_dir=state(ctx).config_path)
