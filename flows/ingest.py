@@ -1,6 +1,6 @@
 """The ``ingest`` flow: a raw folder becomes an immutable, content-addressed snapshot on Tier 1.
 
-1. check the raw layout (one clear message listing every problem);
+1. check the raw layout and every TIFF whole (one clear message listing every problem);
 2. hash every file (batched tasks) -> manifest -> ``snapshot_id`` from the content;
 3. upload the files to ``snapshots/<dataset>/<snapshot_id>/`` (write-once; identical copies
    already there are kept, different ones refused);
@@ -23,7 +23,7 @@ from flows.database import open_database
 from flows.runs import recorded_run
 from flows.tiers import open_tiers
 from storage.db.repo import record_snapshot
-from storage.raw_layout import diagnose_raw_layout
+from storage.raw_layout import check_raw_folder
 from storage.snapshots import Manifest, commit_manifest, list_raw_files, read_manifest
 from storage.tiers import check_name
 from tasks.ingest import hash_raw_files, upload_snapshot_files
@@ -54,7 +54,7 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
     logger = get_run_logger()
     check_name(dataset, "dataset")
     raw = Path(raw_dir).expanduser().resolve()
-    diagnose_raw_layout(raw)
+    check_raw_folder(raw)
     config = load_config(config_dir)
     source = open_tiers(config).source
     db = open_database(load_db_config(config_dir), migrate=True)

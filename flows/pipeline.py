@@ -21,8 +21,11 @@ A memory guard checks RAM at every stage boundary; every run tees its log to Tie
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,15 +34,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 
-from configs import TierflowConfig, load_config, load_db_config
+from configs import load_config, load_db_config
 from flows.database import open_database
 from flows.ingest import ingest
 from flows.memory_guard import MemoryGuard
 from flows.neuroglancer import neuroglancer_url, zarr_source
-from flows.op import op_flow
+from flows.op import BlockFailuresError, op_flow
+from flows.pipeline_params import PipelineParams
 from flows.progress import StageProgress
 from flows.promote import promote
 from flows.retention import retention
@@ -55,61 +58,9 @@ from storage.local_copy import local_copy
 from storage.raw_layout import parse_volume_name
 from storage.tiers import Tier
 
-__all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key"]
+__all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key", "resume_this_run"]
 
 PIPELINE_VERSION = "1"
-
-
-class PipelineParams(BaseModel):
-    """The pipeline's parameters; defaults come from ``[pipeline]`` in ``configs/``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    segment_channel: int = Field(0, ge=0)
-    sigma: float = Field(1.0, gt=0, le=50)
-    threshold: str = "otsu"
-    connectivity: Literal[6, 18, 26] = 26
-    max_distance: float = Field(15.0, gt=0)
-    frame_interval: float = Field(1.0, gt=0)
-    pyramid_levels: int = Field(3, ge=1, le=10)
-    block_shape: tuple[int, int, int] = (16, 128, 128)
-
-    @field_validator("threshold")
-    @classmethod
-    def _otsu_or_number(cls, value: str) -> str:
-        if str(value).lower() == "otsu":
-            return "otsu"
-        try:
-            float(value)
-        except ValueError:
-            raise ValueError(f"threshold {value!r} is neither 'otsu' nor a number") from None
-        return str(value)
-
-    @field_validator("block_shape", mode="before")
-    @classmethod
-    def _block_shape_from_text(cls, value: Any) -> Any:
-        return tuple(int(v) for v in value.split(",")) if isinstance(value, str) else value
-
-    @classmethod
-    def from_config(cls, config: TierflowConfig, overrides: dict[str, Any] | None = None) -> PipelineParams:
-        """``[pipeline]`` defaults with ``overrides`` (e.g. from ``--param``) on top.
-
-        Raises
-        ------
-        TierflowError
-            Naming the parameter at fault and the accepted ones.
-        """
-        overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(cls.model_fields))
-        if unknown:
-            raise TierflowError(f"the pipeline has no parameter(s) {unknown}", hint=f"it takes {sorted(cls.model_fields)}")
-        base = config.pipeline.model_dump(include=set(cls.model_fields))
-        try:
-            return cls(**{**base, **overrides})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "parameters"
-            raise TierflowError(f"pipeline parameter {where}: {first['msg']}", hint="see [pipeline] in configs/tierflow.def.toml") from None
 
 
 def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
@@ -120,6 +71,27 @@ def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+@contextmanager
+def resume_this_run(run: int, stage: str, writes_to: str) -> Iterator[None]:
+    """A stage's failure says to resume the *pipeline* run ``run`` (which re-runs its child op
+    runs, skipping their done blocks), not the child run that failed; a full disk names the tier
+    root the stage writes to (``writes_to``)."""
+    try:
+        yield
+    except BlockFailuresError as exc:
+        full = "No space left on device" in exc.message
+        raise TierflowError(
+            f"pipeline run {run}, stage {stage}: " + (f"the disk of {writes_to} is full: " if full else "") + exc.message,
+            hint=(f"free space on {writes_to} (or give it more), then " if full else "fix the cause, then ")
+            + f"`tierflow resume {run}` finishes the pipeline run: every block already done is skipped",
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise TierflowError(f"pipeline run {run}, stage {stage}: the disk of {writes_to} is full ({exc})",
+                            hint=f"free space on {writes_to}, then `tierflow resume {run}` finishes the pipeline run") from None
+
 
 def _where(tier: Tier, key: str) -> str:
     """What ``tierflow op`` takes for ``key`` on ``tier``: a local path or an ``s3://`` URI."""
@@ -356,7 +328,8 @@ def pipeline(
 
         def stage(name: str, op: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             guard.check(name, run_id=run)
-            return op_stage(name, op, jobs, chosen, workers, config_dir, run)
+            with resume_this_run(run, name, (output if name == "pyramid" else scratch).uri("")):
+                return op_stage(name, op, jobs, chosen, workers, config_dir, run)
 
         # stage: raw TIFF -> zarr on scratch, every channel
         from storage.volumes import open_volume

@@ -89,6 +89,12 @@ def promote(
             for artifact in chosen:
                 if artifact.tier == "source" or artifact.deleted_at is not None:
                     raise TierflowError(f"artifact {artifact.id} ({artifact.uri}) is on Tier 1 or deleted: nothing to promote")
+                if artifact.promoted_at is not None:
+                    raise TierflowError(
+                        f"artifact {artifact.id} ({artifact.name}) is already promoted, to {artifact.promoted_uri} "
+                        f"on {artifact.promoted_at:%Y-%m-%d %H:%M:%S %Z}; nothing was changed",
+                        hint="its Tier 1 copy is final (see `tierflow artifacts list --all`); promote only artifacts not promoted yet",
+                    )
                 snapshot = session.get(Snapshot, artifact.snapshot_pk) if artifact.snapshot_pk else None
                 if snapshot is None:
                     raise TierflowError(

@@ -22,13 +22,14 @@ from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validat
 from flows.batching import OpContext, collect_batches, submit_batches
 from flows.outputs import claim_output
 from tasks.blockwise import SourceRef, open_source, plan_batches
+from tasks.ops.catalog import MULTI_STAGE_PARAMS
 from tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tasks.pyramid_blocks import LevelJob, downsample_level
 
 __all__ = ["PYRAMID_VERSION", "run_pyramid"]
 
 PYRAMID_VERSION = "1"
-METHODS = ("auto", "mean", "mode", "nearest")
+METHODS = MULTI_STAGE_PARAMS["downsample"]["method"].choices
 
 
 def _method(requested: str, source: SourceRef) -> str:

@@ -15,6 +15,8 @@ __all__ = [
     "EmbeddedServerError",
     "SchemaOutOfDateError",
     "InvalidNameError",
+    "InvalidParameterError",
+    "InvalidInputError",
     "TierError",
     "ObjectNotFoundError",
     "ObjectExistsError",
@@ -70,6 +72,15 @@ class SchemaOutOfDateError(DatabaseError):
 
 class InvalidNameError(TierflowError, ValueError):
     """A dataset name, snapshot id or object key is unsafe (``..``, ``/``, absolute, control chars)."""
+
+
+class InvalidParameterError(TierflowError, ValueError):
+    """A parameter's value is of the wrong type or out of its range (the message names the key)."""
+
+
+class InvalidInputError(TierflowError):
+    """An input file or array cannot be read as it is (damaged, truncated, inconsistent); the
+    message names the file, page or chunk at fault."""
 
 
 class TierError(TierflowError):

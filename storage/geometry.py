@@ -13,9 +13,30 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from storage.errors import TierflowError
+from storage.errors import InvalidParameterError, TierflowError
 
-__all__ = ["Block", "BlockGrid", "Roi", "gaussian_halo", "normalise_halo"]
+__all__ = ["Block", "BlockGrid", "Roi", "gaussian_halo", "normalise_halo", "parse_block_shape"]
+
+
+def parse_block_shape(text: str | Sequence[int], *, key: str = "--block-shape", ndim: int | None = None) -> tuple[int, ...]:
+    """A block shape from ``"z,y,x"`` text (or a sequence): positive integers, ``ndim`` of them.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming ``key``, the value given and what is allowed.
+    """
+    parts = str(text).split(",") if isinstance(text, str) else list(text)
+    try:
+        shape = tuple(int(str(part).strip()) for part in parts)
+    except ValueError:
+        shape = ()
+    allowed = f"{ndim} positive integers" if ndim else "positive integers"
+    if not shape or any(side <= 0 for side in shape) or (ndim is not None and len(shape) != ndim):
+        shown = text if isinstance(text, str) else ",".join(map(str, text))
+        raise InvalidParameterError(f"{key} {shown!r} is not a block shape",
+                                    hint=f"give {allowed} separated by commas, one per axis (z,y,x), e.g. 64,256,256")
+    return shape
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tifffile
-
-from storage.errors import InvalidNameError, RawLayoutError, TierflowError
+from storage.errors import InvalidInputError, InvalidNameError, RawLayoutError, TierflowError
 from storage.tiers.names import check_name
+from storage.tiff_check import check_tiff
 
 __all__ = [
     "RAW_LAYOUT_PICTURE", "RawClassification", "RawFile", "TaskDiscovery", "classify_raw_files",
-    "diagnose_raw_layout", "discover_tasks", "parse_volume_name", "read_stack_header",
+    "check_raw_folder", "diagnose_raw_layout", "discover_tasks", "parse_volume_name", "read_stack_header",
 ]
 
 RAW_LAYOUT_PICTURE = """\
@@ -201,14 +200,41 @@ def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
     return sorted(samples)
 
 
+def check_raw_folder(raw_dir: str | Path) -> list[str]:
+    """:func:`diagnose_raw_layout`, then every TIFF stack and slice under the sample folders
+    checked whole (headers and page offsets only); returns the sample names.
+
+    Raises
+    ------
+    RawLayoutError
+        If the layout is wrong (see :func:`diagnose_raw_layout`).
+    InvalidInputError
+        Listing every TIFF that is truncated, damaged or holds pages of different shapes (file
+        and page), before anything is copied.
+    """
+    raw = Path(raw_dir)
+    samples = diagnose_raw_layout(raw)
+    damaged = []
+    for sample in samples:
+        for entry in _entries(raw / sample):
+            for file in _slices(entry) if entry.is_dir() else [entry] if _is_tiff(entry) else []:
+                if problem := _tiff_problem(file):
+                    damaged.append(f"{file.relative_to(raw).as_posix()} {problem}")
+    if damaged:
+        raise InvalidInputError(
+            f"{len(damaged)} TIFF file(s) in {raw} cannot be read whole: " + "; ".join(damaged[:10])
+            + (f"; and {len(damaged) - 10} more" if len(damaged) > 10 else ""),
+            hint="copy or export them again (or move them out of RAW_DIR); nothing was ingested",
+        )
+    return samples
+
+
 def _tiff_problem(path: Path) -> str | None:
     """Open a TIFF's header only; return why it cannot be used, or ``None``."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            if len(tif.pages) == 0 or not tif.series or not tif.series[0].shape:
-                return "holds no image pages"
-    except Exception as exc:  # tifffile raises many types for damaged files
-        return f"cannot be opened as TIFF ({type(exc).__name__}: {exc})"
+        check_tiff(path)
+    except InvalidInputError as exc:
+        return exc.message.removeprefix(f"{path} ").removeprefix(f"{path}: ")
     return None
 
 
@@ -303,14 +329,15 @@ def read_stack_header(path_or_folder: str | Path) -> tuple[tuple[int, ...], np.d
     Returns
     -------
     tuple
-        ``((z, y, x), dtype)``: a stack's first series shape (leading length-1 axes dropped; a
+        ``((z, y, x), dtype)``: a stack's shape (leading length-1 axes dropped; a
         single page is z = 1), or for a slice folder the slice count times the first's (y, x).
 
     Raises
     ------
     RawLayoutError
-        If the path is missing, holds no TIFF, cannot be opened as TIFF, or is not one channel
-        of 3-D or 2-D data; the message names the file.
+        If the path is missing, holds no TIFF, cannot be opened as TIFF, is truncated or
+        damaged, holds pages of different shapes (several series), or is not one channel of 3-D
+        or 2-D data; the message names the file (and the page).
 
     Examples
     --------
@@ -325,11 +352,11 @@ def read_stack_header(path_or_folder: str | Path) -> tuple[tuple[int, ...], np.d
             raise RawLayoutError(f"slice folder {path} holds no TIFF slices (*.tif)")
         (_, y, x), dtype = read_stack_header(slices[0])
         return (len(slices), y, x), dtype
-    if problem := _tiff_problem(path):
-        raise RawLayoutError(f"{path} {problem}")
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape, axes, dtype = tuple(int(n) for n in series.shape), series.axes, series.dtype
+    try:
+        header = check_tiff(path)
+    except InvalidInputError as exc:
+        raise RawLayoutError(exc.message, hint=exc.hint) from None
+    shape, axes, dtype = header.shape, header.axes, header.dtype
     zyx = shape
     while len(zyx) > 3 and zyx[0] == 1:
         zyx = zyx[1:]

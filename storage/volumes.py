@@ -19,7 +19,10 @@ Register more with :func:`register_loader` or :func:`register_read_function`.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +30,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from storage.errors import TierflowError
+from storage.errors import InvalidInputError, TierflowError
 from storage.geometry import Roi
+from storage.tiff_check import check_tiff, read_tiff_page
 
 __all__ = [
     "Volume",
     "ZarrVolume",
+    "damaged_chunks",
     "fingerprint_path",
     "open_volume",
     "register_loader",
@@ -76,11 +81,38 @@ class ZarrVolume:
     def read(self, roi: Roi, *, cache: Any = None, cache_key: Any = None) -> np.ndarray:
         """The voxels of ``roi``; with a :class:`storage.chunk_cache.ChunkCache`, chunk by chunk
         through it (for halo reads shared between neighbouring batches)."""
-        if cache is not None:
-            from storage.chunk_cache import read_through_cache
+        try:
+            if cache is not None:
+                from storage.chunk_cache import read_through_cache
 
-            return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
-        return np.asarray(self.array[roi.slices])
+                return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
+            return np.asarray(self.array[roi.slices])
+        except _DECODE_ERRORS as exc:
+            bad = damaged_chunks(self.array, roi)
+            if not bad:
+                raise
+            raise InvalidInputError(
+                f"input {self.uri}: chunk(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} cannot be decoded "
+                f"({type(exc).__name__}: {exc}): the input is damaged, repair or re-create it",
+                hint=f"the input array is damaged: repair or re-create {self.uri} (chunk {bad[0]}), then run again",
+            ) from None
+
+
+_DECODE_ERRORS = (RuntimeError, ValueError, EOFError, zlib.error)
+"""What codecs raise for damaged bytes (not ``OSError``: an unreachable store is not a damaged chunk)."""
+
+
+def damaged_chunks(array: Any, roi: Roi) -> list[str]:
+    """The store keys of the chunks (shards) of a zarr ``array`` under ``roi`` that cannot be decoded."""
+    grid = tuple(getattr(array, "shards", None) or array.chunks)
+    encoding = getattr(array.metadata, "chunk_key_encoding", None)
+    bad = []
+    for index in itertools.product(*(range(o // c, (e - 1) // c + 1) for o, e, c in zip(roi.offset, roi.end, grid, strict=True))):
+        try:
+            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, grid, strict=True))]
+        except _DECODE_ERRORS:
+            bad.append(encoding.encode_chunk_key(index) if encoding is not None else ".".join(map(str, index)))
+    return bad
 
 
 @dataclass
@@ -91,16 +123,13 @@ class TiffStackVolume:
     uri: str
 
     def __post_init__(self) -> None:
-        import tifffile
-
-        with tifffile.TiffFile(self.path) as tif:
-            series = tif.series[0]
-            shape = tuple(series.shape)
-            self.dtype = np.dtype(series.dtype)
+        header = check_tiff(self.path)
+        shape, self.dtype = header.shape, header.dtype
         if len(shape) == 2:
             shape = (1, *shape)
         if len(shape) != 3:
-            raise TierflowError(f"{self.path}: TIFF series has shape {shape}; tierflow reads (z, y, x) stacks")
+            raise TierflowError(f"{self.path}: TIFF series has shape {shape} (axes {header.axes!r}); tierflow reads (z, y, x) stacks",
+                                hint="save one channel and time point per file, z-slices as pages")
         self.shape = shape
         self.chunks = (1, *shape[1:])
 
@@ -110,9 +139,8 @@ class TiffStackVolume:
         z, y, x = roi.slices
         out = np.empty(roi.shape, dtype=self.dtype)
         with tifffile.TiffFile(self.path) as tif:
-            pages = tif.series[0].pages
             for i, page in enumerate(range(z.start, z.stop)):
-                out[i] = pages[page].asarray()[y, x]
+                out[i] = read_tiff_page(tif, self.path, page)[y, x]
         return out
 
 
@@ -124,15 +152,18 @@ class TiffSlicesVolume:
     uri: str
 
     def __post_init__(self) -> None:
-        import tifffile
-
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith("."))
         if not self.files:
             raise TierflowError(f"{self.folder}: no .tif slices in this folder")
-        with tifffile.TiffFile(self.files[0]) as tif:
-            page = tif.pages[0]
-            self.dtype = np.dtype(page.dtype)
-            plane = tuple(page.shape)
+        first = check_tiff(self.files[0])
+        self.dtype, plane = first.dtype, first.shape[-2:]
+        for file in self.files[1:]:
+            header = check_tiff(file)
+            if header.shape[-2:] != plane or header.dtype != self.dtype or math.prod(header.shape) != math.prod(plane):
+                raise InvalidInputError(
+                    f"{file}: slice of shape {header.shape} {header.dtype}, while {self.files[0].name} (the first slice of "
+                    f"{self.folder}) is {plane} {self.dtype}; every slice must be one 2-D plane of the same shape",
+                    hint="crop or pad the slices to one shape, or move the odd file out of the folder")
         self.shape = (len(self.files), *plane)
         self.chunks = (1, *plane)
 
@@ -142,7 +173,8 @@ class TiffSlicesVolume:
         z, y, x = roi.slices
         out = np.empty(roi.shape, dtype=self.dtype)
         for i, index in enumerate(range(z.start, z.stop)):
-            out[i] = tifffile.imread(self.files[index])[y, x]
+            with tifffile.TiffFile(self.files[index]) as tif:
+                out[i] = read_tiff_page(tif, self.files[index], 0)[y, x]
         return out
 
 

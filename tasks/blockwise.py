@@ -38,8 +38,8 @@ from storage.geometry import Block, BlockGrid
 from storage.volumes import Volume, ZarrVolume, open_volume
 from tasks.ops.catalog import get_map_op
 
-__all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "ledgered_blocks", "open_source", "plan_batches", "run_map_batch",
-           "source_fingerprint"]
+__all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
+           "plan_batches", "run_map_batch", "source_fingerprint"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -71,6 +71,12 @@ def open_source(ref: SourceRef) -> Volume:
 def source_fingerprint(ref: SourceRef) -> InputFingerprint:
     """The fingerprint of an input (see :mod:`storage.fingerprints`)."""
     return input_fingerprint(open_source(ref), location=ref if isinstance(ref, ArrayLocation) else None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A block's error as the ledger records it: type and message on one line (at most 2000 characters)."""
+    message = exc.message if isinstance(exc, TierflowError) else str(exc)
+    return f"{type(exc).__name__}: {message}"[:2000]
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 target[block.write_roi.slices] = values
                 row.update(status="done", bytes=int(values.nbytes))
             except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
-                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                row.update(status="failed", error=describe_failure(exc))
                 failed.append(block.block_id)
                 first_error = first_error or row["error"]
             row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
@@ -267,7 +273,7 @@ def ledgered_blocks(
                     fault(f"{fault_prefix}{block_id}")
                 row.update(status="done", bytes=int(work(block_id)))
             except Exception as exc:  # noqa: BLE001 - recorded per block
-                row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                row.update(status="failed", error=describe_failure(exc))
                 failed.append(block_id)
                 first = first or row["error"]
             row.update(seconds=time.perf_counter() - started, finished_at=datetime.now(UTC))

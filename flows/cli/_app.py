@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from storage.errors import TierflowError
 
@@ -38,11 +39,12 @@ def print_json(data: Any) -> None:
 
 
 def report_error(exc: BaseException) -> None:
-    """One readable line (and a hint) instead of a traceback."""
+    """One readable line (and a hint) instead of a traceback; the text is printed literally
+    (a name such as ``[/]x`` in a message is not Rich markup)."""
     if isinstance(exc, TierflowError):
-        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}", markup=True, soft_wrap=True)
+        message, hint = exc.message, exc.hint
     else:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", markup=True, soft_wrap=True)
-        err_console.print("[yellow]hint:[/] run again with --debug for the traceback", markup=True)
+        message, hint = f"{type(exc).__name__}: {exc}", "run again with --debug for the traceback"
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+    if hint:
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -68,8 +69,12 @@ def ingest(
     """Snapshot RAW_DIR onto Tier 1 (content-addressed, write-once); prints the snapshot id."""
     _config(ctx)
     from flows.ingest import ingest as ingest_flow
-
     from flows.prefect_env import interactive_flows
+    from storage.raw_layout import check_raw_folder
+    from storage.tiers import check_name
+
+    check_name(dataset, "dataset")
+    check_raw_folder(Path(raw_dir).expanduser())  # before any flow starts
 
     with interactive_flows():
         result = ingest_flow(raw_dir=raw_dir, dataset=dataset, config_dir=state(ctx).config_path)

@@ -52,23 +52,17 @@ def _parse_params(values: list[str] | None) -> dict[str, str]:
 
 
 def _check_op(name: str, params: dict[str, str]) -> None:
-    """Refuse an unknown operation or parameter before any flow starts."""
+    """Refuse an unknown operation, or a parameter unknown or out of range, before any flow starts."""
     from storage.errors import TierflowError
-    from tasks.ops.catalog import MAP_OPS
+    from tasks.ops.catalog import MAP_OPS, MULTI_STAGE_PARAMS
+    from tasks.ops.params import resolve_params
 
-    multi_stage = {"label": {"connectivity"}, "downsample": {"levels", "method", "voxel_size", "name"},
-                   "features": {"time_point", "dataset", "sample"}}
-    if name in multi_stage:
-        unknown = sorted(set(params) - multi_stage[name])
-        if unknown:
-            raise TierflowError(f"{name} has no parameter(s) {unknown}", hint=f"{name} takes {sorted(multi_stage[name])}")
-        return
-    if name not in MAP_OPS:
-        raise TierflowError(f"no operation {name!r}", hint=f"choose one of {sorted([*MAP_OPS, 'label'])}")
-    try:
+    if name in MULTI_STAGE_PARAMS:
+        resolve_params(name, MULTI_STAGE_PARAMS[name], params)
+    elif name in MAP_OPS:
         MAP_OPS[name].resolve(params)
-    except ValueError as exc:
-        raise TierflowError(str(exc), hint=f"see `tierflow op --help`; {name} takes {sorted(MAP_OPS[name].params)}") from None
+    else:
+        raise TierflowError(f"no operation {name!r}", hint=f"choose one of {sorted([*MAP_OPS, *MULTI_STAGE_PARAMS])}")
 
 
 def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:
@@ -120,19 +114,20 @@ def op(
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
+    params = _parse_params(param)
+    _check_op(name, params)  # before anything heavy is imported or started
     from flows.cli.data import _config
     from flows.op import locate_input, output_location, run_op
     from flows.placement import check_output_placement, op_reads
+    from storage.geometry import parse_block_shape
     from tasks.blockwise import open_source
 
     config = _config(ctx)
-    params = _parse_params(param)
-    _check_op(name, params)
     extras = _parse_params(extra)
     check_output_placement(config, output, op_reads(input, extras, mask))
-    shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else None
     target_uri = output_location(config, output).uri  # refused here if its tier takes no writes
     volume = open_source(locate_input(config, input))
+    shape = parse_block_shape(block_shape, ndim=len(volume.shape)) if block_shape else None
     blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
     total = _total_blocks(name, tuple(volume.shape), blocks, params)
 

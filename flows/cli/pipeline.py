@@ -43,12 +43,21 @@ def run_pipeline(
     retention, report) on a snapshot or a raw folder."""
     from flows.cli.data import _config
     from flows.cli.ops import _parse_params
+    from flows.pipeline_params import PipelineParams
+    from storage.raw_layout import check_raw_folder
+    from storage.tiers import check_name
+
+    config = _config(ctx)
+    params = _parse_params(param)
+    check_name(dataset, "dataset")
+    PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
+    if raw is not None:
+        check_raw_folder(raw.expanduser())
     from flows.pipeline import pipeline
     from flows.prefect_env import interactive_flows
 
-    _config(ctx)
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
-        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=_parse_params(param), workers=workers,
+        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
                           config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
@@ -211,37 +220,22 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
 
 def serve(
     ctx: typer.Context,
-    tier: Annotated[str, typer.Option("--tier", help="The tier to publish (a POSIX one).")] = "source",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Default: the port of [pipeline].data_url.")] = 0,
+    tier: Annotated[str, typer.Option("--tier", help="The tier to publish: source (Tier 1) or output (Tier 2).")] = "source",
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Default: the port of [pipeline].data_url.")] = None,
 ) -> None:
-    """Publish a POSIX tier over HTTP with CORS on 127.0.0.1, read-only, so that Neuroglancer
-    (in the browser) can load its zarr arrays; Ctrl-C stops it."""
-    import functools
-    import http.server
+    """Publish Tier 1 (or 2) over HTTP with CORS on 127.0.0.1, read-only, so that Neuroglancer
+    (in the browser) can load its zarr arrays; files only (no listings, no dot-files, nothing
+    outside the tier, never scratch or ephemeral). Ctrl-C stops it."""
     from urllib.parse import urlparse
 
+    from configs import load_db_config
     from flows.cli.data import _config
-    from storage.errors import TierflowError
+    from flows.serve import tier_server
 
     config = _config(ctx)
-    root = config.tier_root(tier)
-    if root.startswith("s3://"):
-        raise TierflowError(f"tier {tier} is on S3: Neuroglancer reads it through the S3 endpoint, nothing to serve")
-    port = port or urlparse(config.pipeline.data_url).port or 9000
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def end_headers(self) -> None:
-            self.send_header("Access-Control-Allow-Origin", "*")
-            super().end_headers()
-
-        def do_PUT(self) -> None:  # read-only
-            self.send_error(405)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
-    console.print(f"serving {root} (tier {tier}) at http://127.0.0.1:{port} with CORS; Ctrl-C stops")
+    server = tier_server(config, load_db_config(state(ctx).config_path), tier,
+                         port or urlparse(config.pipeline.data_url).port or 9000)
+    console.print(f"serving {server.root} (tier {tier}) at http://127.0.0.1:{server.server_address[1]} with CORS; Ctrl-C stops")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

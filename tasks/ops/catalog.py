@@ -8,24 +8,16 @@ block-wise by reading each block with a halo and keeping the inner part. Multi-s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tasks.ops.filters import gaussian, gaussian_radius, threshold
+from tasks.ops.params import ParamSpec, otsu_or_number, resolve_params
 
-__all__ = ["MAP_OPS", "MapOp", "ParamSpec", "get_map_op"]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its type, default (``...`` = required) and what it means."""
-
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] = ()
+__all__ = ["MAP_OPS", "MULTI_STAGE_PARAMS", "MapOp", "ParamSpec", "get_map_op"]
 
 
 @dataclass(frozen=True)
@@ -46,34 +38,19 @@ class MapOp:
 
         Raises
         ------
-        ValueError
-            Naming the operation and the parameter at fault.
+        InvalidParameterError
+            (a ``ValueError``) naming the operation, the parameter and what is allowed.
         """
-        unknown = sorted(set(given) - set(self.params))
-        if unknown:
-            raise ValueError(f"{self.name} has no parameter(s) {unknown}; it takes {sorted(self.params)}")
-        resolved: dict[str, Any] = {}
-        for name, spec in self.params.items():
-            if name not in given:
-                if spec.default is ...:
-                    raise ValueError(f"{self.name} needs the parameter {name!r} ({spec.help})")
-                resolved[name] = spec.default
-                continue
-            value = given[name]
-            if value is None and spec.default is None:
-                resolved[name] = None
-                continue
-            if spec.kind is bool and isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(f"{self.name}: parameter {name}={value!r} is not true/false")
-                value = value.lower() in ("1", "true", "yes", "on")
-            try:
-                resolved[name] = spec.kind(value) if not isinstance(value, spec.kind) else value
-            except (TypeError, ValueError):
-                raise ValueError(f"{self.name}: parameter {name}={value!r} is not a {spec.kind.__name__}") from None
-            if spec.choices and resolved[name] not in spec.choices:
-                raise ValueError(f"{self.name}: parameter {name}={value!r} is not one of {spec.choices}")
-        return resolved
+        return resolve_params(self.name, self.params, given)
+
+
+def _dtype_problem(value: str) -> str | None:
+    """Why ``value`` is not a numpy dtype name (empty = the input's), or ``None``."""
+    try:
+        np.dtype(value or None)
+    except TypeError:
+        return "is not a numpy dtype"
+    return None
 
 
 def _gaussian(block: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
@@ -116,11 +93,12 @@ MAP_OPS: dict[str, MapOp] = {
         _gaussian_halo,
         lambda p, dtype: np.dtype(p["out_dtype"] or dtype),
         {
-            "sigma": ParamSpec(float, ..., "standard deviation in voxels"),
-            "truncate": ParamSpec(float, 3.0, "kernel radius in sigmas"),
+            "sigma": ParamSpec(float, ..., "standard deviation in voxels", gt=0, le=1000),
+            "truncate": ParamSpec(float, 3.0, "kernel radius in sigmas", gt=0, le=20),
             "mode": ParamSpec(str, "mirror", "border handling", ("mirror", "reflect", "nearest", "constant", "wrap")),
             "backend": ParamSpec(str, "opencv", "kernel implementation", ("opencv", "bioimage-cpp", "scipy")),
-            "out_dtype": ParamSpec(str, "", "output dtype (default: the input's)"),
+            "out_dtype": ParamSpec(str, "", "output dtype (default: the input's)", check=_dtype_problem,
+                                   allowed="a numpy dtype name such as uint16 or float32, or empty for the input's"),
         },
     ),
     "threshold": MapOp(
@@ -130,7 +108,8 @@ MAP_OPS: dict[str, MapOp] = {
         lambda p, ndim: (0,) * ndim,
         lambda p, dtype: np.dtype(np.uint8),
         {
-            "value": ParamSpec(str, "otsu", "a number, or 'otsu' (from a histogram gathered block-wise)"),
+            "value": ParamSpec(str, "otsu", "a number, or 'otsu' (from a histogram gathered block-wise)", check=otsu_or_number,
+                               allowed="'otsu' or a finite number"),
             "above": ParamSpec(bool, True, "foreground is above the value"),
         },
     ),
@@ -158,13 +137,40 @@ MAP_OPS: dict[str, MapOp] = {
         _fixed_halo,
         lambda p, dtype: np.dtype(np.uint32),
         {
-            "halo": ParamSpec(int, 16, "voxels of context around each block (basins wider than this may differ at block borders)"),
+            "halo": ParamSpec(int, 16, "voxels of context around each block (basins wider than this may differ at block borders)",
+                              ge=0, le=4096),
             "invert": ParamSpec(bool, True, "flood from maxima (intensities) instead of minima (distances/gradients)"),
             "mask_above": ParamSpec(float, None, "only flood voxels brighter than this"),
         },
         inputs=("markers",),
     ),
 }
+
+
+MULTI_STAGE_PARAMS: dict[str, dict[str, ParamSpec]] = {
+    "label": {"connectivity": ParamSpec(int, None, "neighbours that connect voxels", choices=(4, 8, 6, 18, 26))},
+    "downsample": {
+        "levels": ParamSpec(int, 3, "pyramid levels", ge=1, le=16),
+        "method": ParamSpec(str, "auto", "how a level is reduced", ("auto", "mean", "mode", "nearest")),
+        "voxel_size": ParamSpec(str, None, "voxel size per axis, z,y,x", check=lambda v: None if _finite_positive_list(v) else
+                                "is not positive numbers separated by commas", allowed="positive numbers separated by commas, e.g. 2,0.5,0.5"),
+        "name": ParamSpec(str, "image", "the image's name in the OME-Zarr metadata"),
+    },
+    "features": {
+        "time_point": ParamSpec(int, 0, "time point of this volume", ge=0),
+        "dataset": ParamSpec(str, None, "dataset name recorded with the features"),
+        "sample": ParamSpec(str, None, "sample name recorded with the features"),
+    },
+}
+"""Parameters of the multi-stage operations (their flows read them; checked up front by the CLI)."""
+
+
+def _finite_positive_list(text: str) -> bool:
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        return False
+    return all(math.isfinite(v) and v > 0 for v in values)
 
 
 def get_map_op(name: str) -> MapOp:
