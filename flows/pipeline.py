@@ -52,6 +52,7 @@ from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinema
 from storage.db.repo import add_artifact
 from storage.errors import TierflowError
 from storage.raw_layout import parse_volume_name
+from storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
 from storage.tiers import Tier
 
 __all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key"]
@@ -147,19 +148,13 @@ def _volumes(db: Database, snapshot_pk: int) -> list[dict[str, Any]]:
     return sorted(volumes.values(), key=lambda v: (v["sample"], v["time_point"], v["channel"]))
 
 
-def _local_input(source: Tier, snapshot_prefix: str, volume: dict[str, Any], tmp: Path) -> str:
-    """A local path of a raw volume on Tier 1 (S3 objects are downloaded to Tier 4 tmp)."""
-    key = f"{snapshot_prefix}/{volume['path']}"
-    uri = source.uri(key)
+def _local_input(source: Tier, manifest: Manifest, volume: dict[str, Any], tmp: Path) -> str:
+    """A local path of a raw volume on Tier 1 (S3 objects are downloaded to Tier 4 tmp and
+    verified against the snapshot's manifest; a local copy is reused only if it matches)."""
+    uri = source.uri(f"{manifest.prefix}/{volume['path']}")
     if uri.startswith("file://"):
         return str(Path(uri[len("file://"):]))
-    target = tmp / volume["path"]
-    if not target.exists():
-        for info in source.list(key):
-            path = tmp / volume["path"] / info.key[len(key) + 1:] if volume["slices"] else target
-            path.parent.mkdir(parents=True, exist_ok=True)
-            source.download(info.key, path)
-    return str(target)
+    return str(fetch_snapshot_path(source, manifest, volume["path"], tmp))
 
 
 def _blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
@@ -349,7 +344,9 @@ def pipeline(
         channels = sorted({v["channel"] for v in volumes})
         if chosen.segment_channel not in channels:
             raise TierflowError(f"segment_channel {chosen.segment_channel} is not among the snapshot's channels {channels}")
-        snapshot_prefix = f"snapshots/{dataset}/{snapshot_id}"
+        manifest = read_manifest(source, dataset, snapshot_id)
+        if manifest is None:
+            raise TierflowError(f"snapshot {dataset}/{snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
         written: dict[str, list[int]] = {"scratch": [], "output": []}
 
         def artifact(kind: str, name: str, tier_name: str, key_: str, inputs: list[int] = (), snapshots: list[int] = ()) -> int:  # type: ignore[assignment]
@@ -368,7 +365,7 @@ def pipeline(
 
         staged_jobs = []
         for volume in volumes:
-            local = _local_input(source, snapshot_prefix, volume, tmp)
+            local = _local_input(source, manifest, volume, tmp)
             name = f"{volume['sample']}_c{volume['channel']}_t{volume['time_point']:03d}"
             staged_jobs.append({"input": local, "output": _where(scratch, f"{work}/staged/{name}.zarr"), "params": {"compression": "lz4"},
                                 "blocks": _blocks(tuple(open_volume(local).shape), chosen.block_shape), "name": name, **volume})
