@@ -104,16 +104,21 @@ class FaultProxy:
         Faults to draw from (a request no mode applies to passes unharmed).
     limit
         Most faults to inject; ``None``: no limit.
+    match
+        Only requests whose request line (``PUT /bucket/key?query HTTP/1.1``) contains all of
+        these may get a fault; ``()``: any request.
     """
 
     def __init__(
-        self, upstream: str, *, rate: float = 0.1, seed: int = 0, modes: tuple[str, ...] = MODES, limit: int | None = None
+        self, upstream: str, *, rate: float = 0.1, seed: int = 0, modes: tuple[str, ...] = MODES, limit: int | None = None,
+        match: tuple[bytes, ...] = (),
     ) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
         self.rate = rate
         self.modes = modes
         self.limit = limit
+        self.match = match
         self.counts: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -147,9 +152,11 @@ class FaultProxy:
         """Faults injected so far."""
         return sum(count for mode, count in self.counts.items() if mode in ALL_MODES)
 
-    def _draw(self, expects_continue: bool) -> str | None:
+    def _draw(self, request_line: bytes, expects_continue: bool) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
+            if not all(part in request_line for part in self.match):
+                return None
             if self._random.random() >= self.rate or (self.limit is not None and self.faults >= self.limit):
                 return None
             choices = [m for m in self.modes if m != "close_after_continue" or expects_continue]
@@ -191,7 +198,7 @@ class FaultProxy:
             return False
         headers = _headers(head)
         expects = headers.get("expect", "").lower() == "100-continue"
-        fault = self._draw(expects)
+        fault = self._draw(head.split(b"\r\n", 1)[0], expects)
         if fault == "reset":
             _reset(client)
             return False

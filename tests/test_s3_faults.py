@@ -125,3 +125,40 @@ def test_zarr_through_obstore_is_bounded_too(seaweedfs_http, stored):
         elapsed = time.monotonic() - started
     assert elapsed < BOUND_SECONDS and proxy.counts["stall"] >= 1
     assert "timed out" in str(info.value).lower() or "timeout" in str(info.value).lower()
+
+
+def test_a_claim_whose_answer_was_lost_is_still_ours(seaweedfs_http, stored, tmp_path):
+    """The claim PUT is carried out but its answer lost: the client's retry is refused by our own
+    claim, which must not be mistaken for another writer's (that wedged the key for an hour)."""
+    data = np.random.default_rng(2).bytes(6 * MIB)
+    with _proxy(seaweedfs_http, rate=1.0, modes=("reset_after",), limit=1, match=(b"PUT ", b".tierflow-claims")) as proxy:
+        tier = _tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True)
+        info = tier.put_bytes("claimed/big.bin", data)
+    assert proxy.counts["reset_after"] == 1
+    direct = seaweedfs_http.boto3_client().get_object(Bucket=stored["bucket"], Key="lab/claimed/big.bin")["Body"].read()
+    assert hashlib.sha256(direct).hexdigest() == info.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_lost_complete_multipart_answer_is_accepted_only_for_the_right_object(seaweedfs_http, stored):
+    data = np.random.default_rng(3).bytes(6 * MIB)
+    with _proxy(seaweedfs_http, rate=1.0, modes=("reset_after",), limit=1, match=(b"POST ", b"uploadId=")) as proxy:
+        tier = _tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True)
+        info = tier.put_bytes("completed/big.bin", data)
+    assert proxy.counts["reset_after"] == 1
+    client = seaweedfs_http.boto3_client()
+    direct = client.get_object(Bucket=stored["bucket"], Key="lab/completed/big.bin")["Body"].read()
+    assert hashlib.sha256(direct).hexdigest() == info.sha256 == hashlib.sha256(data).hexdigest()
+    assert client.list_multipart_uploads(Bucket=stored["bucket"]).get("Uploads", []) == []
+
+
+def test_whole_object_reads_survive_a_body_cut_short(seaweedfs_http, stored):
+    """Promotion's read-back check (``sha256``) and manifest reads (``get_bytes``) re-read a body cut short."""
+    with _proxy(seaweedfs_http, rate=1.0, modes=("truncate",), limit=2, match=(b"GET ",)) as proxy:
+        tier = _tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True)
+        assert tier.sha256(stored["key"]) == stored["sha256"]
+        assert tier.get_bytes(stored["key"]) == stored["data"]
+    assert proxy.counts["truncate"] == 2
+    with _proxy(seaweedfs_http, rate=1.0, modes=("truncate",), match=(b"GET ",)) as proxy:  # cut short every time
+        tier = _tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True, max_attempts=2)
+        with pytest.raises(TransferError, match=stored["key"]):
+            tier.get_bytes(stored["key"])

@@ -121,7 +121,6 @@ def hold_claim(tier: S3Tier, key: str) -> Iterator[None]:
         if attempt == 1 or claim is None or claim.age(datetime.now(UTC)) <= tier.claim_stale_seconds:
             raise _claimed_error(tier, key, claim)
         tier.client.delete_object(Bucket=tier.bucket, Key=claim_object)  # stale: take it over
-        abort_stale_uploads(tier, key)
     try:
         yield
     except BaseException:
