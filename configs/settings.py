@@ -54,6 +54,14 @@ class TierSettings(_Section):
     multipart_threshold_mb: int = Field(64, ge=5, le=5120)
     multipart_chunk_mb: int = Field(16, ge=5, le=5120)
     max_concurrency: int = Field(4, ge=1, le=64)
+    claim_stale_seconds: float = Field(
+        3600, gt=0, le=7 * 86400,
+        description="S3: a killed multipart upload's claim (and its unfinished upload) is abandoned after this many seconds",
+    )
+    connect_timeout_seconds: float = Field(10, gt=0, le=600, description="S3: seconds to wait for a connection")
+    read_timeout_seconds: float = Field(120, gt=0, le=3600, description="S3: seconds to wait for the next bytes of an answer")
+    max_attempts: int = Field(5, ge=1, le=20, description="S3: attempts per request, the first included")
+    retry_mode: Literal["standard", "adaptive"] = Field("standard", description="S3: botocore retry mode")
 
     @model_validator(mode="after")
     def _root_matches_backend(self) -> TierSettings:

@@ -54,8 +54,8 @@ from storage.db.database import Database
 from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
 from storage.db.repo import add_artifact
 from storage.errors import TierflowError
-from storage.local_copy import local_copy
 from storage.raw_layout import parse_volume_name
+from storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
 from storage.tiers import Tier
 
 __all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key", "resume_this_run"]
@@ -120,13 +120,13 @@ def _volumes(db: Database, snapshot_pk: int) -> list[dict[str, Any]]:
     return sorted(volumes.values(), key=lambda v: (v["sample"], v["time_point"], v["channel"]))
 
 
-def _local_input(source: Tier, snapshot_prefix: str, volume: dict[str, Any], tmp: Path) -> str:
-    """A local path of a raw volume on Tier 1 (S3 objects: a verified copy in Tier 4 tmp)."""
-    key = f"{snapshot_prefix}/{volume['path']}"
-    uri = source.uri(key)
+def _local_input(source: Tier, manifest: Manifest, volume: dict[str, Any], tmp: Path) -> str:
+    """A local path of a raw volume on Tier 1 (S3 objects are downloaded to Tier 4 tmp and
+    verified against the snapshot's manifest; a local copy is reused only if it matches)."""
+    uri = source.uri(f"{manifest.prefix}/{volume['path']}")
     if uri.startswith("file://"):
         return str(Path(uri[len("file://"):]))
-    return str(local_copy(source, key, tmp))
+    return str(fetch_snapshot_path(source, manifest, volume["path"], tmp))
 
 
 def _blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
@@ -316,7 +316,9 @@ def pipeline(
         channels = sorted({v["channel"] for v in volumes})
         if chosen.segment_channel not in channels:
             raise TierflowError(f"segment_channel {chosen.segment_channel} is not among the snapshot's channels {channels}")
-        snapshot_prefix = f"snapshots/{dataset}/{snapshot_id}"
+        manifest = read_manifest(source, dataset, snapshot_id)
+        if manifest is None:
+            raise TierflowError(f"snapshot {dataset}/{snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
         written: dict[str, list[int]] = {"scratch": [], "output": []}
 
         def artifact(kind: str, name: str, tier_name: str, key_: str, inputs: list[int] = (), snapshots: list[int] = ()) -> int:  # type: ignore[assignment]
@@ -335,8 +337,8 @@ def pipeline(
         from storage.volumes import open_volume
 
         staged_jobs = []
-        for volume in volumes:  # every later array has its volume's shape: read it here, from the local raw file
-            local = _local_input(source, snapshot_prefix, volume, tmp)
+        for volume in volumes:
+            local = _local_input(source, manifest, volume, tmp)
             name = f"{volume['sample']}_c{volume['channel']}_t{volume['time_point']:03d}"
             shape = tuple(open_volume(local).shape)
             staged_jobs.append({"input": local, "output": _where(scratch, f"{work}/staged/{name}.zarr"), "params": {"compression": "lz4"},

@@ -2,7 +2,8 @@
 
 ``dry_run=True`` computes and returns the plan without deleting; a real run computes the same
 plan, deletes exactly it, and records a retention event per deletion. Both report storage
-accounting per tier (bytes used, promoted, reclaimable).
+accounting per tier (bytes used, promoted, reclaimable). Debris of interrupted S3 writes
+(unfinished multipart uploads, stale write-once claims) is listed and cleared on every tier.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from configs import load_config, load_db_config
 from flows.database import open_database
 from flows.runs import recorded_run
 from flows.tiers import open_tiers
-from storage.retention import RetentionRules, apply_retention, plan_retention, tier_accounting
+from storage.retention import RetentionRules, apply_retention, plan_leftovers, plan_retention, tier_accounting
 
 __all__ = ["retention", "rules_from_config"]
 
@@ -55,15 +56,16 @@ def retention(
     now = datetime.now(UTC)
     rules = rules_from_config(config)
     with db.session() as session:
-        plan = plan_retention(session, managed, rules, now)
+        plan = plan_retention(session, managed, rules, now) + plan_leftovers(tiers, now)
     if artifact_ids is not None:  # only these artifacts (a pipeline reclaiming its own scratch)
         chosen = set(artifact_ids)
         plan = [item for item in plan if item.artifact_id in chosen]
     if not dry_run:
         with recorded_run(db, "retention", {"dry_run": False, "artifact_ids": artifact_ids}, parent_id=parent_run) as run_id, db.session() as session:
-            apply_retention(session, managed, plan, run_id=run_id, now=now)
+            apply_retention(session, tiers, plan, run_id=run_id, now=now)
     with db.session() as session:  # what is reclaimable now (after a real run: what is left)
-        remaining = plan if dry_run else plan_retention(session, managed, rules, datetime.now(UTC))
+        later = datetime.now(UTC)
+        remaining = plan if dry_run else plan_retention(session, managed, rules, later) + plan_leftovers(tiers, later)
         accounting = tier_accounting(session, tiers, remaining)
     for item in plan:
         logger.info("%s %s (%d bytes): %s", "would delete" if dry_run else "deleted", item.uri, item.bytes, item.reason)

@@ -37,6 +37,11 @@ def open_tier(name: str, settings: TierSettings, root: str) -> Tier:
         multipart_chunksize=settings.multipart_chunk_mb * MIB,
         max_concurrency=settings.max_concurrency,
         write_once=write_once,
+        claim_stale_seconds=settings.claim_stale_seconds,
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        max_attempts=settings.max_attempts,
+        retry_mode=settings.retry_mode,
     )
 
 

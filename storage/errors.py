@@ -21,6 +21,8 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectExistsError",
     "IntegrityError",
+    "TransferError",
+    "KeyClaimedError",
     "SnapshotConflictError",
     "RawLayoutError",
     "InsufficientMemoryError",
@@ -97,6 +99,15 @@ class ObjectExistsError(TierError, FileExistsError):
 
 class IntegrityError(TierError):
     """Bytes read back do not match their recorded sha256."""
+
+
+class TransferError(TierError):
+    """A transfer was cut short (connection reset, truncated body, timeout) after the client's own
+    bounded retries; trying again may succeed."""
+
+
+class KeyClaimedError(TierError):
+    """A write-once key is claimed by another (running or killed) multipart upload."""
 
 
 class SnapshotConflictError(TierflowError):

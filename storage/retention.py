@@ -9,6 +9,9 @@ Rules (per tier, from configuration):
 * **Tier 4 ephemeral** — files under ``logs/`` and ``tmp/`` older than ``ephemeral_max_age_days``
   are rotated out (``state/``, which holds the embedded database, is never touched).
 * **Tier 1** is never touched, and a pinned artifact is never deleted.
+* **Debris of interrupted writes** on any tier, Tier 1 included (no stored object is touched):
+  multipart uploads never completed and write-once claims, once older than the tier's stale
+  window (see :mod:`storage.tiers.s3_claims`) — :func:`plan_leftovers`.
 
 :func:`plan_retention` computes the plan without side effects (``--dry-run`` prints it);
 :func:`apply_retention` carries out a plan and records each deletion, so a dry run lists exactly
@@ -30,9 +33,17 @@ from storage.db.models import Artifact, ArtifactLineage
 from storage.db.repo.artifacts import mark_deleted
 from storage.db.repo.retention import record_retention_event
 from storage.errors import TierError
-from storage.tiers.base import Tier
+from storage.tiers.base import Leftover, Tier
 
-__all__ = ["PlannedDeletion", "RetentionRules", "apply_retention", "consumed_artifacts", "plan_retention", "tier_accounting"]
+__all__ = [
+    "PlannedDeletion",
+    "RetentionRules",
+    "apply_retention",
+    "consumed_artifacts",
+    "plan_leftovers",
+    "plan_retention",
+    "tier_accounting",
+]
 
 EPHEMERAL_ROTATED = ("logs", "tmp")
 
@@ -57,6 +68,7 @@ class PlannedDeletion:
     reason: str
     action: str = "deleted"
     artifact_id: int | None = None
+    leftover: Leftover | None = None
 
 
 def consumed_artifacts(session: Session) -> set[int]:
@@ -144,6 +156,16 @@ def plan_retention(session: Session, tiers: Mapping[str, Tier], rules: Retention
     return plan
 
 
+def plan_leftovers(tiers: Mapping[str, Tier], now: datetime) -> list[PlannedDeletion]:
+    """Debris of interrupted writes (unfinished uploads, claims) older than each tier's stale
+    window, on every tier given (Tier 1 included: debris is never a stored object)."""
+    return [
+        PlannedDeletion(name, item.key, item.uri, item.bytes, item.reason, leftover=item)
+        for name, tier in tiers.items()
+        for item in tier.leftovers(now)
+    ]
+
+
 def apply_retention(
     session: Session, tiers: Mapping[str, Tier], plan: list[PlannedDeletion], *, run_id: int | None, now: datetime
 ) -> list[PlannedDeletion]:
@@ -152,14 +174,17 @@ def apply_retention(
     Raises
     ------
     TierError
-        If the plan names Tier 1 or a write-once tier (retention never touches them).
+        If the plan names an object on Tier 1 or a write-once tier (retention never deletes
+        them; it only clears their debris).
     """
     done = []
     for item in plan:
         tier = tiers[item.tier]
-        if item.tier == "source" or tier.write_once:
+        if item.leftover is not None:
+            tier.clear_leftover(item.leftover)
+        elif item.tier == "source" or tier.write_once:
             raise TierError(f"retention refuses to delete {item.uri}: tier {item.tier} is write-once")
-        if item.artifact_id is not None:
+        elif item.artifact_id is not None:
             for prefix in (item.key, *array_sidecars(item.key)):
                 tier.delete_prefix(prefix)
             tier.delete(item.key)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from storage.errors import ObjectExistsError, SnapshotConflictError, TierflowError
-from storage.tiers.base import COPY_BUFFER, Tier
+from storage.tiers.base import Tier, hash_file
+from storage.tiers.download import download_verified
 from storage.tiers.names import check_key, check_name
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ManifestEntry",
     "build_manifest",
     "commit_manifest",
+    "fetch_snapshot_path",
     "hash_file",
     "list_raw_files",
     "read_manifest",
@@ -119,17 +121,6 @@ class Manifest:
 def snapshot_prefix(dataset: str, snapshot_id: str) -> str:
     """``snapshots/<dataset>/<snapshot_id>``, after checking both names are safe."""
     return f"snapshots/{check_name(dataset, 'dataset')}/{check_name(snapshot_id, 'snapshot id')}"
-
-
-def hash_file(path: Path) -> tuple[int, str]:
-    """Size and sha256 of a local file (streamed)."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(COPY_BUFFER):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def list_raw_files(raw_dir: Path) -> list[str]:
@@ -251,3 +242,31 @@ def commit_manifest(tier: Tier, manifest: Manifest) -> tuple[str, bool]:
             f"{tier.uri(key)}",
         )
     return hashlib.sha256(tier.get_bytes(key)).hexdigest(), False
+
+
+def fetch_snapshot_path(tier: Tier, manifest: Manifest, relative: str, local_root: Path) -> Path:
+    """A verified local copy of one file, or one folder of files, of a snapshot.
+
+    Every file is downloaded to ``local_root/<relative path>`` unless a copy matching the
+    manifest's size and sha256 is there already (see :func:`~storage.tiers.download.download_verified`).
+
+    Returns
+    -------
+    Path
+        ``local_root / relative``.
+
+    Raises
+    ------
+    TierflowError
+        If the manifest lists nothing at ``relative``.
+    IntegrityError
+        If a file does not download as the manifest records it (the message names the object
+        and the snapshot).
+    """
+    entries = [e for e in manifest.files if e.relative_path == relative or e.relative_path.startswith(relative.rstrip("/") + "/")]
+    if not entries:
+        raise TierflowError(f"snapshot {manifest.dataset}/{manifest.snapshot_id} lists no file at {relative!r}")
+    for entry in entries:
+        download_verified(tier, f"{manifest.prefix}/{entry.relative_path}", Path(local_root) / entry.relative_path,
+                          size=entry.bytes, sha256=entry.sha256, what=f"snapshot {manifest.dataset}/{manifest.snapshot_id}")
+    return Path(local_root) / relative

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from storage.errors import ObjectExistsError, TierError
+from storage.errors import KeyClaimedError, TierError
 from storage.tiers import PosixTier, S3Tier
 from storage.tiers.conformance import MULTIPART_SIZE, TierConformance
 
@@ -69,7 +69,7 @@ class _S3Conformance(TierConformance):
         claim = f"tierflow/.tierflow-claims/big.bin"
         tier.client.put_object(Bucket=tier.bucket, Key=claim, Body=json.dumps({"at": time.time()}).encode())
         data = b"x" * MULTIPART_SIZE
-        with pytest.raises(ObjectExistsError, match="being written"):
+        with pytest.raises(KeyClaimedError, match="claimed by another multipart upload"):
             tier.put_bytes("big.bin", data)
         assert not tier.exists("big.bin")
         tier.claim_stale_seconds = 0  # a crashed writer's claim may be taken over once stale

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from storage.errors import IntegrityError, ObjectNotFoundError, TierError
 
-__all__ = ["HashingReader", "ObjectInfo", "Tier", "tree_sha256"]
+__all__ = ["HashingReader", "Leftover", "ObjectInfo", "Tier", "hash_file", "tree_sha256"]
 
 COPY_BUFFER = 8 * 1024 * 1024
 
@@ -40,6 +40,38 @@ class ObjectInfo:
     size: int
     mtime: datetime | None = None
     sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Debris of an interrupted write that holds no stored object: an unfinished multipart
+    upload, or a write-once claim that is no longer needed.
+
+    Attributes
+    ----------
+    kind
+        ``"multipart-upload"`` or ``"claim"``.
+    key
+        The tier key the debris belongs to.
+    uri
+        Where it is (an upload's URI carries its upload id).
+    bytes
+        Storage it holds (the parts of an upload; a claim's few bytes).
+    age_seconds
+        Time since the upload was started or the claim written.
+    reason
+        Why it may be cleared.
+    upload_id
+        The multipart upload's id (uploads only).
+    """
+
+    kind: str
+    key: str
+    uri: str
+    bytes: int
+    age_seconds: float
+    reason: str
+    upload_id: str | None = None
 
 
 class HashingReader(io.RawIOBase):
@@ -68,6 +100,17 @@ class HashingReader(io.RawIOBase):
     def hexdigest(self) -> str:
         """sha256 of everything read so far."""
         return self._hash.hexdigest()
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """Size and sha256 of a local file (streamed)."""
+    digest = hashlib.sha256()
+    size = 0
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(COPY_BUFFER):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 class Tier(ABC):
@@ -229,6 +272,14 @@ class Tier(ABC):
                 f"{self.uri(key)} hashes to {actual[:16]}..., expected {expected_sha256[:16]}...",
                 hint="the copy is corrupt; it was not recorded",
             )
+
+    def leftovers(self, now: datetime) -> list[Leftover]:
+        """Debris of interrupted writes old enough to clear (none on backends that leave none)."""
+        return []
+
+    def clear_leftover(self, leftover: Leftover) -> None:
+        """Clear one item of :meth:`leftovers` (abort the upload, delete the claim)."""
+        raise TierError(f"tier {self.name} ({self.uri()}) leaves no debris to clear: {leftover.uri}")
 
     def usage(self, prefix: str = "") -> int:
         """Bytes stored under ``prefix``."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.errors import IntegrityError, InvalidNameError, ObjectExistsError, ObjectNotFoundError, TierError
+from storage.errors import IntegrityError, InvalidNameError, KeyClaimedError, ObjectExistsError, ObjectNotFoundError, TierError
 from storage.promotion import promote_tree
 from storage.tiers.base import Tier
 
@@ -159,7 +159,7 @@ class TierConformance:
             try:
                 once.put_bytes("race.bin", data)
                 results.append(hashlib.sha256(data).hexdigest())
-            except ObjectExistsError:
+            except (ObjectExistsError, KeyClaimedError):  # the key exists, or its claim is held by the winner
                 results.append("refused")
 
         threads = [threading.Thread(target=writer, args=(seed,)) for seed in (10, 11, 12)]

@@ -11,33 +11,38 @@ Write-once (Tier 1) on S3 takes two guards, because Ceph 16.2's RGW honours
 * multipart uploads first *claim* the key by writing a small claim object under
   ``.tierflow-claims/`` with ``If-None-Match: *``; only the writer that created the claim
   uploads. A claim whose object never appeared (a crashed upload) goes stale after
-  ``claim_stale_seconds`` and may then be taken over.
+  ``claim_stale_seconds`` and may then be taken over (see :mod:`storage.tiers.s3_claims`).
 
 Both check ``HeadObject`` first, so the usual case fails fast with a clear message.
+
+Every request is bounded: connect and read timeouts and a bounded number of attempts (botocore's
+``standard`` or ``adaptive`` retry mode) for boto3, the same for zarr's object store (obstore).
+A failure the retries did not cure (a reset, a body cut short, a timeout) is a
+:class:`~storage.errors.TransferError`; whole-object reads (:meth:`S3Tier.get_bytes`,
+:meth:`S3Tier.sha256`) re-read a body cut short.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import socket
-import time
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
-from storage.tiers.base import COPY_BUFFER, ObjectInfo, Tier
+from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError, TransferError
+from storage.tiers.base import COPY_BUFFER, HashingReader, Leftover, ObjectInfo, Tier
 from storage.tiers.names import check_key
+from storage.tiers.s3_claims import CLAIMS, abort_stale_uploads, clear_leftover, find_leftovers, hold_claim, refused
 
 __all__ = ["S3Tier", "parse_s3_uri"]
 
-CLAIMS = ".tierflow-claims"
 MIB = 1024 * 1024
+RETRY_MODES = ("standard", "adaptive")
+_T = TypeVar("_T")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -66,6 +71,16 @@ def _status(exc: Exception) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def _transient(exc: BaseException) -> bool:
+    """A transport failure (reset, closed, cut-short body, timeout) or a 5xx answer."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, (HTTPClientError, BotoConnectionError, IncompleteReadError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, Exception) and _status(exc) >= 500
+
+
 class S3Tier(Tier):
     """A tier rooted at ``s3://bucket/prefix``.
 
@@ -92,7 +107,14 @@ class S3Tier(Tier):
     write_once
         Refuse to overwrite or delete existing keys.
     claim_stale_seconds
-        Age after which an unfulfilled multipart claim may be taken over.
+        Age after which an unfulfilled multipart claim may be taken over, and after which
+        unfinished multipart uploads count as abandoned (see :mod:`storage.tiers.s3_claims`).
+    connect_timeout, read_timeout
+        Seconds to wait for a connection, and for the next bytes of an answer (boto3 and obstore).
+    max_attempts
+        Attempts per request, the first included (bounded retries).
+    retry_mode
+        botocore's ``standard`` or ``adaptive`` (client-side rate limiting too) retry mode.
     """
 
     supports_conditional_put = True
@@ -113,6 +135,10 @@ class S3Tier(Tier):
         max_concurrency: int = 4,
         write_once: bool = False,
         claim_stale_seconds: float = 3600.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        max_attempts: int = 5,
+        retry_mode: str = "standard",
     ) -> None:
         super().__init__(name, write_once=write_once)
         self.bucket, self.prefix = parse_s3_uri(root)
@@ -124,7 +150,15 @@ class S3Tier(Tier):
         self.multipart_threshold = max(multipart_threshold, 5 * MIB)
         self.multipart_chunksize = multipart_chunksize
         self.max_concurrency = max(1, max_concurrency)
+        if retry_mode not in RETRY_MODES:
+            raise TierError(f"tier {name}: retry_mode {retry_mode!r} is not one of {RETRY_MODES}")
+        if min(connect_timeout, read_timeout) <= 0 or max_attempts < 1:
+            raise TierError(f"tier {name}: timeouts must be positive and max_attempts at least 1")
         self.claim_stale_seconds = claim_stale_seconds
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_attempts = max_attempts
+        self.retry_mode = retry_mode
         self._access_key_id = access_key_id
         self._secret_access_key = secret_access_key
         self._profile = profile
@@ -152,10 +186,10 @@ class S3Tier(Tier):
                     # RGW over HTTPS rejects aws-chunked trailing checksums (411 MissingContentLength)
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
-                    retries={"max_attempts": 5, "mode": "standard"},
+                    retries={"total_max_attempts": self.max_attempts, "mode": self.retry_mode},  # the first included
                     max_pool_connections=max(10, self.max_concurrency * 2),
-                    connect_timeout=10,
-                    read_timeout=120,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
                 ),
             )
         return self._client
@@ -192,6 +226,11 @@ class S3Tier(Tier):
             return TierError(
                 f"{action} {self.uri(key)}: access denied by {self.endpoint_url or 'S3'} ({code or status})",
                 hint="check the access key and secret of this tier (configs/tierflow.user.toml or the AWS_* variables)",
+            )
+        if _transient(exc):
+            return TransferError(
+                f"{action} {self.uri(key)} failed after {self.max_attempts} attempt(s): {code or type(exc).__name__} {exc}",
+                hint=f"the connection to {self.endpoint_url or 'S3'} failed or timed out; re-run (what is complete is kept)",
             )
         return TierError(f"{action} {self.uri(key)} failed: {code or type(exc).__name__} {exc}")
 
@@ -230,8 +269,10 @@ class S3Tier(Tier):
             # Metadata must be sent before the parts: hash a seekable source first.
             expected_sha256 = self._prehash(stream, first)
         if not self.write_once:
+            abort_stale_uploads(self, key)
             return self._put_multipart(key, object_key, first, stream, expected_sha256)
-        with self._claim(key):
+        with hold_claim(self, key):
+            abort_stale_uploads(self, key)
             return self._put_multipart(key, object_key, first, stream, expected_sha256)
 
     def _prehash(self, stream: IO[bytes], first: bytes) -> str:
@@ -255,7 +296,7 @@ class S3Tier(Tier):
         try:
             self.client.put_object(**arguments)
         except Exception as exc:  # noqa: BLE001 - botocore raises ClientError and transport errors
-            if _status(exc) in (409, 412) or _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if refused(exc):
                 raise ObjectExistsError(f"{self.uri(key)} exists and tier {self.name} is write-once") from None
             raise self._fail(exc, key, "writing") from None
         return ObjectInfo(key, len(data), datetime.now(UTC), digest)
@@ -305,58 +346,36 @@ class S3Tier(Tier):
                     f"bytes for {self.uri(key)} hash to {actual[:16]}..., expected {expected[:16]}...",
                     hint="the source changed while it was being copied; nothing was written",
                 )
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=object_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
-            )
+            self._complete(key, object_key, upload_id, parts, size, actual)
         except BaseException as exc:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
             except Exception:  # noqa: BLE001 - best effort; the original error matters
                 pass
-            if isinstance(exc, (IntegrityError, KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, (TierError, KeyboardInterrupt, SystemExit)):
                 raise
             if isinstance(exc, Exception):
                 raise self._fail(exc, key, "writing") from None
             raise
         return ObjectInfo(key, size, datetime.now(UTC), digest.hexdigest())
 
-    @contextmanager
-    def _claim(self, key: str) -> Iterator[None]:
-        """Hold the write-once claim on ``key`` for a multipart upload (see the module docstring)."""
-        claim_key = f"{CLAIMS}/{key}"
-        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
-        for attempt in range(2):
+    def _complete(self, key: str, object_key: str, upload_id: str, parts: dict[int, str], size: int, sha256: str) -> None:
+        """CompleteMultipartUpload; when its answer is lost and the client's retry is refused (the
+        upload is gone), the object is accepted if it is there with this upload's size and sha256."""
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
+            )
+        except Exception:
             try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=self._object_key(claim_key), Body=body, IfNoneMatch="*"
-                )
-                break
-            except Exception as exc:  # noqa: BLE001
-                if not (_status(exc) in (409, 412) or _error_code(exc) == "PreconditionFailed"):
-                    raise self._fail(exc, key, "claiming") from None
-                if self.exists(key) or attempt == 1 or not self._claim_is_stale(claim_key):
-                    raise ObjectExistsError(
-                        f"{self.uri(key)} exists or is being written by another tierflow process, "
-                        f"and tier {self.name} is write-once"
-                    ) from None
-                self.client.delete_object(Bucket=self.bucket, Key=self._object_key(claim_key))
-        try:
-            yield
-        except BaseException:
-            if not self.exists(key):  # nothing was written: release the key for a later attempt
-                self.client.delete_object(Bucket=self.bucket, Key=self._object_key(claim_key))
-            raise
-
-    def _claim_is_stale(self, claim_key: str) -> bool:
-        try:
-            info = self.client.head_object(Bucket=self.bucket, Key=self._object_key(claim_key))
-        except Exception:  # noqa: BLE001 - vanished meanwhile: treat as stale, the retry decides
-            return True
-        age = (datetime.now(UTC) - info["LastModified"]).total_seconds()
-        return age > self.claim_stale_seconds
+                stored = self.stat(key)
+            except TierError:
+                stored = None
+            if stored is None or stored.size != size or stored.sha256 != sha256:
+                raise
 
     def delete(self, key: str) -> None:
         if self.write_once and self.exists(key):
@@ -388,7 +407,31 @@ class S3Tier(Tier):
             body = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"]
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, key, "reading") from None
-        return _closing(body)
+        return _closing(_GuardedBody(body, lambda exc: self._fail(exc, key, "reading")))
+
+    def _reread(self, key: str, consume: Callable[[IO[bytes]], _T]) -> _T:
+        """``consume`` the whole object, reading it again (up to ``max_attempts`` times) when its
+        body is cut short."""
+        for attempt in range(1, self.max_attempts + 1):
+            with self.open_read(key) as handle:  # a failed request was retried by the client already
+                try:
+                    return consume(handle)
+                except TransferError:
+                    if attempt == self.max_attempts:
+                        raise
+        raise AssertionError("unreachable")
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._reread(key, lambda handle: handle.read())
+
+    def sha256(self, key: str) -> str:
+        def digest(handle: IO[bytes]) -> str:
+            reader = HashingReader(handle)
+            while reader.read(COPY_BUFFER):
+                pass
+            return reader.hexdigest()
+
+        return self._reread(key, digest)
 
     def stat(self, key: str) -> ObjectInfo:
         try:
@@ -423,6 +466,15 @@ class S3Tier(Tier):
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, stripped or "", "listing") from None
 
+    # -- debris of interrupted writes ------------------------------------------------------
+
+    def leftovers(self, now: datetime) -> list[Leftover]:
+        """Unfinished multipart uploads and claims older than ``claim_stale_seconds``."""
+        return find_leftovers(self, now)
+
+    def clear_leftover(self, leftover: Leftover) -> None:
+        clear_leftover(self, leftover)
+
     # -- arrays -----------------------------------------------------------------------------
 
     def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
@@ -431,7 +483,12 @@ class S3Tier(Tier):
 
         key = check_key(prefix.strip("/"))
         access_key, secret_key = self.credentials()
-        client_options: dict[str, Any] = {"allow_http": True}
+        client_options: dict[str, Any] = {
+            "allow_http": True,
+            "connect_timeout": timedelta(seconds=self.connect_timeout),
+            "read_timeout": timedelta(seconds=self.read_timeout),
+            "timeout": timedelta(seconds=self.read_timeout),
+        }
         if self.tls_verify is False:
             client_options["allow_invalid_certificates"] = True
         elif isinstance(self.tls_verify, str):
@@ -442,10 +499,35 @@ class S3Tier(Tier):
             config["endpoint"] = self.endpoint_url
         if access_key and secret_key:
             config.update(access_key_id=access_key, secret_access_key=secret_key)
-        store = S3Store(self.bucket, prefix=self._object_key(key), client_options=client_options, **config)
+        retry_config = {"max_retries": self.max_attempts - 1, "retry_timeout": timedelta(seconds=self.max_attempts * self.read_timeout)}
+        store = S3Store(self.bucket, prefix=self._object_key(key), client_options=client_options, retry_config=retry_config, **config)
         return ObjectStore(store, read_only=read_only or self.write_once)
 
 
+class _GuardedBody(io.RawIOBase):
+    """A response body whose transport failures (reset, cut short, timeout) become tierflow errors."""
+
+    def __init__(self, body: Any, fail: Callable[[Exception], TierError]) -> None:
+        self._body = body
+        self._fail = fail
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except Exception as exc:  # noqa: BLE001 - urllib3/botocore stream errors
+            raise self._fail(exc) from None
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
 
 
 @contextmanager
