@@ -155,6 +155,16 @@ def test_the_command_line_refuses_tier_1_and_input_outputs_before_any_work(proje
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert culprit in done.stderr and "Traceback" not in done.stdout + done.stderr, done.stderr
         assert "hint:" in done.stderr
+    # a tier root pointed into Tier 1 (scratch or output = a snapshot or promoted folder) is
+    # refused when the configuration loads, whatever the command
+    for key, where in (("SCRATCH", places["snapshot folder"]), ("OUTPUT", places["promoted array"]),
+                       ("EPHEMERAL", places["root"]), ("SCRATCH", places["the folder that holds Tier 1"])):
+        env = {f"TIERFLOW_TIERS__{key}__ROOT": where}
+        for args in (["op", "gaussian", "-i", source, "-o", str(tmp_path / "elsewhere.zarr"), "-p", "sigma=1"],
+                     ["run", "pipeline", "--dataset", "embryo", "--raw", str(tmp_path)], ["retention"]):
+            done = run_cli(*args, cwd=project, env=env, check=False)
+            assert done.returncode != 0 and "overlap" in done.stderr and "Traceback" not in done.stderr, (args, env, done.stderr)
+            assert f"tiers.{key.lower()}" in done.stderr
     assert tree() == before
     assert _posix_tree(Path(source)) == digest  # the input is untouched
 
