@@ -15,6 +15,7 @@ from pathlib import Path
 
 from storage.errors import IntegrityError, ObjectNotFoundError, TierflowError
 from storage.tiers.base import ObjectInfo, Tier
+from storage.tiers.download import download_verified
 
 __all__ = ["local_copy"]
 
@@ -24,6 +25,11 @@ def _copy_object(tier: Tier, key: str, path: Path) -> None:
     info = tier.stat(key)
     mtime_ns = round(info.mtime.timestamp() * 1e6) * 1000 if info.mtime is not None else None
     if path.is_file() and mtime_ns is not None and (path.stat().st_size, path.stat().st_mtime_ns) == (info.size, mtime_ns):
+        return
+    if info.sha256 is not None:  # recorded with the object: a verified, retried download
+        download_verified(tier, key, path, size=info.size, sha256=info.sha256)
+        if mtime_ns is not None:
+            os.utime(path, ns=(mtime_ns, mtime_ns))
         return
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
