@@ -59,7 +59,7 @@ def small_raw(tmp_path):
     from tasks.synthetic import SyntheticSpec, write_synthetic_raw
 
     raw = tmp_path / "raw"
-    write_synthetic_raw(raw, SyntheticSpec(samples=1, time_points=3, shape=(16, 96, 96), cells=4, divisions=1, touching_pairs=0,
+    write_synthetic_raw(raw, SyntheticSpec(samples=1, time_points=2, shape=(16, 96, 96), cells=4, divisions=1, touching_pairs=0,
                                            radius=(3.0, 7.0, 7.0)))
     return raw
 
@@ -69,7 +69,7 @@ def test_pipeline_with_tiers_on_s3_promotes_verified_copies_and_reclaims_scratch
     bucket = endpoint.new_bucket()
     (project / "configs" / "tierflow.user.toml").write_text(
         "".join(_s3_tier_toml(name, endpoint, bucket, f"lab/{name}") for name in on_s3)
-        + '[pipeline]\nblock_shape = [8, 64, 64]\npyramid_levels = 2\n')
+        + '[pipeline]\nblock_shape = [8, 96, 96]\npyramid_levels = 2\n')
     env = {"PREFECT_API_URL": prefect_api}
     result = json.loads(run_cli("run", "pipeline", "--dataset", "embryo", "--raw", str(small_raw), "--param", f"sigma={SIGMA}",
                                 "--json", cwd=project, env=env).stdout)
@@ -87,7 +87,7 @@ def test_pipeline_with_tiers_on_s3_promotes_verified_copies_and_reclaims_scratch
                                   {"r": result["run_id"]}).all()
     db.dispose()
     # every promoted artifact, re-read from the bucket, hashes to the digest recorded at promotion
-    assert len(promoted) == len(result["promoted"]) >= 3 + 4 + 2
+    assert len(promoted) == len(result["promoted"]) == 2 + 4 + 2  # 2 pyramids, 4 tables, 2 reports
     for uri, sha256, size in promoted:
         assert uri.startswith(f"s3://{bucket}/lab/source/promoted/embryo/{result['snapshot_id']}/"), uri
         assert _read_back_digest(client, bucket, uri[len(f"s3://{bucket}/"):]) == (sha256, size), uri
