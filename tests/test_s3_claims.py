@@ -69,12 +69,12 @@ def _parts(endpoint, bucket: str) -> int:
                for u in _uploads(endpoint, bucket))
 
 
-def _killed_upload(endpoint, bucket: str, data_file) -> int:
-    """Start a write-once multipart upload of ``data_file`` in a child process and SIGKILL it once
-    a part is stored; returns the child's pid."""
+def _killed_upload(endpoint, bucket: str, data_file, key: str = KEY) -> int:
+    """Start a write-once multipart upload of ``data_file`` to ``key`` in a child process and
+    SIGKILL it once a part is stored; returns the child's pid."""
     with FaultProxy(endpoint.endpoint_url.removeprefix("http://"), rate=1.0, modes=("latency",), seed=3) as proxy:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ROOT": f"s3://{bucket}/lab", "URL": proxy.url,
-               "AK": endpoint.access_key, "SK": endpoint.secret_key, "KEY": KEY}
+               "AK": endpoint.access_key, "SK": endpoint.secret_key, "KEY": key}
         child = subprocess.Popen([sys.executable, "-c", WRITER, str(data_file)], env=env, stderr=subprocess.PIPE)
         try:
             _wait_for(lambda: _parts(endpoint, bucket) >= 1 or child.poll() is not None, "a first part")
@@ -172,3 +172,41 @@ def test_retention_lists_and_clears_debris_of_an_s3_tier_1(project, seaweedfs_ht
     assert _uploads(seaweedfs_http, bucket) == []
     again = json.loads(run_cli("retention", "--dry-run", "--json", cwd=project, env=env).stdout)
     assert [item for item in again["plan"] if item["tier"] == "source"] == []
+
+
+def test_ingest_after_a_killed_upload_names_the_claim_then_completes(project, raw_folder, seaweedfs_http, prefect_api):
+    """The user's path of issue 11: the snapshot upload was killed; the re-run names the claim
+    (not "no object"); with a short claim_stale_seconds the next re-run completes."""
+    import numpy as np
+    import tifffile
+
+    from storage.snapshots import build_manifest
+
+    (raw_folder / "s3").mkdir()
+    big = raw_folder / "s3" / "emb_c0_t000.tif"
+    tifffile.imwrite(big, np.random.default_rng(5).integers(0, 4000, (10, 1024, 800), dtype=np.uint16), photometric="minisblack")
+    snapshot_id = build_manifest(raw_folder, "embryo").snapshot_id
+    key = f"snapshots/embryo/{snapshot_id}/s3/emb_c0_t000.tif"
+    bucket = seaweedfs_http.new_bucket()
+    settings = (f'[tiers.source]\nbackend = "s3"\nroot = "s3://{bucket}/lab"\nendpoint_url = "{seaweedfs_http.endpoint_url}"\n'
+                f'access_key_id = "{seaweedfs_http.access_key}"\nsecret_access_key = "{seaweedfs_http.secret_key}"\n'
+                "verify = false\nmultipart_threshold_mb = 5\nmultipart_chunk_mb = 5\n")
+    (project / "configs" / "tierflow.user.toml").write_text(settings)
+    pid = _killed_upload(seaweedfs_http, bucket, big, key)
+    env = {"PREFECT_API_URL": prefect_api}
+
+    rerun = run_cli("ingest", str(raw_folder), "--dataset", "embryo", cwd=project, env=env, check=False)
+    assert rerun.returncode != 0 and "Traceback" not in rerun.stderr
+    shown = rerun.stdout + rerun.stderr
+    assert f"s3://{bucket}/lab/.tierflow-claims/{key}" in shown and f"pid {pid}" in shown and "goes stale at" in shown
+    assert "claim_stale_seconds" in shown and "no object" not in shown
+
+    (project / "configs" / "tierflow.user.toml").write_text(settings + "claim_stale_seconds = 1\n")
+    client = seaweedfs_http.boto3_client()
+    _wait_for(lambda: (datetime.now(UTC) - client.head_object(Bucket=bucket, Key=f"lab/.tierflow-claims/{key}")["LastModified"])
+              .total_seconds() > 1, "a stale claim")
+    done = json.loads(run_cli("ingest", str(raw_folder), "--dataset", "embryo", "--json", cwd=project, env=env).stdout)
+    assert done["snapshot_id"] == snapshot_id
+    stored = client.get_object(Bucket=bucket, Key=f"lab/{key}")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert _uploads(seaweedfs_http, bucket) == []  # the killed upload was aborted by the re-run

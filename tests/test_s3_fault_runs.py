@@ -28,8 +28,11 @@ from storage.db.models import Artifact
 from storage.db.repo import add_artifact, get_snapshot, start_run
 from storage.promotion import tree_digest
 
-SEEDS = [int(seed) for seed in os.environ.get("S3_FAULT_SEEDS", "1,2,3").split(",")]
-RATE = float(os.environ.get("S3_FAULT_RATE", "0.1"))
+#: (seed, share of requests faulted): ~10 % as in the field, and 30 % runs that, before issue 11
+#: was fixed, wedged ingest ("no object ...", seed 13) and broke promotion (IncompleteReadError).
+#: ``S3_FAULT_RUNS="1:0.1,2:0.1"`` chooses others.
+RUNS = [(int(seed), float(rate)) for seed, rate in
+        (item.split(":") for item in os.environ.get("S3_FAULT_RUNS", "1:0.1,2:0.1,3:0.1,13:0.3,14:0.3").split(","))]
 MAX_RERUNS = 2
 TALLY: dict[str, list[int]] = {}
 
@@ -42,6 +45,7 @@ def _run_until_done(command: list[str], project, env, name: str) -> tuple[dict, 
             return json.loads(done.stdout), attempt
         assert "Traceback" not in done.stderr, f"{name} did not fail cleanly:\n{done.stderr[-3000:]}"
         assert done.stderr.strip(), f"{name} failed without a message"
+        assert "no object" not in done.stderr and "IncompleteRead" not in done.stderr, done.stderr  # issue 11's messages
         print(f"\n{name} attempt {attempt + 1} failed cleanly: {done.stderr.strip().splitlines()[0][:300]}")
     raise AssertionError(f"{name} did not complete in {MAX_RERUNS + 1} runs:\n{done.stderr[-3000:]}")
 
@@ -128,11 +132,11 @@ def _check_promoted(project, client, bucket: str, objects: dict[str, bytes]) -> 
     return len(promoted)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_ingest_and_promote_through_a_faulty_network(seed, project, big_raw, seaweedfs_http, prefect_api):
+@pytest.mark.parametrize(("seed", "rate"), RUNS)
+def test_ingest_and_promote_through_a_faulty_network(seed, rate, project, big_raw, seaweedfs_http, prefect_api):
     bucket = seaweedfs_http.new_bucket()
     client = seaweedfs_http.boto3_client()
-    with FaultProxy(seaweedfs_http.endpoint_url.removeprefix("http://"), rate=RATE, seed=seed) as proxy:
+    with FaultProxy(seaweedfs_http.endpoint_url.removeprefix("http://"), rate=rate, seed=seed) as proxy:
         (project / "configs" / "tierflow.user.toml").write_text(
             f'[tiers.source]\nbackend = "s3"\nroot = "s3://{bucket}/lab"\nendpoint_url = "{proxy.url}"\n'
             f'access_key_id = "{seaweedfs_http.access_key}"\nsecret_access_key = "{seaweedfs_http.secret_key}"\nverify = false\n'
@@ -146,7 +150,7 @@ def test_ingest_and_promote_through_a_faulty_network(seed, project, big_raw, sea
     _check_snapshot(client, bucket, ingested["snapshot_id"], objects)
     promoted_objects = _check_promoted(project, client, bucket, objects)
     TALLY[f"seed {seed}"] = [ingest_reruns, promote_reruns]
-    print(f"\nS3 fault run seed {seed}: {proxy.counts['requests']} requests, {proxy.faults} faults {dict(proxy.counts)}; "
+    print(f"\nS3 fault run seed {seed} at {rate:.0%}: {proxy.counts['requests']} requests, {proxy.faults} faults {dict(proxy.counts)}; "
           f"ingest re-runs {ingest_reruns}, promote re-runs {promote_reruns}; {len(objects)} objects verified "
           f"({promoted_objects} promoted)")
     tried = 2 * len(TALLY)

@@ -213,7 +213,7 @@ class S3Tier(Tier):
     def _relative(self, object_key: str) -> str:
         return object_key[len(self.prefix) + 1 :] if self.prefix else object_key
 
-    def _fail(self, exc: Exception, key: str, action: str) -> TierError:
+    def _fail(self, exc: Exception, key: str, action: str, *, retried: bool = True) -> TierError:
         code, status = _error_code(exc), _status(exc)
         if code == "NoSuchBucket":
             return TierError(
@@ -229,7 +229,9 @@ class S3Tier(Tier):
             )
         if _transient(exc):
             return TransferError(
-                f"{action} {self.uri(key)} failed after {self.max_attempts} attempt(s): {code or type(exc).__name__} {exc}",
+                f"{action} {self.uri(key)} "
+                + (f"failed after {self.max_attempts} attempt(s)" if retried else "was cut short")
+                + f": {code or type(exc).__name__} {exc}",
                 hint=f"the connection to {self.endpoint_url or 'S3'} failed or timed out; re-run (what is complete is kept)",
             )
         return TierError(f"{action} {self.uri(key)} failed: {code or type(exc).__name__} {exc}")
@@ -407,7 +409,7 @@ class S3Tier(Tier):
             body = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"]
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, key, "reading") from None
-        return _closing(_GuardedBody(body, lambda exc: self._fail(exc, key, "reading")))
+        return _closing(_GuardedBody(body, lambda exc: self._fail(exc, key, "reading", retried=False)))
 
     def _reread(self, key: str, consume: Callable[[IO[bytes]], _T]) -> _T:
         """``consume`` the whole object, reading it again (up to ``max_attempts`` times) when its
