@@ -93,9 +93,9 @@ def check_output_placement(config: TierflowConfig, output: str, inputs: Mapping[
     for place in written:
         if source_root.overlaps(place):
             where = "inside" if source_root.contains(place) else "around"
+            shown = output if str(place) == output.rstrip("/") else f"{output} ({place})"
             raise OutputPlacementError(
-                f"output {output} ({place}) lies {where} Tier 1 ({source_root}), which is write-once: "
-                "an op never writes there",
+                f"output {shown} lies {where} Tier 1 ({source_root}), which is write-once: an op never writes there",
                 hint="write the op's output to scratch or another folder; to publish a result, `tierflow promote` it",
             )
     for name, where in inputs.items():
