@@ -263,7 +263,7 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
     """
     path = os.fspath(source)
     if not os.path.exists(path):
-        raise TierflowError(f"input {path} does not exist")
+        raise TierflowError(f"input {path} does not exist", hint="check the path (relative paths start at the current folder)")
     for name, matches, opener in _LOADERS:
         if (loader is None and matches(path)) or loader == name:
             return opener(path)
