@@ -157,12 +157,12 @@ class TiffSlicesVolume:
             raise TierflowError(f"{self.folder}: no .tif slices in this folder")
         first = check_tiff(self.files[0])
         self.dtype, plane = first.dtype, first.shape[-2:]
-        for file in self.files[1:]:
-            header = check_tiff(file)
+        for file in self.files:
+            header = check_tiff(file) if file != self.files[0] else first
             if header.shape[-2:] != plane or header.dtype != self.dtype or math.prod(header.shape) != math.prod(plane):
                 raise InvalidInputError(
-                    f"{file}: slice of shape {header.shape} {header.dtype}, while {self.files[0].name} (the first slice of "
-                    f"{self.folder}) is {plane} {self.dtype}; every slice must be one 2-D plane of the same shape",
+                    f"{file}: slice of shape {header.shape} {header.dtype}; every slice of {self.folder} must be one 2-D plane "
+                    f"of the first's shape and dtype ({plane} {self.dtype}, from {self.files[0].name})",
                     hint="crop or pad the slices to one shape, or move the odd file out of the folder")
         self.shape = (len(self.files), *plane)
         self.chunks = (1, *plane)
@@ -263,7 +263,7 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
     """
     path = os.fspath(source)
     if not os.path.exists(path):
-        raise TierflowError(f"input {path} does not exist")
+        raise TierflowError(f"input {path} does not exist", hint="check the path (relative paths start at the current folder)")
     for name, matches, opener in _LOADERS:
         if (loader is None and matches(path)) or loader == name:
             return opener(path)

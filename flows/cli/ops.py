@@ -68,12 +68,13 @@ def _check_op(name: str, params: dict[str, str]) -> None:
 def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:
     """Run ``run()`` while a bar counts the blocks the ledger records for ``output_uri``."""
     from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from configs import load_db_config
     from flows.database import open_database
     from storage.db.models import BlockRecord
 
-    db = open_database(load_db_config(config_path))
+    db = open_database(load_db_config(config_path), migrate=True)  # a fresh database has no ledger table yet
     since = datetime.now(UTC)
     stop = threading.Event()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -82,12 +83,15 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 
         def poll() -> None:
             while not stop.wait(0.5):
-                with db.session() as session:
-                    done = session.scalar(
-                        select(func.count()).select_from(BlockRecord).where(
-                            BlockRecord.array_uri.startswith(output_uri), BlockRecord.status == "done", BlockRecord.created_at >= since
+                try:
+                    with db.session() as session:
+                        done = session.scalar(
+                            select(func.count()).select_from(BlockRecord).where(
+                                BlockRecord.array_uri.startswith(output_uri), BlockRecord.status == "done", BlockRecord.created_at >= since
+                            )
                         )
-                    )
+                except SQLAlchemyError:
+                    continue  # the bar only shows progress: a failed poll waits for the next one
                 progress.update(bar, completed=min(total, int(done or 0)))
 
         watcher = threading.Thread(target=poll, daemon=True)
