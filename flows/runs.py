@@ -91,7 +91,8 @@ def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, pa
         try:
             yield record
         except BaseException as exc:
-            _finish(db, record, *_end_of(exc))
+            status, message = _end_of(exc)
+            _finish(db, record, status, message=message)
             raise
         _finish(db, record, "completed", result=_json_safe(record.result) if record.result is not None else None)
 
