@@ -89,12 +89,12 @@ def kill_at(process, rng: random.Random, reference_seconds: float, recorded: Cal
     start-up), a random delay after its run is recorded, or once a random number of ledger rows
     exist. Returns how the moment was chosen."""
     draw = rng.random()
-    if draw < 0.2:
+    if draw < 0.15:
         delay = rng.uniform(0.0, reference_seconds)
         how = f"{delay:.2f} s after its start"
     elif draw < 0.6:
         wait_for(lambda: recorded() or process.poll() is not None, 240, "the run to be recorded")
-        delay = rng.uniform(0.0, 0.6 * reference_seconds)
+        delay = rng.uniform(0.0, 0.25 * reference_seconds)  # the reference includes ~5 s of start-up
         how = f"{delay:.2f} s after its run was recorded"
     else:
         wanted = rng.randint(1, blocks - 1)
