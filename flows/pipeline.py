@@ -50,6 +50,7 @@ from flows.run_log import tee_run_log
 from flows.runs import recorded_run, run_to_resume
 from flows.tiers import open_tiers
 from flows.track import track
+from storage.arrays import array_sidecars
 from storage.db.database import Database
 from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
 from storage.db.repo import add_artifact
@@ -138,7 +139,9 @@ def _register(db: Database, run_id: int, *, kind: str, name: str, tier_name: str
     """Record an artifact of this run (or take over the row of an earlier, unfinished run of the
     same work); returns its id."""
     uri = tier.uri(key)
-    size = tier.usage(key) if key.endswith(".zarr") else tier.stat(key).size  # a zarr is a tree of objects
+    # a zarr is a tree of objects, counted with what is kept beside it (label's merge state),
+    # as retention counts and reclaims it
+    size = sum(tier.usage(part) for part in (key, *array_sidecars(key))) if key.endswith(".zarr") else tier.stat(key).size
     with db.session() as session:
         row = session.scalars(select(Artifact).where(Artifact.uri == uri)).one_or_none()
         if row is not None:

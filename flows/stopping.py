@@ -12,8 +12,8 @@ On the first SIGTERM or SIGINT, :func:`stop_on_signals`
   Unwinding can wait on a block batch that is still computing: Prefect's thread pool joins its
   workers when the flow's task runner closes, and Python joins non-daemon threads at exit.
 
-A second signal ends the process at once. Blocks a stopped run had finished stay in the
-ledger, so ``tierflow resume RUN`` computes only the others.
+A second signal ends the process at once. The blocks of every batch that finished stay in the
+ledger, so ``tierflow resume RUN`` computes only the others (the batch cut short included).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from types import FrameType
 
 from flows.runs import cancel_live_runs
 
-__all__ = ["StopRequested", "stop_on_signals", "stop_signal"]
+__all__ = ["StopRequested", "stop_message", "stop_on_signals", "stop_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _RECEIVED: list[int] = []
