@@ -58,7 +58,9 @@ class _TiedSubprocess:
     @staticmethod
     def Popen(args: list[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802 - subprocess's name
         if list(args[1:3]) == ["-m", "uvicorn"]:
-            args = [args[0], "-m", WATCHDOG_MODULE, str(os.getpid()), *args[3:]]
+            # -P: the working directory is not put on sys.path, so a user's own configs/ or flows/
+            # folder there cannot shadow tierflow's modules in the server process
+            args = [args[0], "-P", "-m", WATCHDOG_MODULE, str(os.getpid()), *args[3:]]
         return subprocess.Popen(args, *rest, **kwargs)
 
 

@@ -30,7 +30,11 @@ from flows.runs import cancel_live_runs
 __all__ = ["StopRequested", "stop_message", "stop_on_signals", "stop_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RESEND_WINDOW = 1.0
+"""Seconds after the first signal in which another is taken for Prefect's own re-send: a flow
+run's SIGTERM handler restores the handler it replaced and ``os.kill``s the process again."""
 _RECEIVED: list[int] = []
+_FIRST_AT: list[float] = []
 
 
 class StopRequested(KeyboardInterrupt):
@@ -71,12 +75,16 @@ def _cancel_runs(signum: int) -> None:
         pass
 
 
-def _exit_after(signum: int, grace: float) -> None:
-    time.sleep(grace)
-    _stop_ephemeral_server()
+def _say_stopped(signum: int) -> None:
     sys.stderr.write(f"error: stopped by {signal.Signals(signum).name}; blocks already done are kept "
                      "(`tierflow runs list` shows the run; `tierflow resume RUN` finishes it)\n")
     sys.stderr.flush()
+
+
+def _exit_after(signum: int, grace: float) -> None:
+    time.sleep(grace)
+    _stop_ephemeral_server()
+    _say_stopped(signum)
     os._exit(128 + signum)
 
 
@@ -87,8 +95,12 @@ def _watch(read_fd: int, grace: float) -> None:
             if signum not in STOP_SIGNALS:
                 continue
             if _RECEIVED:
+                if time.monotonic() - _FIRST_AT[0] < RESEND_WINDOW:
+                    continue  # Prefect re-sends the signal to the handler it replaced: the same stop
+                _say_stopped(signum)
                 os._exit(128 + signum)  # a second signal: stop now
             _RECEIVED.append(signum)
+            _FIRST_AT.append(time.monotonic())
             # two threads: marking the runs may wait on the database, the exit must not
             threading.Thread(target=_exit_after, args=(signum, grace), name="tierflow-stop-timer", daemon=True).start()
             threading.Thread(target=_cancel_runs, args=(signum,), name="tierflow-stop-runs", daemon=True).start()
