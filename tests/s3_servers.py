@@ -627,6 +627,10 @@ class SeaweedServer:
             *self.ports.flags(),
             "-webdav=false",
             "-master.telemetry=false",
+            # every bucket is a collection with volumes of its own: small volumes, and many of
+            # them, or a session's ~80th bucket finds "no free volumes left" (InternalError)
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=2000",
             "-s3.allowDeleteBucketNotEmpty=false",
             f"-s3.config={identities}",
             f"-s3.cert.file={self.tls.cert}",

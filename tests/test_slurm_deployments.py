@@ -265,7 +265,11 @@ def test_cancelling_a_running_or_a_queued_run_removes_its_job(checkout, worker):
         while in_squeue(job_id):
             assert time.monotonic() < deadline, f"job {job_id} is still in squeue after its run was cancelled"
             time.sleep(1)
-        assert scontrol(job_id)["JobState"] == "CANCELLED"
+        # the queued job can only go by scancel; the running one is ended either by scancel or,
+        # when Prefect's runner inside the job sees the cancellation first, by the flow process
+        # stopping itself (the job then ends COMPLETED, exit 0): either way nothing keeps running
+        allowed = {"CANCELLED"} if job_id == queued_job else {"CANCELLED", "COMPLETED"}
+        assert scontrol(job_id)["JobState"] in allowed, (job_id, scontrol(job_id))
 
 
 def test_a_restarted_worker_finds_its_jobs_and_reports_how_they_ended(checkout, worker):
