@@ -5,9 +5,9 @@ typed loader that reads them.
 >>> load_config().tier_root("source")                  # doctest: +SKIP
 """
 
-from configs.layers import deep_merge, find_config_dir
-from configs.notebook import load_notebook_config
-from configs.settings import DatabaseConfig, TierflowConfig, load_config, load_db_config
+from tierflow.configs.layers import deep_merge, find_config_dir
+from tierflow.configs.notebook import load_notebook_config
+from tierflow.configs.settings import DatabaseConfig, TierflowConfig, load_config, load_db_config
 
 __all__ = [
     "DatabaseConfig",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.errors import ConfigError
+from tierflow.storage.errors import ConfigError
 
 __all__ = ["ConfigLayers", "ConfigLocation", "PACKAGED_DIR", "deep_merge", "find_config_dir", "read_layers"]
 

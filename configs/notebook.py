@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from configs.layers import _read_toml, deep_merge
-from storage.errors import ConfigError
+from tierflow.configs.layers import _read_toml, deep_merge
+from tierflow.storage.errors import ConfigError
 
 __all__ = ["load_notebook_config"]
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from configs.layers import ConfigLayers, ConfigLocation, find_config_dir, read_layers
-from storage.errors import ConfigError
+from tierflow.configs.layers import ConfigLayers, ConfigLocation, find_config_dir, read_layers
+from tierflow.storage.errors import ConfigError
 
 __all__ = [
     "ConfigMeta",

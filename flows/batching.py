@@ -105,7 +105,7 @@ def collect_batches(futures: Sequence[Any], progress: Any = None, *, lost: bool 
     ids instead of a result; ``progress(n)``, if given, hears of the blocks each one finished.
     With ``lost``, a batch that raises anything else is returned in ``outcome.lost`` instead of
     raising (the caller decides whether to submit it again)."""
-    from tasks.blockwise import BatchFailed
+    from tierflow.tasks.blockwise import BatchFailed
 
     outcome = BatchOutcome()
     for future in futures:

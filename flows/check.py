@@ -28,9 +28,9 @@ def cluster_check(seconds: float = 0.0, database: bool = True) -> dict[str, Any]
         "python": sys.executable, "python_version": platform.python_version(), "cwd": os.getcwd(),
     }
     if database:
-        from configs import load_config, load_db_config
-        from flows.database import open_database
-        from flows.runs import recorded_run
+        from tierflow.configs import load_config, load_db_config
+        from tierflow.flows.database import open_database
+        from tierflow.flows.runs import recorded_run
 
         db = open_database(load_db_config(), migrate=True)
         with recorded_run(db, "cluster-check", {"seconds": seconds, **report}) as run_id:

@@ -10,10 +10,10 @@ import os
 
 from sqlalchemy.engine import URL
 
-from configs import DatabaseConfig, load_db_config
-from storage.db.database import Database, normalise_url
-from storage.db.embedded import EmbeddedPostgres
-from storage.db.migrate import current_revision, head_revision, require_current, upgrade
+from tierflow.configs import DatabaseConfig, load_db_config
+from tierflow.storage.db.database import Database, normalise_url
+from tierflow.storage.db.embedded import EmbeddedPostgres
+from tierflow.storage.db.migrate import current_revision, head_revision, require_current, upgrade
 
 __all__ = ["embedded_server", "open_database"]
 

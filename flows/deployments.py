@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs import TierflowConfig
-from storage.errors import TierflowError
+from tierflow.configs import TierflowConfig
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["LOCAL_POOL", "SLURM_POOL", "PoolReport", "apply_deployments", "ensure_pools", "project_home"]
 
@@ -76,7 +76,7 @@ def ensure_pools(config: TierflowConfig) -> list[PoolReport]:
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from flows.slurm.worker import WORKER_TYPE
+    from tierflow.flows.slurm.worker import WORKER_TYPE
 
     home = project_home(config)
     reports = []

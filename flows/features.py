@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flows.batching import OpContext
-from storage.db.repo import add_object_features
-from storage.errors import TierflowError
-from storage.geometry import BlockGrid
-from tasks.blockwise import SourceRef, plan_batches
-from tasks.feature_blocks import FeatureJob, feature_partials
-from tasks.ops.features import features_table, merge_partials
+from tierflow.flows.batching import OpContext
+from tierflow.storage.db.repo import add_object_features
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.geometry import BlockGrid
+from tierflow.tasks.blockwise import SourceRef, plan_batches
+from tierflow.tasks.feature_blocks import FeatureJob, feature_partials
+from tierflow.tasks.ops.features import features_table, merge_partials
 
 __all__ = ["FEATURES_VERSION", "feature_rows", "run_features"]
 

@@ -17,16 +17,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 
-from configs import load_config, load_db_config
-from flows.batching import split_batches
-from flows.database import open_database
-from flows.runs import recorded_run
-from flows.tiers import open_tiers
-from storage.db.repo import record_snapshot
-from storage.raw_layout import check_raw_folder
-from storage.snapshots import Manifest, commit_manifest, list_raw_files, read_manifest
-from storage.tiers import check_name
-from tasks.ingest import hash_raw_files, upload_snapshot_files
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.batching import split_batches
+from tierflow.flows.database import open_database
+from tierflow.flows.runs import recorded_run
+from tierflow.flows.tiers import open_tiers
+from tierflow.storage.db.repo import record_snapshot
+from tierflow.storage.raw_layout import check_raw_folder
+from tierflow.storage.snapshots import Manifest, commit_manifest, list_raw_files, read_manifest
+from tierflow.storage.tiers import check_name
+from tierflow.tasks.ingest import hash_raw_files, upload_snapshot_files
 
 __all__ = ["ingest"]
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
-from storage.arrays import create_output_array
-from storage.db.repo.ledger import done_blocks, mark_blocks_stale
-from storage.errors import TierflowError
-from storage.geometry import BlockGrid
-from flows.batching import OpContext, run_batches
-from flows.outputs import claim_output
-from tasks.blockwise import plan_batches
-from tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
-from tasks.ops.label import CONNECTIVITIES
+from tierflow.storage.arrays import create_output_array
+from tierflow.storage.db.repo.ledger import done_blocks, mark_blocks_stale
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.geometry import BlockGrid
+from tierflow.flows.batching import OpContext, run_batches
+from tierflow.flows.outputs import claim_output
+from tierflow.tasks.blockwise import plan_batches
+from tierflow.tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
+from tierflow.tasks.ops.label import CONNECTIVITIES
 
 __all__ = ["LABEL_VERSION", "run_label"]
 
@@ -29,7 +29,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from flows.op import BlockFailuresError
+    from tierflow.flows.op import BlockFailuresError
 
     ndim = len(shape)
     unknown = sorted(set(params) - {"connectivity"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["MemoryGuard", "MemoryLimitError"]
 

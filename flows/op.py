@@ -20,29 +20,29 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
-from configs import TierflowConfig, load_config, load_db_config
-from flows.batching import OpContext, run_batches
-from flows.database import open_database
-from flows.outputs import claim_output, output_lease, stamped_op_key
-from flows.placement import check_output_placement, op_reads
-from flows.runners import block_task_runner
-from flows.slurm.scheduler import SlurmScheduler
-from flows.runs import recorded_run, run_to_resume
-from flows.tiers import s3_tier_of
-from storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
-from storage.db.database import Database
-from storage.db.repo.ledger import done_fingerprints
-from storage.errors import TierflowError
-from storage.geometry import BlockGrid
-from storage.local_copy import local_copy
-from storage.tiers import PosixTier
-from tasks.blockwise import (FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source, plan_batches, run_map_batch,
+from tierflow.configs import TierflowConfig, load_config, load_db_config
+from tierflow.flows.batching import OpContext, run_batches
+from tierflow.flows.database import open_database
+from tierflow.flows.outputs import claim_output, output_lease, stamped_op_key
+from tierflow.flows.placement import check_output_placement, op_reads
+from tierflow.flows.runners import block_task_runner
+from tierflow.flows.slurm.scheduler import SlurmScheduler
+from tierflow.flows.runs import recorded_run, run_to_resume
+from tierflow.flows.tiers import s3_tier_of
+from tierflow.storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.repo.ledger import done_fingerprints
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.geometry import BlockGrid
+from tierflow.storage.local_copy import local_copy
+from tierflow.storage.tiers import PosixTier
+from tierflow.tasks.blockwise import (FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source, plan_batches, run_map_batch,
                              source_fingerprint)
-from flows.label import LABEL_VERSION, run_label
-from flows.features import FEATURES_VERSION, run_features
-from flows.pyramid import PYRAMID_VERSION, run_pyramid
-from tasks.ops.catalog import MAP_OPS, get_map_op
-from tasks.ops.filters import histogram_counts, otsu_from_histogram
+from tierflow.flows.label import LABEL_VERSION, run_label
+from tierflow.flows.features import FEATURES_VERSION, run_features
+from tierflow.flows.pyramid import PYRAMID_VERSION, run_pyramid
+from tierflow.tasks.ops.catalog import MAP_OPS, get_map_op
+from tierflow.tasks.ops.filters import histogram_counts, otsu_from_histogram
 
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
 
@@ -340,7 +340,7 @@ def op_flow(
             runner = block_task_runner(config, workers)
             with runner:
                 if config.execution.backend == "slurm":
-                    from flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
+                    from tierflow.flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
 
                     outcome = run_with_slurm_retries(
                         runner, lambda: block_task_runner(config, workers, memory_factor=config.slurm.oom_memory_factor), map_blocks,

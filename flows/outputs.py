@@ -16,11 +16,11 @@ import json
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
-from storage.arrays import ArrayLocation
-from storage.db.database import Database
-from storage.db.locks import advisory_locks, shared_lease
-from storage.db.repo.ledger import mark_stale
-from storage.errors import TierflowError
+from tierflow.storage.arrays import ArrayLocation
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.locks import advisory_locks, shared_lease
+from tierflow.storage.db.repo.ledger import mark_stale
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["OutputBusyError", "claim_output", "output_lease", "stamped_op_key"]
 

@@ -36,28 +36,28 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from sqlalchemy import select
 
-from configs import load_config, load_db_config
-from flows.database import open_database
-from flows.ingest import ingest
-from flows.memory_guard import MemoryGuard
-from flows.neuroglancer import neuroglancer_url, zarr_source
-from flows.op import BlockFailuresError, op_flow
-from flows.pipeline_params import PipelineParams
-from flows.progress import StageProgress
-from flows.promote import promote
-from flows.retention import retention
-from flows.run_log import tee_run_log
-from flows.runs import recorded_run, run_to_resume
-from flows.tiers import open_tiers
-from flows.track import track
-from storage.arrays import array_sidecars
-from storage.db.database import Database
-from storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
-from storage.db.repo import add_artifact
-from storage.errors import TierflowError
-from storage.raw_layout import parse_volume_name
-from storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
-from storage.tiers import Tier
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.ingest import ingest
+from tierflow.flows.memory_guard import MemoryGuard
+from tierflow.flows.neuroglancer import neuroglancer_url, zarr_source
+from tierflow.flows.op import BlockFailuresError, op_flow
+from tierflow.flows.pipeline_params import PipelineParams
+from tierflow.flows.progress import StageProgress
+from tierflow.flows.promote import promote
+from tierflow.flows.retention import retention
+from tierflow.flows.run_log import tee_run_log
+from tierflow.flows.runs import recorded_run, run_to_resume
+from tierflow.flows.tiers import open_tiers
+from tierflow.flows.track import track
+from tierflow.storage.arrays import array_sidecars
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
+from tierflow.storage.db.repo import add_artifact
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.raw_layout import parse_volume_name
+from tierflow.storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
+from tierflow.storage.tiers import Tier
 
 __all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key", "resume_this_run"]
 
@@ -337,7 +337,7 @@ def pipeline(
                 return op_stage(name, op, jobs, chosen, workers, config_dir, run)
 
         # stage: raw TIFF -> zarr on scratch, every channel
-        from storage.volumes import open_volume
+        from tierflow.storage.volumes import open_volume
 
         staged_jobs = []
         for volume in volumes:

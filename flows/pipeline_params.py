@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from configs import TierflowConfig
-from storage.errors import InvalidParameterError, TierflowError
-from storage.geometry import parse_block_shape
-from tasks.ops.params import otsu_or_number
+from tierflow.configs import TierflowConfig
+from tierflow.storage.errors import InvalidParameterError, TierflowError
+from tierflow.storage.geometry import parse_block_shape
+from tierflow.tasks.ops.params import otsu_or_number
 
 __all__ = ["PipelineParams"]
 

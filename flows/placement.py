@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from configs import TierflowConfig
-from storage.arrays import LABEL_STATE_SUFFIX
-from storage.errors import TierflowError
-from storage.tiers import parse_s3_uri
+from tierflow.configs import TierflowConfig
+from tierflow.storage.arrays import LABEL_STATE_SUFFIX
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.tiers import parse_s3_uri
 
 __all__ = ["HELPER_SUFFIXES", "OutputPlacementError", "Place", "check_output_placement", "op_reads", "place_of"]
 

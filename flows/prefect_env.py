@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from configs import TierflowConfig
+from tierflow.configs import TierflowConfig
 
 __all__ = ["apply_defaults", "configure_prefect", "interactive_flows", "prepare_process"]
 
@@ -83,7 +83,7 @@ def interactive_flows() -> Iterator[None]:
     import prefect.context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
 
-    from flows.server_watchdog import tie_ephemeral_server
+    from tierflow.flows.server_watchdog import tie_ephemeral_server
 
     prepare_process()
     tie_ephemeral_server()

@@ -14,15 +14,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from sqlalchemy import select
 
-from configs import load_config, load_db_config
-from flows.database import open_database
-from flows.runs import recorded_run
-from flows.tiers import open_tiers
-from storage.db.models import Artifact, Snapshot
-from storage.db.repo import add_artifact, get_run, mark_promoted
-from storage.errors import IntegrityError, TierflowError
-from storage.promotion import AfterCopyHook, promoted_prefix
-from tasks.promote import promote_artifact
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.runs import recorded_run
+from tierflow.flows.tiers import open_tiers
+from tierflow.storage.db.models import Artifact, Snapshot
+from tierflow.storage.db.repo import add_artifact, get_run, mark_promoted
+from tierflow.storage.errors import IntegrityError, TierflowError
+from tierflow.storage.promotion import AfterCopyHook, promoted_prefix
+from tierflow.tasks.promote import promote_artifact
 
 __all__ = ["promote"]
 

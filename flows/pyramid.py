@@ -14,17 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from storage.arrays import ArrayLocation, create_output_array
-from storage.db.repo.ledger import done_blocks
-from storage.errors import TierflowError
-from storage.tiers import PosixTier
-from storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
-from flows.batching import OpContext, collect_batches, submit_batches
-from flows.outputs import claim_output
-from tasks.blockwise import SourceRef, open_source, plan_batches
-from tasks.ops.catalog import MULTI_STAGE_PARAMS
-from tasks.ops.pyramid import downsampled_shape, pyramid_factors
-from tasks.pyramid_blocks import LevelJob, downsample_level
+from tierflow.storage.arrays import ArrayLocation, create_output_array
+from tierflow.storage.db.repo.ledger import done_blocks
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.tiers import PosixTier
+from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
+from tierflow.flows.batching import OpContext, collect_batches, submit_batches
+from tierflow.flows.outputs import claim_output
+from tierflow.tasks.blockwise import SourceRef, open_source, plan_batches
+from tierflow.tasks.ops.catalog import MULTI_STAGE_PARAMS
+from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
+from tierflow.tasks.pyramid_blocks import LevelJob, downsample_level
 
 __all__ = ["PYRAMID_VERSION", "run_pyramid"]
 
@@ -72,7 +72,7 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from flows.op import BlockFailuresError
+    from tierflow.flows.op import BlockFailuresError
 
     unknown = sorted(set(params) - {"levels", "method", "voxel_size", "name"})
     if unknown:

@@ -14,11 +14,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from configs import load_config, load_db_config
-from flows.database import open_database
-from flows.runs import recorded_run
-from flows.tiers import open_tiers
-from storage.retention import RetentionRules, apply_retention, plan_leftovers, plan_retention, tier_accounting
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.runs import recorded_run
+from tierflow.flows.tiers import open_tiers
+from tierflow.storage.retention import RetentionRules, apply_retention, plan_leftovers, plan_retention, tier_accounting
 
 __all__ = ["retention", "rules_from_config"]
 

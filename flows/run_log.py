@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from configs import TierflowConfig
+from tierflow.configs import TierflowConfig
 
 __all__ = ["run_log_path", "tee_run_log"]
 

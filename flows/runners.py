@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from configs import TierflowConfig
+from tierflow.configs import TierflowConfig
 
 __all__ = ["block_task_runner"]
 
@@ -42,6 +42,6 @@ def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: in
                             # worker processes report their task runs to the flow's Prefect API
                             "env": {"PREFECT_API_URL": api_url} if api_url else {}},
         )
-    from flows.slurm_cluster import slurm_task_runner
+    from tierflow.flows.slurm_cluster import slurm_task_runner
 
     return slurm_task_runner(config, workers, memory_factor=memory_factor)

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from storage.db.database import Database
-from storage.db.locks import hold_run_lock
-from storage.db.models import Run
-from storage.db.repo import finish_run, start_run
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.locks import hold_run_lock
+from tierflow.storage.db.models import Run
+from tierflow.storage.db.repo import finish_run, start_run
 
 __all__ = ["RunRecord", "cancel_live_runs", "code_version", "recorded_run", "run_to_resume"]
 
@@ -104,7 +104,7 @@ def _end_of(exc: BaseException) -> tuple[str, str]:
     from prefect.exceptions import TerminationSignal
 
     if isinstance(exc, TerminationSignal):
-        from flows.stopping import stop_message
+        from tierflow.flows.stopping import stop_message
 
         return "cancelled", stop_message(exc.signal)
     status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -152,8 +152,8 @@ def run_to_resume(db: Database, run: str, flow_name: str) -> dict[str, Any]:
         If there is no such run, it is not a ``flow_name`` run, or it is still running in a live
         process (two runs would compute the same blocks).
     """
-    from storage.db.repo import get_run
-    from storage.errors import TierflowError
+    from tierflow.storage.db.repo import get_run
+    from tierflow.storage.errors import TierflowError
 
     with db.session() as session:
         row = get_run(session, run)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from configs import DatabaseConfig, TierflowConfig
-from storage.errors import TierflowError
+from tierflow.configs import DatabaseConfig, TierflowConfig
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["SERVABLE_TIERS", "TierHTTPServer", "published_file", "serve_roots", "tier_server"]
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from configs import TierflowConfig
+from tierflow.configs import TierflowConfig
 
 __all__ = ["slurm_cluster_kwargs", "slurm_task_runner"]
 
@@ -21,7 +21,7 @@ __all__ = ["slurm_cluster_kwargs", "slurm_task_runner"]
 def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, memory_factor: float = 1.0) -> dict[str, Any]:
     """SLURMCluster keyword arguments from ``[slurm]`` (job logs under Tier 4's ``logs/slurm``;
     ``memory_factor`` times ``memory_per_job``)."""
-    from flows.slurm.retries import scale_memory
+    from tierflow.flows.slurm.retries import scale_memory
 
     settings = config.slurm
     logs = Path(config.tier_root("ephemeral")) / "logs" / "slurm"

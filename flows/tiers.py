@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from configs import TierflowConfig
-from configs.settings import TierSettings
-from storage.errors import TierflowError
-from storage.tiers import PosixTier, S3Tier, Tier, parse_s3_uri
+from tierflow.configs import TierflowConfig
+from tierflow.configs.settings import TierSettings
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.tiers import PosixTier, S3Tier, Tier, parse_s3_uri
 
 __all__ = ["Tiers", "open_tier", "open_tiers", "s3_tier_of"]
 

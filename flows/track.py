@@ -10,13 +10,13 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from sqlalchemy import select
 
-from configs import load_db_config
-from flows.database import open_database
-from flows.runs import recorded_run
-from storage.db.models import ObjectFeature
-from storage.db.repo import add_track_rows
-from storage.errors import TierflowError
-from tasks.ops.tracking import kinematics, link_tracks
+from tierflow.configs import load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.runs import recorded_run
+from tierflow.storage.db.models import ObjectFeature
+from tierflow.storage.db.repo import add_track_rows
+from tierflow.storage.errors import TierflowError
+from tierflow.tasks.ops.tracking import kinematics, link_tracks
 
 __all__ = ["track"]
 

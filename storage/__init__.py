@@ -3,6 +3,6 @@
 Nothing here imports Prefect or reads configuration; callers pass explicit values.
 """
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["TierflowError"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import TierError, TierflowError
-from storage.tiers.base import Tier
+from tierflow.storage.errors import TierError, TierflowError
+from tierflow.storage.tiers.base import Tier
 
 __all__ = ["LABEL_STATE_SUFFIX", "ArrayLocation", "ChunkWriter", "array_sidecars", "check_chunks_align", "check_writable",
            "create_output_array"]

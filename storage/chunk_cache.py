@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.geometry import Roi
+from tierflow.storage.geometry import Roi
 
 __all__ = ["ChunkCache", "read_through_cache"]
 

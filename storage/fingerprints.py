@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from storage.geometry import Roi
-from storage.volumes import TiffSlicesVolume, TiffStackVolume, Volume, ZarrVolume, fingerprint_path
+from tierflow.storage.geometry import Roi
+from tierflow.storage.volumes import TiffSlicesVolume, TiffStackVolume, Volume, ZarrVolume, fingerprint_path
 
 __all__ = ["InputFingerprint", "combined_block_fingerprint", "input_fingerprint", "snapshot_content_id"]
 

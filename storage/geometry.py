@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from storage.errors import InvalidParameterError, TierflowError
+from tierflow.storage.errors import InvalidParameterError, TierflowError
 
 __all__ = ["Block", "BlockGrid", "Roi", "gaussian_halo", "normalise_halo", "parse_block_shape"]
 

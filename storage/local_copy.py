@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from storage.errors import IntegrityError, ObjectNotFoundError, TierflowError
-from storage.tiers.base import ObjectInfo, Tier
-from storage.tiers.download import download_verified
+from tierflow.storage.errors import IntegrityError, ObjectNotFoundError, TierflowError
+from tierflow.storage.tiers.base import ObjectInfo, Tier
+from tierflow.storage.tiers.download import download_verified
 
 __all__ = ["local_copy"]
 

@@ -34,7 +34,7 @@ from ome_zarr_models.v05.image_label import ImageLabelAttrs
 from ome_zarr_models.v05.labels import LabelsAttrs
 from pydantic import ValidationError
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = [
     "SPACE_UNITS", "InvalidOmeZarrError", "image_label_attributes", "labels_group_attributes",

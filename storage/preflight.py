@@ -29,8 +29,8 @@ import psutil
 import zarr
 from numpy.typing import DTypeLike
 
-from storage.errors import InsufficientDiskError, InsufficientMemoryError, TierflowError
-from storage.raw_layout import read_stack_header
+from tierflow.storage.errors import InsufficientDiskError, InsufficientMemoryError, TierflowError
+from tierflow.storage.raw_layout import read_stack_header
 
 __all__ = [
     "WARN_FRACTION", "ArrayHeader", "PreflightReport", "PreflightWarning", "ResourceEstimate",

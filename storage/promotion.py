@@ -13,9 +13,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from storage.errors import IntegrityError, ObjectExistsError, TierflowError
-from storage.tiers.base import ObjectInfo, Tier
-from storage.tiers.names import check_key, check_name
+from tierflow.storage.errors import IntegrityError, ObjectExistsError, TierflowError
+from tierflow.storage.tiers.base import ObjectInfo, Tier
+from tierflow.storage.tiers.names import check_key, check_name
 
 __all__ = ["PromotionResult", "promote_tree", "promoted_prefix", "tree_digest"]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from storage.errors import InvalidInputError, InvalidNameError, RawLayoutError, TierflowError
-from storage.tiers.names import check_name
-from storage.tiff_check import check_tiff
+from tierflow.storage.errors import InvalidInputError, InvalidNameError, RawLayoutError, TierflowError
+from tierflow.storage.tiers.names import check_name
+from tierflow.storage.tiff_check import check_tiff
 
 __all__ = [
     "RAW_LAYOUT_PICTURE", "RawClassification", "RawFile", "TaskDiscovery", "classify_raw_files",

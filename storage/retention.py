@@ -28,12 +28,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.arrays import array_sidecars
-from storage.db.models import Artifact, ArtifactLineage
-from storage.db.repo.artifacts import mark_deleted
-from storage.db.repo.retention import record_retention_event
-from storage.errors import TierError
-from storage.tiers.base import Leftover, Tier
+from tierflow.storage.arrays import array_sidecars
+from tierflow.storage.db.models import Artifact, ArtifactLineage
+from tierflow.storage.db.repo.artifacts import mark_deleted
+from tierflow.storage.db.repo.retention import record_retention_event
+from tierflow.storage.errors import TierError
+from tierflow.storage.tiers.base import Leftover, Tier
 
 __all__ = [
     "PlannedDeletion",

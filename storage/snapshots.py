@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from storage.errors import ObjectExistsError, SnapshotConflictError, TierflowError
-from storage.tiers.base import Tier, hash_file
-from storage.tiers.download import download_verified
-from storage.tiers.names import check_key, check_name
+from tierflow.storage.errors import ObjectExistsError, SnapshotConflictError, TierflowError
+from tierflow.storage.tiers.base import Tier, hash_file
+from tierflow.storage.tiers.download import download_verified
+from tierflow.storage.tiers.names import check_key, check_name
 
 __all__ = [
     "MANIFEST_NAME",

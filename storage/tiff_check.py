@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.errors import InvalidInputError
+from tierflow.storage.errors import InvalidInputError
 
 __all__ = ["TiffHeader", "check_tiff", "read_tiff_page"]
 

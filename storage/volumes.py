@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from storage.errors import InvalidInputError, TierflowError
-from storage.geometry import Roi
-from storage.tiff_check import check_tiff, read_tiff_page
+from tierflow.storage.errors import InvalidInputError, TierflowError
+from tierflow.storage.geometry import Roi
+from tierflow.storage.tiff_check import check_tiff, read_tiff_page
 
 __all__ = [
     "Volume",
@@ -83,7 +83,7 @@ class ZarrVolume:
         through it (for halo reads shared between neighbouring batches)."""
         try:
             if cache is not None:
-                from storage.chunk_cache import read_through_cache
+                from tierflow.storage.chunk_cache import read_through_cache
 
                 return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
             return np.asarray(self.array[roi.slices])

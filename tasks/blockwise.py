@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from storage.arrays import ArrayLocation
-from storage.chunk_cache import ChunkCache
-from storage.db.database import Database
-from storage.db.locks import advisory_locks
-from storage.db.repo.ledger import done_blocks, done_fingerprints, record_blocks, settle_running
-from storage.errors import TierflowError
-from storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
-from storage.geometry import Block, BlockGrid
-from storage.volumes import Volume, ZarrVolume, open_volume
-from tasks.ops.catalog import get_map_op
+from tierflow.storage.arrays import ArrayLocation
+from tierflow.storage.chunk_cache import ChunkCache
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.locks import advisory_locks
+from tierflow.storage.db.repo.ledger import done_blocks, done_fingerprints, record_blocks, settle_running
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
+from tierflow.storage.geometry import Block, BlockGrid
+from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
+from tierflow.tasks.ops.catalog import get_map_op
 
 __all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
            "plan_batches", "run_map_batch", "source_fingerprint"]

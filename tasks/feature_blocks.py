@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.db.database import Database
-from storage.geometry import BlockGrid
-from tasks.blockwise import SourceRef, ledgered_blocks, open_source
-from tasks.ops.features import PartialFeatures, merge_partials, partial_features
+from tierflow.storage.db.database import Database
+from tierflow.storage.geometry import BlockGrid
+from tierflow.tasks.blockwise import SourceRef, ledgered_blocks, open_source
+from tierflow.tasks.ops.features import PartialFeatures, merge_partials, partial_features
 
 __all__ = ["FeatureJob", "feature_partials"]
 

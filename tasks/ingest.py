@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.snapshots import Manifest, ManifestEntry, build_manifest, upload_snapshot_file
-from storage.tiers import Tier
+from tierflow.storage.snapshots import Manifest, ManifestEntry, build_manifest, upload_snapshot_file
+from tierflow.storage.tiers import Tier
 
 __all__ = ["hash_raw_files", "upload_snapshot_files"]
 

@@ -19,11 +19,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.arrays import LABEL_STATE_SUFFIX, ArrayLocation
-from storage.db.database import Database
-from storage.geometry import BlockGrid
-from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
-from tasks.ops.label import (
+from tierflow.storage.arrays import LABEL_STATE_SUFFIX, ArrayLocation
+from tierflow.storage.db.database import Database
+from tierflow.storage.geometry import BlockGrid
+from tierflow.tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
+from tierflow.tasks.ops.label import (
     block_faces,
     face_equivalences,
     label_block,

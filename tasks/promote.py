@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.promotion import AfterCopyHook, PromotionResult, promote_tree
-from storage.tiers import Tier
+from tierflow.storage.promotion import AfterCopyHook, PromotionResult, promote_tree
+from tierflow.storage.tiers import Tier
 
 __all__ = ["promote_artifact"]
 

@@ -22,11 +22,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from storage.arrays import ArrayLocation
-from storage.db.database import Database
-from storage.geometry import BlockGrid, Roi
-from tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
-from tasks.ops.pyramid import downsample_labels, downsample_mean
+from tierflow.storage.arrays import ArrayLocation
+from tierflow.storage.db.database import Database
+from tierflow.storage.geometry import BlockGrid, Roi
+from tierflow.tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
+from tierflow.tasks.ops.pyramid import downsample_labels, downsample_mean
 
 __all__ = ["LevelJob", "copy_chunk", "downsample_level", "input_pieces"]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from storage.db.database import Database
-from storage.db.embedded import EmbeddedPostgres
-from storage.db.migrate import upgrade
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.embedded import EmbeddedPostgres
+from tierflow.storage.db.migrate import upgrade
 
 pytest_plugins = ["s3_servers"]
 

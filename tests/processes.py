@@ -29,8 +29,8 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 def project_db(project: Path):
     """The project's results database, started and migrated."""
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     return open_database(load_db_config(project / "configs"), migrate=True)
 

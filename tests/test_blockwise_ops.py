@@ -9,7 +9,7 @@ import zarr
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from tasks.ops.filters import cast_output, gaussian
+from tierflow.tasks.ops.filters import cast_output, gaussian
 
 SHAPE_3D, BLOCKS_3D = (37, 101, 77), (16, 32, 32)
 SHAPE_2D, BLOCKS_2D = (101, 77), (32, 16)
@@ -46,7 +46,7 @@ def write(path, data, chunks):
 
 @pytest.fixture
 def op(project, prefect_api):
-    from flows.op import run_op
+    from tierflow.flows.op import run_op
 
     def run(name, data_path, out, params, block_shape, **kwargs):
         return run_op(name, data_path, str(out), params, block_shape=block_shape, workers=2, config_dir=str(project / "configs"), **kwargs)
@@ -145,7 +145,7 @@ def test_convert_tiff_stack_and_slice_folder_to_zarr(op, tmp_path):
 
 
 def test_mask_and_masked_gaussian(op, tmp_path, project):
-    from flows.op import run_op
+    from tierflow.flows.op import run_op
 
     data = volume(SHAPE_3D, "uint16", seed=4)
     mask = blobs(SHAPE_3D)
@@ -165,7 +165,7 @@ def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
     flooding a flat background plateau does not (ties are broken in visiting order)."""
     from skimage.segmentation import watershed
 
-    from flows.op import run_op
+    from tierflow.flows.op import run_op
 
     rng = np.random.default_rng(9)
     centers = np.stack([rng.integers(0, s, 60) for s in SHAPE_3D], axis=1)
@@ -190,8 +190,8 @@ def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
 
 @pytest.mark.parametrize("kind", ["intensity", "labels"])
 def test_pyramid_matches_whole_volume_and_validates_as_ome_zarr(op, tmp_path, kind):
-    from storage.ome_zarr import validate_ome_zarr
-    from tasks.ops.pyramid import downsample_labels, downsample_mean
+    from tierflow.storage.ome_zarr import validate_ome_zarr
+    from tierflow.tasks.ops.pyramid import downsample_labels, downsample_mean
 
     if kind == "intensity":
         data = volume(SHAPE_3D, "uint16", seed=6)

@@ -9,10 +9,10 @@ import logging
 
 import pytest
 
-from storage.db.database import Database
-from storage.db.embedded import EmbeddedPostgres
-from storage.db.migrate import head_revision
-from storage.errors import DatabaseUnavailableError
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.embedded import EmbeddedPostgres
+from tierflow.storage.db.migrate import head_revision
+from tierflow.storage.errors import DatabaseUnavailableError
 
 from conftest import run_cli
 
@@ -26,7 +26,7 @@ def test_no_config_at_all_upgrade_then_status_from_a_nested_folder(project):
     assert status["schema_revision"] == head_revision() and status["schema_current"] is True
     assert status["server"]["running"] is True
     assert status["server"]["data_dir"] == str(project / "var" / "tier4-ephemeral" / "state" / "postgres" / "data")
-    from storage.db.models import Base
+    from tierflow.storage.db.models import Base
 
     assert status["row_counts"] == {table.name: 0 for table in Base.metadata.sorted_tables}
     assert {"runs", "snapshots", "snapshot_files", "artifacts", "artifact_lineage", "block_ledger",

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import zarr
 
-from configs import load_config, load_db_config
-from flows.database import open_database
-from flows.tiers import open_tiers
-from storage.db.models import RetentionEvent
-from storage.db.repo import add_artifact, get_snapshot, start_run
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.tiers import open_tiers
+from tierflow.storage.db.models import RetentionEvent
+from tierflow.storage.db.repo import add_artifact, get_snapshot, start_run
 
 from conftest import run_cli
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from configs import find_config_dir, load_config, load_db_config
-from storage.errors import ConfigError
+from tierflow.configs import find_config_dir, load_config, load_db_config
+from tierflow.storage.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:

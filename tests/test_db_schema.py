@@ -6,10 +6,10 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from storage.db.migrate import current_revision, downgrade, head_revision, heads, upgrade, require_current
-from storage.db.models import Base
-from storage.db.repo import add_artifact, record_blocks, start_run
-from storage.errors import SchemaOutOfDateError
+from tierflow.storage.db.migrate import current_revision, downgrade, head_revision, heads, upgrade, require_current
+from tierflow.storage.db.models import Base
+from tierflow.storage.db.repo import add_artifact, record_blocks, start_run
+from tierflow.storage.errors import SchemaOutOfDateError
 
 import pytest
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import psutil
 
-from storage.db.database import Database
-from storage.db.embedded import EmbeddedPostgres
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.embedded import EmbeddedPostgres
 
 from conftest import run_cli
 
 START_IN_A_PROCESS = """
 import json, sys, time
 from pathlib import Path
-from storage.db.embedded import EmbeddedPostgres
+from tierflow.storage.db.embedded import EmbeddedPostgres
 go = float(sys.argv[2])
 while time.time() < go:   # both processes leave the gate at the same instant
     time.sleep(0.001)

@@ -11,9 +11,9 @@ from scipy import ndimage
 from skimage.measure import regionprops_table
 from sqlalchemy import select
 
-from configs import load_db_config
-from flows.database import open_database
-from storage.db.models import ObjectFeature, ObjectIntensity, TrackKinematics, TrackMsd, TrackPoint
+from tierflow.configs import load_db_config
+from tierflow.flows.database import open_database
+from tierflow.storage.db.models import ObjectFeature, ObjectIntensity, TrackKinematics, TrackMsd, TrackPoint
 
 SHAPE, BLOCKS = (37, 101, 77), (16, 32, 32)
 
@@ -25,7 +25,7 @@ def write(path, data, chunks=BLOCKS):
 
 
 def test_features_equal_regionprops_and_are_stored(project, tmp_path, prefect_api):
-    from flows.op import run_op
+    from tierflow.flows.op import run_op
 
     rng = np.random.default_rng(4)
     smooth = ndimage.gaussian_filter(rng.random(SHAPE), 1.5)
@@ -78,8 +78,8 @@ def moving_objects(n_frames=8, seed=0):
 
 
 def test_tracks_recover_generated_trajectories_and_msd_is_stored(project, tmp_path, prefect_api):
-    from flows.op import run_op
-    from flows.track import track
+    from tierflow.flows.op import run_op
+    from tierflow.flows.track import track
 
     frames, velocity = moving_objects()
     runs = []

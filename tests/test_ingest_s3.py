@@ -9,9 +9,9 @@ import json
 
 from sqlalchemy import text
 
-from configs import load_config, load_db_config
-from flows.database import open_database
-from flows.tiers import open_tiers
+from tierflow.configs import load_config, load_db_config
+from tierflow.flows.database import open_database
+from tierflow.flows.tiers import open_tiers
 
 from conftest import run_cli
 

@@ -115,7 +115,7 @@ def leftovers(db, name: str, output: str) -> list[str]:
     """What a finished schedule must not leave: processes started for it (its output or dataset
     on their command line), runs of it (children included) still running or holding their
     liveness lock."""
-    from storage.db.locks import held_run_locks
+    from tierflow.storage.db.locks import held_run_locks
 
     found = [f"process {p.pid}" for p in psutil.process_iter(["cmdline"]) if {name, output} & set(p.info["cmdline"] or [])]
     with db.session() as session:
@@ -182,7 +182,7 @@ class Schedules:
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(project, prefect_api, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.synthetic import SyntheticSpec, write_synthetic_raw
+    from tierflow.tasks.synthetic import SyntheticSpec, write_synthetic_raw
 
     blob_volume(project / "vol.zarr")
     raw = tmp_path / "raw"

@@ -25,8 +25,8 @@ def test_the_example_notebook_executes(project, prefect_api, monkeypatch):
                         for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
     assert "no deployment" in outputs or "queued flow run" in outputs
     assert (project / "var" / "notebook" / "raw" / "sample1").is_dir()  # config.def.toml's path, resolved
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     with open_database(load_db_config(project / "configs")).session() as session:  # the overlay's dataset name
         assert session.execute(text("SELECT count(*) FROM snapshots WHERE dataset = 'nb-user'")).scalar_one() == 1

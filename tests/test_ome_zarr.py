@@ -9,7 +9,7 @@ import pytest
 import zarr
 from ome_zarr_models.v05 import Image, ImageLabel
 
-from storage.ome_zarr import (
+from tierflow.storage.ome_zarr import (
     InvalidOmeZarrError,
     image_label_attributes,
     labels_group_attributes,
@@ -19,7 +19,7 @@ from storage.ome_zarr import (
     validate_ome_zarr,
     write_multiscales_metadata,
 )
-from tasks.ops.pyramid import downsample_labels, downsample_mean, pyramid_factors
+from tierflow.tasks.ops.pyramid import downsample_labels, downsample_mean, pyramid_factors
 
 AXES = ("z", "y", "x")
 VOXEL = (2.0, 0.5, 0.5)  # micrometer

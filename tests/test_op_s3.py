@@ -15,7 +15,7 @@ from scipy import ndimage
 from zarr.storage import ObjectStore
 
 from conftest import run_cli
-from tasks.ops.filters import cast_output
+from tierflow.tasks.ops.filters import cast_output
 
 SERVERS = ["seaweedfs_http", pytest.param("ceph_rgw", marks=pytest.mark.ceph)]
 SHAPE = (7, 40, 33)
@@ -75,9 +75,9 @@ def test_op_reads_a_tiff_on_s3_and_writes_to_s3(s3_project, tmp_path, prefect_ap
 
 
 def test_a_download_that_does_not_match_the_recorded_sha256_is_refused(s3_project, tmp_path):
-    from configs import load_config
-    from flows.op import locate_input
-    from storage.errors import IntegrityError
+    from tierflow.configs import load_config
+    from tierflow.flows.op import locate_input
+    from tierflow.storage.errors import IntegrityError
 
     project, bucket, endpoint = s3_project
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros(SHAPE, np.uint16), photometric="minisblack")
@@ -114,11 +114,11 @@ def test_an_output_on_a_write_once_s3_tier_is_refused_before_any_work(s3_project
 
 def test_an_output_on_a_read_only_tier_is_refused(s3_project):
     """No configured tier is read-only today (a backend declares it); the capability is honoured."""
-    from configs import load_config
-    from flows.op import output_location
-    from flows.tiers import s3_tier_of
-    from storage.arrays import ArrayLocation, check_writable
-    from storage.errors import TierError
+    from tierflow.configs import load_config
+    from tierflow.flows.op import output_location
+    from tierflow.flows.tiers import s3_tier_of
+    from tierflow.storage.arrays import ArrayLocation, check_writable
+    from tierflow.storage.errors import TierError
 
     project, bucket, _ = s3_project
     config = load_config(project / "configs")

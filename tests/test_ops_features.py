@@ -10,7 +10,7 @@ import pytest
 from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
-from tasks.ops.features import (
+from tierflow.tasks.ops.features import (
     PartialFeatures,
     features_table,
     merge_partials,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tasks.ops.label import block_faces, face_equivalences, label_block, merge_equivalences, provisional_offsets
+from tierflow.tasks.ops.label import block_faces, face_equivalences, label_block, merge_equivalences, provisional_offsets
 
 
 def _blockwise(mask: np.ndarray, block: tuple[int, ...], connectivity: int, id_base: int = 0):

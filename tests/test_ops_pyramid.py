@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.transform import downscale_local_mean
 
-from tasks.ops.pyramid import (
+from tierflow.tasks.ops.pyramid import (
     downsample_labels,
     downsample_mean,
     downsampled_shape,
@@ -271,8 +271,8 @@ def test_pyramid_factors_stop_small_and_skipped_axes():
      ((0, 0), (45, 31), (9, 12), (3, 4))],                 # 2-D; both axes cut
 )
 def test_input_pieces_tile_the_region_and_cut_only_where_windows_allow(offset, shape, chunks, factors):
-    from storage.geometry import Roi
-    from tasks.pyramid_blocks import input_pieces
+    from tierflow.storage.geometry import Roi
+    from tierflow.tasks.pyramid_blocks import input_pieces
 
     region = Roi(offset, shape)
     pieces = input_pieces(region, chunks, factors)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.ops.tracking import kinematics, link_tracks
+from tierflow.tasks.ops.tracking import kinematics, link_tracks
 
 AXES3 = ["centroid_z", "centroid_y", "centroid_x"]
 

@@ -37,14 +37,14 @@ def _project(root: Path) -> Path:
 
 
 def _stop(root: Path) -> None:
-    from storage.db.embedded import EmbeddedPostgres
+    from tierflow.storage.db.embedded import EmbeddedPostgres
 
     EmbeddedPostgres(root / "var" / "tier4-ephemeral" / "state" / "postgres").stop()
 
 
 def _db(root: Path):
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     return open_database(load_db_config(root / "configs"))
 
@@ -63,7 +63,7 @@ def demo(tmp_path_factory, prefect_api):
 
 
 def test_the_demo_promotes_verified_results_and_reclaims_scratch(demo):
-    from storage.promotion import tree_digest
+    from tierflow.storage.promotion import tree_digest
 
     root, result, _ = demo
     print(f"demo: {result['_seconds']:.0f} s, {result['objects']} objects, {result['tracks']} tracks, linking {result['linking']}")
@@ -175,7 +175,7 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
 
 @pytest.fixture
 def small_raw(tmp_path):
-    from tasks.synthetic import SyntheticSpec, write_synthetic_raw
+    from tierflow.tasks.synthetic import SyntheticSpec, write_synthetic_raw
 
     raw = tmp_path / "raw"
     write_synthetic_raw(raw, SyntheticSpec(samples=1, time_points=4, shape=(32, 128, 128), cells=4, divisions=1, touching_pairs=0))
@@ -244,9 +244,9 @@ def test_the_memory_guard_stops_a_run_cleanly_and_resume_goes_on(project, small_
 
 
 def test_pipeline_parameters_are_validated_with_the_key_at_fault(project):
-    from configs import load_config
-    from flows.pipeline import PipelineParams
-    from storage.errors import TierflowError
+    from tierflow.configs import load_config
+    from tierflow.flows.pipeline import PipelineParams
+    from tierflow.storage.errors import TierflowError
 
     config = load_config(project / "configs")
     assert PipelineParams.from_config(config, {"sigma": "2", "block_shape": "8,64,64"}).block_shape == (8, 64, 64)

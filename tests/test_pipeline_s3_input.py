@@ -18,7 +18,7 @@ from conftest import run_cli
 
 @pytest.fixture
 def small_raw(tmp_path):
-    from tasks.synthetic import SyntheticSpec, write_synthetic_raw
+    from tierflow.tasks.synthetic import SyntheticSpec, write_synthetic_raw
 
     raw = tmp_path / "raw"
     write_synthetic_raw(raw, SyntheticSpec(samples=1, time_points=2, shape=(16, 64, 64), cells=3, divisions=0, touching_pairs=0))
@@ -26,8 +26,8 @@ def small_raw(tmp_path):
 
 
 def test_a_truncated_download_in_tier_4_tmp_is_fetched_again(project, small_raw, seaweedfs_http, prefect_api):
-    from configs import load_config
-    from flows.pipeline import PipelineParams, pipeline_key
+    from tierflow.configs import load_config
+    from tierflow.flows.pipeline import PipelineParams, pipeline_key
 
     bucket = seaweedfs_http.new_bucket()
     (project / "configs" / "tierflow.user.toml").write_text(

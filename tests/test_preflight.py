@@ -16,8 +16,8 @@ import pytest
 import tifffile
 import zarr
 
-from storage.errors import InsufficientDiskError, InsufficientMemoryError, TierflowError
-from storage.preflight import (
+from tierflow.storage.errors import InsufficientDiskError, InsufficientMemoryError, TierflowError
+from tierflow.storage.preflight import (
     ArrayHeader,
     PreflightWarning,
     estimate_resources,

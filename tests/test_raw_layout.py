@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from storage.errors import InvalidNameError, RawLayoutError, TierflowError
-from storage.raw_layout import (
+from tierflow.storage.errors import InvalidNameError, RawLayoutError, TierflowError
+from tierflow.storage.raw_layout import (
     RAW_LAYOUT_PICTURE,
     RawFile,
     classify_raw_files,

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from storage.db.models import ArtifactLineage, ObjectIntensity, Run
-from storage.db.repo import (
+from tierflow.storage.db.models import ArtifactLineage, ObjectIntensity, Run
+from tierflow.storage.db.repo import (
     ManifestEntry,
     add_artifact,
     add_object_features,
@@ -31,7 +31,7 @@ from storage.db.repo import (
     snapshot_files,
     start_run,
 )
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 from sqlalchemy import select
 

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from storage.db.models import Artifact, Base, RetentionEvent
-from storage.db.repo import add_artifact, mark_promoted, record_snapshot
-from storage.promotion import promote_tree
-from storage.retention import RetentionRules, apply_retention, plan_retention
-from storage.tiers import PosixTier
+from tierflow.storage.db.models import Artifact, Base, RetentionEvent
+from tierflow.storage.db.repo import add_artifact, mark_promoted, record_snapshot
+from tierflow.storage.promotion import promote_tree
+from tierflow.storage.retention import RetentionRules, apply_retention, plan_retention
+from tierflow.storage.tiers import PosixTier
 
 # -- a history is a list of steps ------------------------------------------------------------
 derive = st.tuples(st.just("derive"), st.sampled_from(["scratch", "output"]), st.lists(st.integers(0, 30), max_size=3), st.booleans())
@@ -158,8 +158,8 @@ def test_ephemeral_logs_rotate_by_age_and_state_is_never_touched(db, tmp_path):
 
 
 def test_retention_refuses_a_plan_that_names_tier_1(db, tmp_path):
-    from storage.errors import TierError
-    from storage.retention import PlannedDeletion
+    from tierflow.storage.errors import TierError
+    from tierflow.storage.retention import PlannedDeletion
 
     source = PosixTier("source", tmp_path / "t1", write_once=True)
     source.put_bytes("snapshots/x", b"1")
@@ -176,10 +176,10 @@ def test_label_merge_state_is_counted_and_reclaimed_with_its_array(backend, proj
     import numpy as np
     import zarr
 
-    from configs import load_config, load_db_config
-    from flows.database import open_database
-    from flows.tiers import open_tiers
-    from storage.db.repo import start_run
+    from tierflow.configs import load_config, load_db_config
+    from tierflow.flows.database import open_database
+    from tierflow.flows.tiers import open_tiers
+    from tierflow.storage.db.repo import start_run
 
     from conftest import run_cli
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from flows.runs import recorded_run, run_to_resume
-from storage.db.locks import held_run_locks
-from storage.db.repo import finish_run, get_run, list_runs, start_run
-from storage.errors import TierflowError
+from tierflow.flows.runs import recorded_run, run_to_resume
+from tierflow.storage.db.locks import held_run_locks
+from tierflow.storage.db.repo import finish_run, get_run, list_runs, start_run
+from tierflow.storage.errors import TierflowError
 
 
 def statuses(db) -> dict[int, str]:

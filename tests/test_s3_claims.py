@@ -23,10 +23,10 @@ from sqlalchemy import select
 
 from conftest import REPO_ROOT, run_cli
 from fault_proxy import FaultProxy
-from storage.db.models import RetentionEvent
-from storage.errors import KeyClaimedError
-from storage.retention import apply_retention, plan_leftovers
-from storage.tiers import S3Tier
+from tierflow.storage.db.models import RetentionEvent
+from tierflow.storage.errors import KeyClaimedError
+from tierflow.storage.retention import apply_retention, plan_leftovers
+from tierflow.storage.tiers import S3Tier
 
 MIB = 1024 * 1024
 KEY = "snapshots/embryo/0123456789abcdef/s1/emb_c0_t000.tif"
@@ -35,7 +35,7 @@ WAIT_SECONDS = 120
 #: The killed writer: a write-once multipart upload, one 5 MiB part at a time.
 WRITER = """
 import os, sys
-from storage.tiers import S3Tier
+from tierflow.storage.tiers import S3Tier
 tier = S3Tier("source", os.environ["ROOT"], endpoint_url=os.environ["URL"], access_key_id=os.environ["AK"],
               secret_access_key=os.environ["SK"], verify=False, multipart_threshold=5 << 20, multipart_chunksize=5 << 20,
               max_concurrency=1, write_once=True)
@@ -154,8 +154,8 @@ def test_retention_lists_and_clears_debris_of_an_s3_tier_1(project, seaweedfs_ht
         f'access_key_id = "{seaweedfs_http.access_key}"\nsecret_access_key = "{seaweedfs_http.secret_key}"\nverify = false\n'
         "claim_stale_seconds = 1\nconnect_timeout_seconds = 3\nread_timeout_seconds = 30\nmax_attempts = 4\nretry_mode = \"adaptive\"\n"
     )
-    from configs import load_config
-    from flows.tiers import open_tiers
+    from tierflow.configs import load_config
+    from tierflow.flows.tiers import open_tiers
 
     source = open_tiers(load_config(project / "configs")).source
     assert (source.claim_stale_seconds, source.connect_timeout, source.read_timeout, source.max_attempts, source.retry_mode) == (
@@ -180,7 +180,7 @@ def test_ingest_after_a_killed_upload_names_the_claim_then_completes(project, ra
     import numpy as np
     import tifffile
 
-    from storage.snapshots import build_manifest
+    from tierflow.storage.snapshots import build_manifest
 
     (raw_folder / "s3").mkdir()
     big = raw_folder / "s3" / "emb_c0_t000.tif"

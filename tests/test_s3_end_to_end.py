@@ -56,7 +56,7 @@ def endpoint(request):
 
 @pytest.fixture
 def small_raw(tmp_path):
-    from tasks.synthetic import SyntheticSpec, write_synthetic_raw
+    from tierflow.tasks.synthetic import SyntheticSpec, write_synthetic_raw
 
     raw = tmp_path / "raw"
     write_synthetic_raw(raw, SyntheticSpec(samples=1, time_points=2, shape=(16, 96, 96), cells=4, divisions=1, touching_pairs=0,
@@ -77,8 +77,8 @@ def test_pipeline_with_tiers_on_s3_promotes_verified_copies_and_reclaims_scratch
     snapshot = f"lab/source/snapshots/embryo/{result['snapshot_id']}"
     assert json.loads(client.get_object(Bucket=bucket, Key=f"{snapshot}/manifest.json")["Body"].read())["files"]
 
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:

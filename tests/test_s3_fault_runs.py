@@ -24,9 +24,9 @@ from sqlalchemy import select
 
 from conftest import run_cli
 from fault_proxy import FaultProxy
-from storage.db.models import Artifact
-from storage.db.repo import add_artifact, get_snapshot, start_run
-from storage.promotion import tree_digest
+from tierflow.storage.db.models import Artifact
+from tierflow.storage.db.repo import add_artifact, get_snapshot, start_run
+from tierflow.storage.promotion import tree_digest
 
 #: (seed, share of requests faulted): ~10 % as in the field, and 30 % runs that, before issue 11
 #: was fixed, wedged ingest ("no object ...", seed 13) and broke promotion (IncompleteReadError).
@@ -72,9 +72,9 @@ def big_raw(raw_folder):
 
 def _produce(project, snapshot_id: str) -> int:
     """A run with three Tier 2 artifacts (a table, a 6 MiB blob, a zarr array); returns its id."""
-    from configs import load_config, load_db_config
-    from flows.database import open_database
-    from flows.tiers import open_tiers
+    from tierflow.configs import load_config, load_db_config
+    from tierflow.flows.database import open_database
+    from tierflow.flows.tiers import open_tiers
 
     tiers = open_tiers(load_config(project / "configs"))
     table, blob = b"label,area\n1,10\n2,20\n", np.random.default_rng(7).bytes(6 * 1024 * 1024)
@@ -109,8 +109,8 @@ def _check_snapshot(client, bucket: str, snapshot_id: str, objects: dict[str, by
 
 
 def _check_promoted(project, client, bucket: str, objects: dict[str, bytes]) -> int:
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:

@@ -15,9 +15,9 @@ import pytest
 import zarr
 
 from fault_proxy import FaultProxy
-from storage.errors import IntegrityError, TransferError
-from storage.snapshots import Manifest, ManifestEntry, fetch_snapshot_path
-from storage.tiers import S3Tier, download_verified
+from tierflow.storage.errors import IntegrityError, TransferError
+from tierflow.storage.snapshots import Manifest, ManifestEntry, fetch_snapshot_path
+from tierflow.storage.tiers import S3Tier, download_verified
 
 MIB = 1024 * 1024
 #: Far above what a bounded failure takes here (a few seconds), far below "forever".

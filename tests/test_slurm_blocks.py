@@ -22,9 +22,9 @@ import zarr
 from scipy import ndimage
 from sqlalchemy import select
 
-from conftest import REPO_ROOT, run_cli
+from conftest import run_cli
 from test_slurm_deployments import scontrol, slurm  # noqa: F401 - the cluster fixture
-from tasks.ops.filters import cast_output
+from tierflow.tasks.ops.filters import cast_output
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault hook runs in SLURM jobs
@@ -32,9 +32,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault hook ru
 
 def _slurm_config(project: Path, **extra: str) -> None:
     """Block work in SLURM jobs. The jobs start in the project folder, as on a cluster where the
-    checkout is shared: there ``configs/`` is also the loader's package, so link its modules in."""
-    for module in (REPO_ROOT / "configs").glob("*.py"):
-        (project / "configs" / module.name).symlink_to(module)
+    checkout is shared (its ``configs/`` folder no longer shadows tierflow's: ``tierflow.configs``)."""
     lines = ['[execution]\nbackend = "slurm"\nmax_workers = 2\n',
              '[slurm]\ncores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\n'
              + "".join(f"{k} = {v}\n" for k, v in extra.items())]
@@ -48,9 +46,9 @@ def _mebibytes(memory: str) -> float:
 
 
 def _ledger(project: Path):
-    from configs import load_db_config
-    from flows.database import open_database
-    from storage.db.models import BlockRecord
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
+    from tierflow.storage.db.models import BlockRecord
 
     db = open_database(load_db_config(str(project / "configs")))
     with db.session() as session:
@@ -78,12 +76,12 @@ class RecordedAnswer:
     every other job is asked for real."""
 
     def __init__(self, marker: str, state: str) -> None:
-        from flows.slurm.scheduler import SlurmScheduler
+        from tierflow.flows.slurm.scheduler import SlurmScheduler
 
         self.marker, self.state, self.real = marker, state, SlurmScheduler()
 
     def job(self, job_id: str):
-        from flows.slurm.scheduler import SlurmJob
+        from tierflow.flows.slurm.scheduler import SlurmJob
 
         if os.path.exists(self.marker) and Path(self.marker).read_text() == str(job_id):
             return SlurmJob(job_id=str(job_id), state=self.state, reason={"TIMEOUT": "TimeLimit"}.get(self.state, "OutOfMemory"),
@@ -93,7 +91,7 @@ class RecordedAnswer:
 
 @pytest.mark.parametrize(("state", "attempt_batches"), [("OUT_OF_MEMORY", 1), ("TIMEOUT", 2)])
 def test_a_batch_whose_job_died_is_retried_the_slurm_way(slurm, project, prefect_api, tmp_path, state, attempt_batches):  # noqa: F811
-    from flows.op import run_op
+    from tierflow.flows.op import run_op
 
     _slurm_config(project)
     data = np.random.default_rng(3).integers(0, 4000, (32, 64, 64)).astype(np.uint16)

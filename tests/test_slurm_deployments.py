@@ -172,7 +172,7 @@ def wait_for(root: Path, flow_run_id: str, states: set[str], timeout: float = 24
 
 
 def scontrol(job_id: str) -> dict[str, str]:
-    from flows.slurm.scheduler import parse_scontrol_job
+    from tierflow.flows.slurm.scheduler import parse_scontrol_job
 
     done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
     return parse_scontrol_job(done.stdout)
@@ -221,9 +221,9 @@ def test_deploy_creates_both_pools_every_deployment_and_the_nightly_schedule(che
 
 
 def test_a_deployment_runs_as_a_slurm_job_and_its_results_land_in_postgresql(checkout, worker):
-    from configs import load_db_config
-    from flows.database import open_database
-    from storage.db.models import Run
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
+    from tierflow.storage.db.models import Run
 
     run_id = deployment_run(checkout, "cluster-check/check-slurm")
     run = wait_for(checkout, run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})

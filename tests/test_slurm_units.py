@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from flows.slurm.outcomes import job_outcome
-from flows.slurm.scheduler import SlurmJob, parse_scontrol_job
-from flows.slurm.script import SlurmJobSpec, render_batch_script
-from storage.errors import TierflowError
+from tierflow.flows.slurm.outcomes import job_outcome
+from tierflow.flows.slurm.scheduler import SlurmJob, parse_scontrol_job
+from tierflow.flows.slurm.script import SlurmJobSpec, render_batch_script
+from tierflow.storage.errors import TierflowError
 
 RECORDED = {
     "COMPLETED": (

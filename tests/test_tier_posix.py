@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from storage.tiers import PosixTier
-from storage.tiers.conformance import TierConformance
+from tierflow.storage.tiers import PosixTier
+from tierflow.storage.tiers.conformance import TierConformance
 
 _counter = itertools.count()
 

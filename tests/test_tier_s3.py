@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from storage.errors import KeyClaimedError, TierError
-from storage.tiers import PosixTier, S3Tier
-from storage.tiers.conformance import MULTIPART_SIZE, TierConformance
+from tierflow.storage.errors import KeyClaimedError, TierError
+from tierflow.storage.tiers import PosixTier, S3Tier
+from tierflow.storage.tiers.conformance import MULTIPART_SIZE, TierConformance
 
 MIB = 1024 * 1024
 

@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import data as data_commands
-from flows.cli import db as db_commands
-from flows.cli import deploy as deploy_commands
-from flows.cli import ops as ops_commands
-from flows.cli import pipeline as pipeline_commands
-from flows.cli._app import CliState, console, print_json, report_error, state
+from tierflow.flows.cli import data as data_commands
+from tierflow.flows.cli import db as db_commands
+from tierflow.flows.cli import deploy as deploy_commands
+from tierflow.flows.cli import ops as ops_commands
+from tierflow.flows.cli import pipeline as pipeline_commands
+from tierflow.flows.cli._app import CliState, console, print_json, report_error, state
 
 __all__ = ["app", "main"]
 
@@ -47,7 +47,7 @@ def _global(
 @app.command("config")
 def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The resolved configuration and where each part came from (secrets masked)."""
-    from configs import load_config, load_db_config
+    from tierflow.configs import load_config, load_db_config
 
     path = state(ctx).config_path
     tierflow, database = load_config(path), load_db_config(path)
@@ -84,7 +84,7 @@ def main() -> None:
         import os
 
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from flows.stopping import StopRequested, stop_on_signals, stop_signal
+    from tierflow.flows.stopping import StopRequested, stop_on_signals, stop_signal
 
     stop_on_signals()
     try:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["CliState", "console", "err_console", "print_json", "state"]
 

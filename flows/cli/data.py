@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli._app import console, err_console, print_json, state
+from tierflow.flows.cli._app import console, err_console, print_json, state
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -17,8 +17,8 @@ artifacts_app = typer.Typer(help="Artifacts on every tier.", no_args_is_help=Tru
 
 
 def _config(ctx: typer.Context) -> Any:
-    from configs import load_config
-    from flows.prefect_env import configure_prefect
+    from tierflow.configs import load_config
+    from tierflow.flows.prefect_env import configure_prefect
 
     config = load_config(state(ctx).config_path)
     configure_prefect(config)
@@ -26,16 +26,16 @@ def _config(ctx: typer.Context) -> Any:
 
 
 def _database(ctx: typer.Context) -> Any:
-    from configs import load_db_config
-    from flows.database import open_database
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
 
     return open_database(load_db_config(state(ctx).config_path), migrate=True)
 
 
 def _existing_run(session: Any, run: str) -> Any:
     """The ``runs`` row of ``run`` (an id or a Prefect flow-run id), or a one-line error."""
-    from storage.db.repo import get_run
-    from storage.errors import TierflowError
+    from tierflow.storage.db.repo import get_run
+    from tierflow.storage.errors import TierflowError
 
     row = get_run(session, run)
     if row is None:
@@ -44,7 +44,7 @@ def _existing_run(session: Any, run: str) -> Any:
 
 
 def _size(n: int) -> str:
-    from storage.preflight import format_bytes
+    from tierflow.storage.preflight import format_bytes
 
     return format_bytes(n)
 
@@ -68,10 +68,10 @@ def ingest(
 ) -> None:
     """Snapshot RAW_DIR onto Tier 1 (content-addressed, write-once); prints the snapshot id."""
     _config(ctx)
-    from flows.ingest import ingest as ingest_flow
-    from flows.prefect_env import interactive_flows
-    from storage.raw_layout import check_raw_folder
-    from storage.tiers import check_name
+    from tierflow.flows.ingest import ingest as ingest_flow
+    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.storage.raw_layout import check_raw_folder
+    from tierflow.storage.tiers import check_name
 
     check_name(dataset, "dataset")
     check_raw_folder(Path(raw_dir).expanduser())  # before any flow starts
@@ -96,7 +96,7 @@ def snapshots_list(
     as_json: JsonOption = False,
 ) -> None:
     """Snapshots recorded in the results database, newest first."""
-    from storage.db.repo import list_snapshots
+    from tierflow.storage.db.repo import list_snapshots
 
     db = _database(ctx)
     with db.session() as session:
@@ -123,7 +123,7 @@ def artifacts_list(
     as_json: JsonOption = False,
 ) -> None:
     """Artifacts with their tier, size, promotion and deletion state."""
-    from storage.db.repo import list_artifacts
+    from tierflow.storage.db.repo import list_artifacts
 
     db = _database(ctx)
     with db.session() as session:
@@ -153,9 +153,9 @@ def promote(
 ) -> None:
     """Copy artifacts to Tier 1, verify them by reading back, then record the promotion."""
     _config(ctx)
-    from flows.promote import promote as promote_flow
+    from tierflow.flows.promote import promote as promote_flow
 
-    from flows.prefect_env import interactive_flows
+    from tierflow.flows.prefect_env import interactive_flows
 
     with interactive_flows():
         result = promote_flow(run=run, artifacts=artifact or None, config_dir=state(ctx).config_path)
@@ -175,9 +175,9 @@ def retention(
 ) -> None:
     """Apply the retention rules of [retention] to Tiers 2-4 (Tier 1 is never touched)."""
     _config(ctx)
-    from flows.retention import retention as retention_flow
+    from tierflow.flows.retention import retention as retention_flow
 
-    from flows.prefect_env import interactive_flows
+    from tierflow.flows.prefect_env import interactive_flows
 
     with interactive_flows():
         result = retention_flow(dry_run=dry_run, config_dir=state(ctx).config_path)
@@ -207,7 +207,7 @@ def preflight(
     """Estimate peak RAM and scratch disk for a run from array headers only (no pixels read)."""
     import os
 
-    from storage.preflight import preflight_check
+    from tierflow.storage.preflight import preflight_check
 
     config = _config(ctx)
     shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else tuple(config.execution.block_shape)
@@ -224,7 +224,7 @@ def preflight(
 
 def tiers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Each tier's role, backend, root and bytes used."""
-    from flows.tiers import open_tiers
+    from tierflow.flows.tiers import open_tiers
 
     config = _config(ctx)
     opened = open_tiers(config)

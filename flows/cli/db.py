@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from configs import load_db_config
-from flows.cli._app import console, print_json, state
-from flows.database import embedded_server, open_database
-from storage.db.database import Database
-from storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
+from tierflow.configs import load_db_config
+from tierflow.flows.cli._app import console, print_json, state
+from tierflow.flows.database import embedded_server, open_database
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
 
 app = typer.Typer(help="The results database: upgrade, status, url, stop.", no_args_is_help=True)
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli._app import console, state
+from tierflow.flows.cli._app import console, state
 
 __all__ = ["register"]
 
@@ -19,9 +19,9 @@ def deploy(
     name: Annotated[list[str] | None, typer.Option("--name", help="Only this deployment (repeatable), e.g. pipeline-slurm.")] = None,
 ) -> None:
     """Create the work pools (tierflow-local, tierflow-slurm) and apply deployments/prefect.yaml."""
-    from configs import load_config
-    from flows.deployments import apply_deployments, ensure_pools, require_server
-    from flows.prefect_env import configure_prefect
+    from tierflow.configs import load_config
+    from tierflow.flows.deployments import apply_deployments, ensure_pools, require_server
+    from tierflow.flows.prefect_env import configure_prefect
 
     config = load_config(state(ctx).config_path)
     configure_prefect(config)
@@ -44,11 +44,11 @@ def worker(
     run_once: Annotated[bool, typer.Option("--run-once", help="Submit what is scheduled now, then stop.")] = False,
 ) -> None:
     """Start the worker of a pool (`prefect worker start --pool ... --type ...` with tierflow's settings)."""
-    from configs import load_config
-    from flows.deployments import LOCAL_POOL, SLURM_POOL, project_home, require_server
-    from flows.prefect_env import configure_prefect
-    from flows.slurm.worker import WORKER_TYPE
-    from storage.errors import TierflowError
+    from tierflow.configs import load_config
+    from tierflow.flows.deployments import LOCAL_POOL, SLURM_POOL, project_home, require_server
+    from tierflow.flows.prefect_env import configure_prefect
+    from tierflow.flows.slurm.worker import WORKER_TYPE
+    from tierflow.storage.errors import TierflowError
 
     pools = {"local": (LOCAL_POOL, "process"), "slurm": (SLURM_POOL, WORKER_TYPE)}
     if kind not in pools:

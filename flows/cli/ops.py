@@ -10,15 +10,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.cli._app import console, err_console, print_json, state
+from tierflow.flows.cli._app import console, err_console, print_json, state
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 STAGES = {"label": 2}  # label: local + relabel stages are block-wise (merge is one step)
 
 
 def _total_blocks(name: str, shape: tuple[int, ...], blocks: tuple[int, ...], params: dict[str, str]) -> int:
-    from storage.geometry import BlockGrid
-    from tasks.ops.pyramid import downsampled_shape, pyramid_factors
+    from tierflow.storage.geometry import BlockGrid
+    from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 
     if name == "features":
         return 0  # features go to the database; no block bar
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_params(values: list[str] | None) -> dict[str, str]:
-    from storage.errors import TierflowError
+    from tierflow.storage.errors import TierflowError
 
     params = {}
     for item in values or []:
@@ -53,9 +53,9 @@ def _parse_params(values: list[str] | None) -> dict[str, str]:
 
 def _check_op(name: str, params: dict[str, str]) -> None:
     """Refuse an unknown operation, or a parameter unknown or out of range, before any flow starts."""
-    from storage.errors import TierflowError
-    from tasks.ops.catalog import MAP_OPS, MULTI_STAGE_PARAMS
-    from tasks.ops.params import resolve_params
+    from tierflow.storage.errors import TierflowError
+    from tierflow.tasks.ops.catalog import MAP_OPS, MULTI_STAGE_PARAMS
+    from tierflow.tasks.ops.params import resolve_params
 
     if name in MULTI_STAGE_PARAMS:
         resolve_params(name, MULTI_STAGE_PARAMS[name], params)
@@ -70,9 +70,9 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
     from sqlalchemy import func, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from configs import load_db_config
-    from flows.database import open_database
-    from storage.db.models import BlockRecord
+    from tierflow.configs import load_db_config
+    from tierflow.flows.database import open_database
+    from tierflow.storage.db.models import BlockRecord
 
     db = open_database(load_db_config(config_path), migrate=True)  # a fresh database has no ledger table yet
     since = datetime.now(UTC)
@@ -120,11 +120,11 @@ def op(
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
     params = _parse_params(param)
     _check_op(name, params)  # before anything heavy is imported or started
-    from flows.cli.data import _config
-    from flows.op import locate_input, output_location, run_op
-    from flows.placement import check_output_placement, op_reads
-    from storage.geometry import parse_block_shape
-    from tasks.blockwise import open_source
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.op import locate_input, output_location, run_op
+    from tierflow.flows.placement import check_output_placement, op_reads
+    from tierflow.storage.geometry import parse_block_shape
+    from tierflow.tasks.blockwise import open_source
 
     config = _config(ctx)
     extras = _parse_params(extra)
@@ -136,7 +136,7 @@ def op(
     total = _total_blocks(name, tuple(volume.shape), blocks, params)
 
     def run() -> dict[str, Any]:
-        from flows.prefect_env import interactive_flows
+        from tierflow.flows.prefect_env import interactive_flows
 
         with interactive_flows():
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
@@ -154,8 +154,8 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
     """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
     from sqlalchemy import select
 
-    from flows.cli.data import _database, _existing_run
-    from storage.db.models import BlockRecord
+    from tierflow.flows.cli.data import _database, _existing_run
+    from tierflow.storage.db.models import BlockRecord
 
     db = _database(ctx)
     with db.session() as session:
@@ -186,19 +186,19 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
 def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The failed run to finish.")], as_json: JsonOption = False) -> None:
     """Finish a failed (or killed) op or pipeline run: only what the ledger does not mark done
     is computed again."""
-    from flows.cli.data import _config, _database
-    from flows.op import resume_op
-    from storage.db.repo import get_run
+    from tierflow.flows.cli.data import _config, _database
+    from tierflow.flows.op import resume_op
+    from tierflow.storage.db.repo import get_run
 
     _config(ctx)
-    from flows.prefect_env import interactive_flows
+    from tierflow.flows.prefect_env import interactive_flows
 
     with _database(ctx).session() as session:
         row = get_run(session, run)
         flow_name = row.flow_name if row is not None else None
     if flow_name == "pipeline":
-        from flows.cli.pipeline import _pipeline_summary
-        from flows.pipeline import resume_pipeline
+        from tierflow.flows.cli.pipeline import _pipeline_summary
+        from tierflow.flows.pipeline import resume_pipeline
 
         with interactive_flows(), console.status(f"resuming pipeline run {run}"):
             result = resume_pipeline(run, config_dir=state(ctx).config_path)
@@ -226,11 +226,11 @@ def track(
     as_json: JsonOption = False,
 ) -> None:
     """Link objects across time points; store tracks, kinematics and MSD in the database."""
-    from flows.cli.data import _config
-    from flows.track import track as track_flow
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.track import track as track_flow
 
     _config(ctx)
-    from flows.prefect_env import interactive_flows
+    from tierflow.flows.prefect_env import interactive_flows
 
     with interactive_flows():
         result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli._app import console, print_json, state
+from tierflow.flows.cli._app import console, print_json, state
 
 __all__ = ["register"]
 
@@ -41,11 +41,11 @@ def run_pipeline(
 ) -> None:
     """Run the main job (stage, smooth, threshold, label, features, track, pyramid, promote,
     retention, report) on a snapshot or a raw folder."""
-    from flows.cli.data import _config
-    from flows.cli.ops import _parse_params
-    from flows.pipeline_params import PipelineParams
-    from storage.raw_layout import check_raw_folder
-    from storage.tiers import check_name
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.cli.ops import _parse_params
+    from tierflow.flows.pipeline_params import PipelineParams
+    from tierflow.storage.raw_layout import check_raw_folder
+    from tierflow.storage.tiers import check_name
 
     config = _config(ctx)
     params = _parse_params(param)
@@ -53,8 +53,8 @@ def run_pipeline(
     PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:
         check_raw_folder(raw.expanduser())
-    from flows.pipeline import pipeline
-    from flows.prefect_env import interactive_flows
+    from tierflow.flows.pipeline import pipeline
+    from tierflow.flows.prefect_env import interactive_flows
 
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
@@ -82,10 +82,10 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: synthesize a time-lapse (moving, dividing and touching
     cells in 2 channels), ingest it, run the pipeline, print what came out and how to look."""
-    from flows.cli.data import _config
-    from flows.pipeline import pipeline
-    from flows.prefect_env import interactive_flows
-    from tasks.synthetic import SyntheticSpec, linking_accuracy, write_synthetic_raw
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.pipeline import pipeline
+    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.tasks.synthetic import SyntheticSpec, linking_accuracy, write_synthetic_raw
 
     config = _config(ctx)
     raw = (raw_dir or Path(config.meta.project_root) / "var" / "demo" / "raw").expanduser().resolve()
@@ -119,8 +119,8 @@ def _track_points(ctx: typer.Context, result: dict[str, Any]) -> Any:
     import pandas as pd
     from sqlalchemy import select
 
-    from flows.cli.data import _database
-    from storage.db.models import Run, TrackPoint
+    from tierflow.flows.cli.data import _database
+    from tierflow.storage.db.models import Run, TrackPoint
 
     db = _database(ctx)
     run_id = result.get("served_from_run") or result["run_id"]
@@ -135,8 +135,8 @@ def _track_points(ctx: typer.Context, result: dict[str, Any]) -> Any:
 def _artifacts_per_tier(ctx: typer.Context) -> None:
     from sqlalchemy import func, select
 
-    from flows.cli.data import _database
-    from storage.db.models import Artifact
+    from tierflow.flows.cli.data import _database
+    from tierflow.storage.db.models import Artifact
 
     db = _database(ctx)
     with db.session() as session:
@@ -152,8 +152,8 @@ def runs_list(
     as_json: JsonOption = False,
 ) -> None:
     """Recent runs: id, flow, status, start, duration, parent."""
-    from flows.cli.data import _database
-    from storage.db.repo import list_runs
+    from tierflow.flows.cli.data import _database
+    from tierflow.storage.db.repo import list_runs
 
     db = _database(ctx)
     with db.session() as session:
@@ -174,8 +174,8 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
     """One run: parameters, result, child runs, artifacts and block progress."""
     from sqlalchemy import func, select
 
-    from flows.cli.data import _database, _existing_run
-    from storage.db.models import Artifact, BlockRecord, Run
+    from tierflow.flows.cli.data import _database, _existing_run
+    from tierflow.storage.db.models import Artifact, BlockRecord, Run
 
     db = _database(ctx)
     with db.session() as session:
@@ -228,9 +228,9 @@ def serve(
     outside the tier, never scratch or ephemeral). Ctrl-C stops it."""
     from urllib.parse import urlparse
 
-    from configs import load_db_config
-    from flows.cli.data import _config
-    from flows.serve import tier_server
+    from tierflow.configs import load_db_config
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.serve import tier_server
 
     config = _config(ctx)
     server = tier_server(config, load_db_config(state(ctx).config_path), tier,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.slurm.scheduler import SlurmJob
+from tierflow.flows.slurm.scheduler import SlurmJob
 
 __all__ = ["JobOutcome", "job_outcome"]
 

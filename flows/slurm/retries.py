@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from storage.db.database import Database
-from storage.db.repo.ledger import running_rows, settle_running
-from flows.slurm.scheduler import SlurmScheduler
+from tierflow.storage.db.database import Database
+from tierflow.storage.db.repo.ledger import running_rows, settle_running
+from tierflow.flows.slurm.scheduler import SlurmScheduler
 
 __all__ = ["LostBatch", "RetryDecision", "SlurmBatchRetries", "scale_memory"]
 
@@ -95,7 +95,7 @@ def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: 
                            retries: SlurmBatchRetries, progress: Any = None, log: Callable[[str], None] = print) -> Any:
     """:func:`flows.batching.run_batches` on SLURM workers, with lost batches handled as the
     module docstring says. Returns a :class:`flows.batching.BatchOutcome`."""
-    from flows.batching import BatchOutcome, collect_batches, submit_batches
+    from tierflow.flows.batching import BatchOutcome, collect_batches, submit_batches
 
     total = BatchOutcome()
     pending: list[tuple[Any, Any, list[list[str]]]] = [(runner, job, [list(b) for b in batches])]

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["END_STATES", "SlurmError", "SlurmJob", "SlurmScheduler", "parse_scontrol_job"]
 

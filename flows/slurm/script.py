@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from storage.errors import TierflowError
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["SlurmJobSpec", "render_batch_script"]
 

@@ -37,9 +37,9 @@ from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect.states import Cancelled, Crashed
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
-from flows.slurm.outcomes import job_outcome
-from flows.slurm.scheduler import SlurmJob, SlurmScheduler
-from flows.slurm.script import SlurmJobSpec, render_batch_script
+from tierflow.flows.slurm.outcomes import job_outcome
+from tierflow.flows.slurm.scheduler import SlurmJob, SlurmScheduler
+from tierflow.flows.slurm.script import SlurmJobSpec, render_batch_script
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun, WorkPool
@@ -102,7 +102,7 @@ class SlurmJobConfiguration(BaseJobConfiguration):
 def _site_defaults() -> dict[str, Any]:
     """Empty job variables filled from tierflow's ``[slurm]`` (and Tier 4 for the logs)."""
     try:
-        from configs import load_config
+        from tierflow.configs import load_config
 
         config = load_config()
     except Exception:  # noqa: BLE001 - no tierflow configs where the worker runs: stock defaults

@@ -15,8 +15,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db.models import Base
-from storage.errors import DatabaseError, DatabaseUnavailableError
+from tierflow.storage.db.models import Base
+from tierflow.storage.errors import DatabaseError, DatabaseUnavailableError
 
 __all__ = ["Database", "normalise_url", "scrub"]
 

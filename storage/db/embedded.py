@@ -32,7 +32,7 @@ import psutil
 from filelock import FileLock, Timeout
 from sqlalchemy.engine import URL
 
-from storage.errors import EmbeddedServerError
+from tierflow.storage.errors import EmbeddedServerError
 
 __all__ = ["EmbeddedPostgres", "EmbeddedStatus"]
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from storage.db.database import Database
+from tierflow.storage.db.database import Database
 
 __all__ = ["advisory_locks", "held_run_locks", "hold_run_lock", "lock_key", "run_lock_key", "shared_lease"]
 

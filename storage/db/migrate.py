@@ -17,8 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
-from storage.db.database import Database
-from storage.errors import SchemaOutOfDateError
+from tierflow.storage.db.database import Database
+from tierflow.storage.errors import SchemaOutOfDateError
 
 __all__ = ["MIGRATIONS_DIR", "current_revision", "downgrade", "head_revision", "heads", "require_current", "upgrade"]
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from storage.db.base import Base
+from tierflow.storage.db.base import Base
 
 __all__ = [
     "ARTIFACT_TIERS",

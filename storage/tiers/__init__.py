@@ -3,11 +3,11 @@
 >>> from storage.tiers import PosixTier, S3Tier, Tier     # doctest: +SKIP
 """
 
-from storage.tiers.base import HashingReader, Leftover, ObjectInfo, Tier, tree_sha256
-from storage.tiers.download import download_verified
-from storage.tiers.names import check_key, check_name
-from storage.tiers.posix import PosixTier
-from storage.tiers.s3 import S3Tier, parse_s3_uri
+from tierflow.storage.tiers.base import HashingReader, Leftover, ObjectInfo, Tier, tree_sha256
+from tierflow.storage.tiers.download import download_verified
+from tierflow.storage.tiers.names import check_key, check_name
+from tierflow.storage.tiers.posix import PosixTier
+from tierflow.storage.tiers.s3 import S3Tier, parse_s3_uri
 
 __all__ = [
     "HashingReader",

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from storage.errors import IntegrityError, ObjectNotFoundError, TierError
+from tierflow.storage.errors import IntegrityError, ObjectNotFoundError, TierError
 
 __all__ = ["HashingReader", "Leftover", "ObjectInfo", "Tier", "hash_file", "tree_sha256"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.errors import IntegrityError, InvalidNameError, KeyClaimedError, ObjectExistsError, ObjectNotFoundError, TierError
-from storage.promotion import promote_tree
-from storage.tiers.base import Tier
+from tierflow.storage.errors import IntegrityError, InvalidNameError, KeyClaimedError, ObjectExistsError, ObjectNotFoundError, TierError
+from tierflow.storage.promotion import promote_tree
+from tierflow.storage.tiers.base import Tier
 
 __all__ = ["MULTIPART_SIZE", "TierConformance"]
 

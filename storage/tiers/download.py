@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from storage.errors import IntegrityError, ObjectNotFoundError, TierError
-from storage.tiers.base import Tier, hash_file
+from tierflow.storage.errors import IntegrityError, ObjectNotFoundError, TierError
+from tierflow.storage.tiers.base import Tier, hash_file
 
 __all__ = ["download_verified", "local_copy_matches"]
 

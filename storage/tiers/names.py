@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from storage.errors import InvalidNameError
+from tierflow.storage.errors import InvalidNameError
 
 __all__ = ["check_key", "check_name"]
 

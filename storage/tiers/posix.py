@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
-from storage.tiers.base import COPY_BUFFER, HashingReader, ObjectInfo, Tier
-from storage.tiers.names import check_key
+from tierflow.storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError
+from tierflow.storage.tiers.base import COPY_BUFFER, HashingReader, ObjectInfo, Tier
+from tierflow.storage.tiers.names import check_key
 
 __all__ = ["PosixTier"]
 

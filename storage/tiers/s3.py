@@ -33,10 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError, TransferError
-from storage.tiers.base import COPY_BUFFER, HashingReader, Leftover, ObjectInfo, Tier
-from storage.tiers.names import check_key
-from storage.tiers.s3_claims import CLAIMS, abort_stale_uploads, clear_leftover, find_leftovers, hold_claim, refused
+from tierflow.storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError, TransferError
+from tierflow.storage.tiers.base import COPY_BUFFER, HashingReader, Leftover, ObjectInfo, Tier
+from tierflow.storage.tiers.names import check_key
+from tierflow.storage.tiers.s3_claims import CLAIMS, abort_stale_uploads, clear_leftover, find_leftovers, hold_claim, refused
 
 __all__ = ["S3Tier", "parse_s3_uri"]
 

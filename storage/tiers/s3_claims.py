@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import KeyClaimedError, ObjectExistsError, ObjectNotFoundError
-from storage.tiers.base import Leftover
+from tierflow.storage.errors import KeyClaimedError, ObjectExistsError, ObjectNotFoundError
+from tierflow.storage.tiers.base import Leftover
 
 if TYPE_CHECKING:
-    from storage.tiers.s3 import S3Tier
+    from tierflow.storage.tiers.s3 import S3Tier
 
 __all__ = ["CLAIMS", "Claim", "abort_stale_uploads", "clear_leftover", "find_leftovers", "hold_claim", "refused"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.ops.filters import gaussian, gaussian_radius, threshold
-from tasks.ops.params import ParamSpec, otsu_or_number, resolve_params
+from tierflow.tasks.ops.filters import gaussian, gaussian_radius, threshold
+from tierflow.tasks.ops.params import ParamSpec, otsu_or_number, resolve_params
 
 __all__ = ["MAP_OPS", "MULTI_STAGE_PARAMS", "MapOp", "ParamSpec", "get_map_op"]
 

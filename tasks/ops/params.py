@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from storage.errors import InvalidParameterError
+from tierflow.storage.errors import InvalidParameterError
 
 __all__ = ["ParamSpec", "otsu_or_number", "resolve_params"]
 

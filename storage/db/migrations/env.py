@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from storage.db.models import Base
+from tierflow.storage.db.models import Base
 
 target_metadata = Base.metadata
 

@@ -4,7 +4,7 @@ Every function takes a :class:`sqlalchemy.orm.Session` and leaves the transactio
 caller (``with db.session() as session: ...``).
 """
 
-from storage.db.repo.artifacts import (
+from tierflow.storage.db.repo.artifacts import (
     add_artifact,
     add_lineage,
     get_artifact,
@@ -13,12 +13,12 @@ from storage.db.repo.artifacts import (
     mark_deleted,
     mark_promoted,
 )
-from storage.db.repo.features import add_object_features, count_objects
-from storage.db.repo.ledger import block_progress, done_blocks, failed_blocks, record_blocks
-from storage.db.repo.retention import record_retention_event
-from storage.db.repo.runs import finish_run, get_run, list_runs, start_run
-from storage.db.repo.tracks import add_track_rows
-from storage.db.repo.snapshots import ManifestEntry, get_snapshot, list_snapshots, record_snapshot, snapshot_files
+from tierflow.storage.db.repo.features import add_object_features, count_objects
+from tierflow.storage.db.repo.ledger import block_progress, done_blocks, failed_blocks, record_blocks
+from tierflow.storage.db.repo.retention import record_retention_event
+from tierflow.storage.db.repo.runs import finish_run, get_run, list_runs, start_run
+from tierflow.storage.db.repo.tracks import add_track_rows
+from tierflow.storage.db.repo.snapshots import ManifestEntry, get_snapshot, list_snapshots, record_snapshot, snapshot_files
 
 __all__ = [
     "ManifestEntry",

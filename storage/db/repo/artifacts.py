@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.db.models import ARTIFACT_TIERS, Artifact, ArtifactLineage
-from storage.errors import TierflowError
+from tierflow.storage.db.models import ARTIFACT_TIERS, Artifact, ArtifactLineage
+from tierflow.storage.errors import TierflowError
 
 __all__ = [
     "add_artifact",

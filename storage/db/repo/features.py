@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from storage.db.models import ObjectFeature, ObjectIntensity
+from tierflow.storage.db.models import ObjectFeature, ObjectIntensity
 
 __all__ = ["FEATURE_COLUMNS", "add_object_features", "count_objects"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from storage.db.models import BLOCK_STATUSES, BlockRecord
+from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
 __all__ = ["block_progress", "done_blocks", "done_fingerprints", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
            "settle_running"]

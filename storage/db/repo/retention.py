@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from storage.db.models import RETENTION_ACTIONS, RetentionEvent
+from tierflow.storage.db.models import RETENTION_ACTIONS, RetentionEvent
 
 __all__ = ["record_retention_event"]
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import String, cast, select
 from sqlalchemy.orm import Session
 
-from storage.db.locks import held_run_locks
-from storage.db.models import RUN_STATUSES, Run
-from storage.errors import TierflowError
+from tierflow.storage.db.locks import held_run_locks
+from tierflow.storage.db.models import RUN_STATUSES, Run
+from tierflow.storage.errors import TierflowError
 
 __all__ = ["CRASHED_MESSAGE", "finish_run", "get_run", "list_runs", "settle_runs", "start_run"]
 

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.db.models import Snapshot, SnapshotFile
-from storage.errors import TierflowError
-from storage.snapshots import ManifestEntry
+from tierflow.storage.db.models import Snapshot, SnapshotFile
+from tierflow.storage.errors import TierflowError
+from tierflow.storage.snapshots import ManifestEntry
 
 __all__ = ["ManifestEntry", "get_snapshot", "list_snapshots", "record_snapshot", "snapshot_files"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from storage.db.models import TrackKinematics, TrackMsd, TrackPoint
+from tierflow.storage.db.models import TrackKinematics, TrackMsd, TrackPoint
 
 __all__ = ["add_track_rows"]
 
