@@ -28,7 +28,7 @@ test: lint
 lint: $(STAMP)
 	@rm -rf .lint && mkdir -p .lint/tierflow && cp tierflow/__init__.py .lint/tierflow/__init__.py
 	@for p in flows tasks storage configs; do ln -s ../../$$p .lint/tierflow/$$p; done
-	cd .lint && ../$(BIN)/lint-imports --no-cache --config ../pyproject.toml
+	cd .lint && ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 
 clean-venv:
 	rm -rf $(VENV)
