@@ -26,7 +26,7 @@ test: lint
 # import-linter reads packages from disk: it sees the tierflow.* namespace through a tree of
 # links (.lint/tierflow/{flows,tasks,storage,configs} -> the top-level folders), as installed
 lint: $(STAMP)
-	@rm -rf .lint && mkdir -p .lint/tierflow && cp tierflow/__init__.py .lint/tierflow/__init__.py
+	@rm -rf .lint && mkdir -p .lint/tierflow && cp tierflow/*.py .lint/tierflow/
 	@for p in flows tasks storage configs; do ln -s ../../$$p .lint/tierflow/$$p; done
 	cd .lint && ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 

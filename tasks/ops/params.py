@@ -2,7 +2,7 @@
 
 Values arrive as text from the CLI (``-p sigma=2``) or as numbers from Python; :func:`resolve_params`
 converts and checks every one against its :class:`ParamSpec` before any work starts, and refuses
-with an :class:`~storage.errors.InvalidParameterError` that names the operation, the key, the
+with an :class:`~tierflow.errors.InvalidParameterError` that names the operation, the key, the
 value given and what is allowed.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tierflow.storage.errors import InvalidParameterError
+from tierflow.errors import InvalidParameterError
 
 __all__ = ["ParamSpec", "otsu_or_number", "resolve_params"]
 

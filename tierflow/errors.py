@@ -1,0 +1,126 @@
+"""The exception hierarchy of tierflow.
+
+Every error a user can cause derives from :class:`TierflowError`, carries a message that names
+the file, key, URI or block at fault, and (where one exists) a hint saying what to do about it.
+The CLI prints ``message`` and ``hint`` on one line each; the traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TierflowError",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "EmbeddedServerError",
+    "SchemaOutOfDateError",
+    "InvalidNameError",
+    "InvalidParameterError",
+    "InvalidInputError",
+    "TierError",
+    "ObjectNotFoundError",
+    "ObjectExistsError",
+    "IntegrityError",
+    "TransferError",
+    "KeyClaimedError",
+    "SnapshotConflictError",
+    "RawLayoutError",
+    "InsufficientMemoryError",
+    "InsufficientDiskError",
+]
+
+
+class TierflowError(Exception):
+    """Base class of every error tierflow raises on purpose.
+
+    Parameters
+    ----------
+    message
+        What is wrong, naming the file, key or object at fault.
+    hint
+        What the user can do to fix it, or ``None``.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class ConfigError(TierflowError):
+    """A configuration file or environment variable is missing, malformed or out of bounds."""
+
+
+class DatabaseError(TierflowError):
+    """The results database cannot be used as configured."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The results database cannot be reached (the password is never part of the message)."""
+
+
+class EmbeddedServerError(DatabaseError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+class SchemaOutOfDateError(DatabaseError):
+    """The database schema is behind the code's migrations."""
+
+
+class InvalidNameError(TierflowError, ValueError):
+    """A dataset name, snapshot id or object key is unsafe (``..``, ``/``, absolute, control chars)."""
+
+
+class InvalidParameterError(TierflowError, ValueError):
+    """A parameter's value is of the wrong type or out of its range (the message names the key)."""
+
+
+class InvalidInputError(TierflowError):
+    """An input file or array cannot be read as it is (damaged, truncated, inconsistent); the
+    message names the file, page or chunk at fault."""
+
+
+class TierError(TierflowError):
+    """A storage tier cannot do what was asked (unreachable, misconfigured, refused)."""
+
+
+class ObjectNotFoundError(TierError, FileNotFoundError):
+    """No object at that key on that tier."""
+
+
+class ObjectExistsError(TierError, FileExistsError):
+    """The key exists on a write-once tier: nothing there can be overwritten."""
+
+
+class IntegrityError(TierError):
+    """Bytes read back do not match their recorded sha256."""
+
+
+class TransferError(TierError):
+    """A transfer was cut short (connection reset, truncated body, timeout) after the client's own
+    bounded retries; trying again may succeed."""
+
+
+class KeyClaimedError(TierError):
+    """A write-once key is claimed by another (running or killed) multipart upload."""
+
+
+class SnapshotConflictError(TierflowError):
+    """A snapshot id exists on Tier 1 with different content."""
+
+
+class RawLayoutError(TierflowError):
+    """A raw folder does not have tierflow's raw layout; the message shows how it should look."""
+
+
+class InsufficientMemoryError(TierflowError, MemoryError):
+    """A planned run's estimated peak RAM exceeds what is available (raised before it starts)."""
+
+
+class InsufficientDiskError(TierflowError, OSError):
+    """A planned run's estimated output size exceeds the free space on its scratch root."""
