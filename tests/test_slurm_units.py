@@ -127,3 +127,25 @@ def test_malformed_job_variables_are_refused_by_name(field, value, message):
     spec = {"name": "n", "comment": "c", "output": "o", "command": "x", field: value}
     with pytest.raises(TierflowError, match=message.replace("(", r"\(")):
         render_batch_script(SlurmJobSpec(**spec))
+
+
+def test_a_lost_batch_that_finished_is_counted_not_requeued(db):
+    """A worker job can end after its batch wrote its blocks and before Dask gathered the answer
+    (Dask: "Couldn't gather keys ... memory"). The ledger has those blocks done in this run: they
+    count as computed and are not submitted again; only the blocks not done are requeued. (CI saw
+    "6 of 8 computed" for a run that computed all 8.)"""
+    from tierflow.flows.slurm.retries import LostBatch, SlurmBatchRetries
+    from tierflow.storage.db.repo import record_blocks, start_run
+
+    with db.session() as session:
+        run_id = start_run(session, flow_name="op").id
+        base = {"run_id": run_id, "op": "gaussian", "op_key": "k", "array_uri": "file:///o.zarr"}
+        record_blocks(session, [base | {"block_id": b, "status": "done"} for b in ("1.0.0", "1.0.1", "2.0.0")])
+        record_blocks(session, [base | {"block_id": "3.0.0", "status": "done", "run_id": start_run(session, flow_name="op").id}])
+    retries = SlurmBatchRetries(db, run_id, "k", "file:///o.zarr")
+    finished = retries.decide(LostBatch(["1.0.0", "1.0.1"], "memory"))
+    assert (finished.action, finished.batches, finished.finished) == ("finished", [], 2)
+    partly = retries.decide(LostBatch(["2.0.0", "2.0.1"], "memory"))
+    assert (partly.action, partly.batches, partly.finished) == ("requeue", [["2.0.1"]], 1)
+    other_run = retries.decide(LostBatch(["3.0.0"], "memory"))  # done by another run: this run did not compute it
+    assert (other_run.action, other_run.batches, other_run.finished) == ("requeue", [["3.0.0"]], 0)

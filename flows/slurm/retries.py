@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tierflow.storage.db.database import Database
-from tierflow.storage.db.repo.ledger import running_rows, settle_running
+from tierflow.storage.db.repo.ledger import done_in_run, running_rows, settle_running
 from tierflow.flows.slurm.scheduler import SlurmScheduler
 
 __all__ = ["LostBatch", "RetryDecision", "SlurmBatchRetries", "scale_memory"]
@@ -37,13 +37,16 @@ class LostBatch:
 @dataclass(frozen=True)
 class RetryDecision:
     """What to do with a lost batch: ``"memory"`` (same batch, bigger jobs), ``"split"`` (two
-    halves), ``"requeue"`` (it never started: submit it again as it was) or ``"fail"``."""
+    halves), ``"requeue"`` (it never started: submit it again as it was), ``"finished"`` (its
+    blocks are done in the ledger; only its answer was lost with the worker) or ``"fail"``."""
 
     action: str
     batches: list[list[str]]
     job_id: str | None
     state: str
     attempt: int
+    finished: int = 0
+    """Blocks of the batch this run finished before its worker was lost (counted as computed)."""
 
 
 def scale_memory(memory: str, factor: float) -> str:
@@ -71,8 +74,13 @@ class SlurmBatchRetries:
     def decide(self, lost: LostBatch) -> RetryDecision:
         with self.db.session() as session:
             rows = running_rows(session, self.run_id, self.op_key, self.array_uri, lost.block_ids)
-        if not rows:  # queued on the worker that died, never started: nothing ran, nothing to learn
-            return RetryDecision("requeue", [lost.block_ids], None, "NOT_STARTED", 0)
+        if not rows:  # it never started, or it finished and only its answer died with the worker
+            with self.db.session() as session:
+                finished = done_in_run(session, self.run_id, self.op_key, self.array_uri, lost.block_ids)
+            rest = [block_id for block_id in lost.block_ids if block_id not in finished]
+            if not rest:
+                return RetryDecision("finished", [], None, "COMPLETED", 0, len(finished))
+            return RetryDecision("requeue", [rest], None, "NOT_STARTED", 0, len(finished))
         with self.db.session() as session:
             job_id = rows[-1].slurm_job_id if rows else None
             attempt = max((row.attempt or 1 for row in rows), default=1)
@@ -114,7 +122,11 @@ def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: 
                 log(f"batch {lost.block_ids[0]}..{lost.block_ids[-1]} lost with SLURM job {decision.job_id} "
                     f"({decision.state}), attempt {decision.attempt}: {decision.action}")
                 next_job = replace(current_job, attempt_offset=decision.attempt)
+                if decision.finished:  # written in this run before the worker went: computed, not to redo
+                    total.results.append({"done": decision.finished, "seconds": 0.0})
                 requeued[tuple(lost.block_ids)] = requeued.get(tuple(lost.block_ids), 0) + (decision.action == "requeue")
+                if decision.action == "finished":
+                    continue
                 if decision.action == "requeue" and requeued[tuple(lost.block_ids)] <= retries.max_attempts:
                     pending.append((target, current_job, decision.batches))
                 elif decision.action == "memory":
@@ -125,7 +137,7 @@ def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: 
                 elif decision.action == "split":
                     pending.append((target, next_job, decision.batches))
                 else:
-                    total.failed += lost.block_ids
+                    total.failed += [block_id for batch in decision.batches for block_id in batch]
                     total.first_error = total.first_error or (
                         f"SLURM job {decision.job_id} ended {decision.state} with blocks {lost.block_ids[0]}..: {lost.error}")
     finally:

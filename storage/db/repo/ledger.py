@@ -84,6 +84,14 @@ def running_rows(session: Session, run_id: int, op_key: str, array_uri: str, blo
         BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "running").order_by(BlockRecord.id)))
 
 
+def done_in_run(session: Session, run_id: int, op_key: str, array_uri: str, block_ids: Collection[str]) -> set[str]:
+    """Which of some blocks one run finished (a batch whose worker died after it wrote its blocks
+    has them here, though its result was lost with the worker)."""
+    return set(session.scalars(select(BlockRecord.block_id).where(
+        BlockRecord.run_id == run_id, BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
+        BlockRecord.block_id.in_(list(block_ids)), BlockRecord.status == "done")))
+
+
 def settle_running(session: Session, run_id: int, op_key: str, array_uri: str, block_ids: Collection[str], *,
                    error: str | None = None) -> int:
     """End the ``running`` rows of some blocks: deleted (the batch records its own outcome), or
