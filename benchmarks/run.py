@@ -77,8 +77,8 @@ def _preimport(name: str) -> None:
     import zarr  # noqa: F401
 
     if name.startswith("tierflow-"):
-        import tierflow.flows.op  # noqa: F401
-        from tierflow.flows.prefect_env import interactive_flows
+        import tierflow.flows.ops.flow  # noqa: F401
+        from tierflow.flows.runtime.prefect_env import interactive_flows
 
         with interactive_flows():  # process start-up, as the CLI does before its first flow run
             pass
@@ -104,7 +104,7 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
     started = time.perf_counter()
     extra: dict = {}
     if name.startswith("tierflow-"):
-        from tierflow.flows.op import run_op
+        from tierflow.flows.ops.flow import run_op
 
         kind = name.split("-", 1)[1]
         source = image if kind.startswith(("gaussian", "pyramid")) else mask
@@ -115,7 +115,7 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
                       "gaussian-rerun": ("gaussian", {"sigma": 2.0})}[kind]
         if kind == "gaussian-rerun":
             out = str(work / "out-tierflow-gaussian.zarr")
-        from tierflow.flows.prefect_env import interactive_flows
+        from tierflow.flows.runtime.prefect_env import interactive_flows
 
         with interactive_flows():  # as the CLI runs flows
             result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)

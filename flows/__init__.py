@@ -5,6 +5,6 @@ Importing this package is cheap; it only sets tierflow's safe Prefect defaults (
 a longer ephemeral-server start-up timeout) where the environment has none.
 """
 
-from tierflow.flows.prefect_env import apply_defaults as _apply_prefect_defaults
+from tierflow.flows.runtime.prefect_env import apply_defaults as _apply_prefect_defaults
 
 _apply_prefect_defaults()

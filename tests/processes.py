@@ -30,7 +30,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 def project_db(project: Path):
     """The project's results database, started and migrated."""
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     return open_database(load_db_config(project / "configs"), migrate=True)
 

@@ -189,7 +189,7 @@ def test_a_truncated_zarr_chunk_on_s3_is_named_with_its_input_array(project: Pat
         f'access_key_id = "{seaweedfs_http.access_key}"\nsecret_access_key = "{seaweedfs_http.secret_key}"\nverify = false\n'
     )
     from tierflow.configs import load_config
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.tiers import open_tiers
 
     scratch = open_tiers(load_config(project / "configs")).scratch
     array = zarr.create_array(store=scratch.zarr_store("in.zarr"), shape=STACK.shape, chunks=(4, 16, 16), dtype=STACK.dtype)
@@ -236,8 +236,8 @@ def test_a_full_disk_in_a_pipeline_says_to_resume_the_pipeline_run(project: Path
 
 def test_promoting_again_says_already_promoted_and_changes_nothing(project: Path, raw_folder: Path, prefect_api: str) -> None:
     from tierflow.configs import load_config, load_db_config
-    from tierflow.flows.database import open_database
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.database import open_database
+    from tierflow.flows.runtime.tiers import open_tiers
     from tierflow.storage.db.repo import add_artifact, get_snapshot, start_run
 
     env = {"PREFECT_API_URL": prefect_api}

@@ -13,7 +13,7 @@ import zarr
 from sqlalchemy import func, select
 
 from tierflow.configs import load_db_config
-from tierflow.flows.database import open_database
+from tierflow.flows.runtime.database import open_database
 from tierflow.storage.db.models import BlockRecord
 
 from conftest import run_cli
@@ -47,7 +47,7 @@ def ledger(project):
 
 
 def test_resume_recomputes_only_the_failed_blocks_and_matches_an_uninterrupted_run(project, source, tmp_path, ledger, prefect_api):
-    from tierflow.flows.op import BlockFailuresError, resume_op, run_op
+    from tierflow.flows.ops.flow import BlockFailuresError, resume_op, run_op
 
     configs = str(project / "configs")
     broken = {"0.1.2", "2.3.0", "1.0.1"}
@@ -73,7 +73,7 @@ def test_resume_recomputes_only_the_failed_blocks_and_matches_an_uninterrupted_r
 
 
 def test_label_resumes_after_the_merge_without_relabelling_everything(project, tmp_path, ledger, prefect_api):
-    from tierflow.flows.op import BlockFailuresError, resume_op, run_op
+    from tierflow.flows.ops.flow import BlockFailuresError, resume_op, run_op
 
     mask = (np.random.default_rng(1).random(SHAPE) > 0.7).astype(np.uint8)
     array = zarr.create_array(str(tmp_path / "mask.zarr"), shape=SHAPE, chunks=BLOCKS, dtype="uint8")
@@ -97,7 +97,7 @@ def test_label_resumes_after_the_merge_without_relabelling_everything(project, t
 
 
 def test_rerun_is_served_by_the_ledger_and_a_parameter_change_recomputes(project, source, tmp_path, ledger, prefect_api):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     configs = str(project / "configs")
     first = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
@@ -118,7 +118,7 @@ def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_
 
     from scipy import ndimage
 
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     configs, out = str(project / "configs"), str(tmp_path / "out.zarr")
     data = zarr.open_array(source)[:]
@@ -139,7 +139,7 @@ def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_
     assert len(ledger(status="stale")) == 36 * 3
 
 def test_two_concurrent_runs_compute_each_block_once(project, source, tmp_path, ledger, prefect_api):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     results = []
 
@@ -176,7 +176,7 @@ def test_op_status_and_resume_from_the_command_line(project, source, tmp_path, p
 
 
 def test_the_dask_backend_gives_the_thread_backends_result(project, source, tmp_path, ledger, prefect_api, monkeypatch):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     configs = str(project / "configs")
     threads = run_op("gaussian", source, str(tmp_path / "threads.zarr"), {"sigma": 1.5}, block_shape=BLOCKS, workers=2, config_dir=configs)
@@ -190,7 +190,7 @@ def test_the_dask_backend_gives_the_thread_backends_result(project, source, tmp_
 def test_repairing_one_input_chunk_recomputes_only_the_blocks_that_read_it(project, source, tmp_path, ledger, prefect_api):
     from scipy import ndimage
 
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
     from tierflow.storage.geometry import BlockGrid, Roi
 
     configs, out = str(project / "configs"), str(tmp_path / "out.zarr")
@@ -218,8 +218,8 @@ def test_repairing_one_input_chunk_recomputes_only_the_blocks_that_read_it(proje
 def test_a_byte_identical_copy_of_a_snapshot_is_recognised(project, raw_folder, tmp_path, prefect_api):
     import shutil
 
-    from tierflow.flows.ingest import ingest
-    from tierflow.flows.op import run_op
+    from tierflow.flows.lifecycle.ingest import ingest
+    from tierflow.flows.ops.flow import run_op
 
     configs = str(project / "configs")
     snap = ingest(str(raw_folder), "embryo", config_dir=configs)

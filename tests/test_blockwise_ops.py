@@ -46,7 +46,7 @@ def write(path, data, chunks):
 
 @pytest.fixture
 def op(project, prefect_api):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     def run(name, data_path, out, params, block_shape, **kwargs):
         return run_op(name, data_path, str(out), params, block_shape=block_shape, workers=2, config_dir=str(project / "configs"), **kwargs)
@@ -145,7 +145,7 @@ def test_convert_tiff_stack_and_slice_folder_to_zarr(op, tmp_path):
 
 
 def test_mask_and_masked_gaussian(op, tmp_path, project):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     data = volume(SHAPE_3D, "uint16", seed=4)
     mask = blobs(SHAPE_3D)
@@ -165,7 +165,7 @@ def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
     flooding a flat background plateau does not (ties are broken in visiting order)."""
     from skimage.segmentation import watershed
 
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     rng = np.random.default_rng(9)
     centers = np.stack([rng.integers(0, s, 60) for s in SHAPE_3D], axis=1)

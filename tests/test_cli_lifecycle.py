@@ -10,8 +10,8 @@ import numpy as np
 import zarr
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.models import RetentionEvent
 from tierflow.storage.db.repo import add_artifact, get_snapshot, start_run
 

@@ -12,7 +12,7 @@ from skimage.measure import regionprops_table
 from sqlalchemy import select
 
 from tierflow.configs import load_db_config
-from tierflow.flows.database import open_database
+from tierflow.flows.runtime.database import open_database
 from tierflow.storage.db.models import ObjectFeature, ObjectIntensity, TrackKinematics, TrackMsd, TrackPoint
 
 SHAPE, BLOCKS = (37, 101, 77), (16, 32, 32)
@@ -25,7 +25,7 @@ def write(path, data, chunks=BLOCKS):
 
 
 def test_features_equal_regionprops_and_are_stored(project, tmp_path, prefect_api):
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     rng = np.random.default_rng(4)
     smooth = ndimage.gaussian_filter(rng.random(SHAPE), 1.5)
@@ -78,8 +78,8 @@ def moving_objects(n_frames=8, seed=0):
 
 
 def test_tracks_recover_generated_trajectories_and_msd_is_stored(project, tmp_path, prefect_api):
-    from tierflow.flows.op import run_op
-    from tierflow.flows.track import track
+    from tierflow.flows.ops.flow import run_op
+    from tierflow.flows.lifecycle.track import track
 
     frames, velocity = moving_objects()
     runs = []

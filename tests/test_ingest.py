@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tierflow.configs import load_db_config
-from tierflow.flows.database import open_database
+from tierflow.flows.runtime.database import open_database
 from tierflow.storage.db.repo import get_snapshot, snapshot_files
 from tierflow.storage.errors import InvalidNameError, RawLayoutError, SnapshotConflictError
 from tierflow.storage.tiers import PosixTier
@@ -21,7 +21,7 @@ def tier1_files(project):
 
 
 def test_ingest_twice_gives_the_same_id_and_writes_nothing_new(project, raw_folder, prefect_api):
-    from tierflow.flows.ingest import ingest
+    from tierflow.flows.lifecycle.ingest import ingest
 
     first = ingest(str(raw_folder), "embryo", config_dir=str(project / "configs"))
     assert first["files"] == 8 and first["uploaded"] == 8 and first["new"] is True
@@ -50,7 +50,7 @@ def test_ingest_twice_gives_the_same_id_and_writes_nothing_new(project, raw_fold
 
 
 def test_changed_content_gets_a_new_id_and_an_existing_id_is_never_overwritten(project, raw_folder, prefect_api):
-    from tierflow.flows.ingest import ingest
+    from tierflow.flows.lifecycle.ingest import ingest
 
     first = ingest(str(raw_folder), "embryo", config_dir=str(project / "configs"))
     victim = raw_folder / "s1" / "emb_c0_t000.tif"
@@ -78,7 +78,7 @@ def test_changed_content_gets_a_new_id_and_an_existing_id_is_never_overwritten(p
 
 @pytest.mark.parametrize("name", ["../up", "a/b", "/abs", "tab\tname", "..", "new\nline", ""])
 def test_unsafe_dataset_names_are_refused(project, raw_folder, name, prefect_api):
-    from tierflow.flows.ingest import ingest
+    from tierflow.flows.lifecycle.ingest import ingest
 
     with pytest.raises(InvalidNameError):
         ingest(str(raw_folder), name, config_dir=str(project / "configs"))
@@ -86,7 +86,7 @@ def test_unsafe_dataset_names_are_refused(project, raw_folder, name, prefect_api
 
 
 def test_a_folder_without_the_raw_layout_is_refused_with_every_problem(project, tmp_path, prefect_api):
-    from tierflow.flows.ingest import ingest
+    from tierflow.flows.lifecycle.ingest import ingest
 
     raw = tmp_path / "messy"
     (raw / "empty_sample").mkdir(parents=True)

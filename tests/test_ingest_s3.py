@@ -10,8 +10,8 @@ import json
 from sqlalchemy import text
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.tiers import open_tiers
 
 from conftest import run_cli
 

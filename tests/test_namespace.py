@@ -21,7 +21,7 @@ def test_a_users_own_configs_flows_and_tasks_shadow_nothing(tmp_path: Path) -> N
             "print(load_config.__module__, run_op.__module__)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["tierflow.configs.settings", "tierflow.flows.op"]
+    assert done.stdout.split() == ["tierflow.configs.settings", "tierflow.flows.ops.flow"]
     helped = subprocess.run([TIERFLOW, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "Usage" in helped.stdout, helped.stderr
 
@@ -32,7 +32,7 @@ def test_the_wheel_holds_only_the_tierflow_package(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("tierflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"tierflow", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    for expected in ("tierflow/flows/op.py", "tierflow/storage/db/migrations/env.py", "tierflow/configs/tierflow.def.toml",
+    for expected in ("tierflow/flows/ops/flow.py", "tierflow/storage/db/migrations/env.py", "tierflow/configs/tierflow.def.toml",
                      "tierflow/storage/db/migrations/versions/0005_block_input_fingerprint.py"):
         assert expected in names, expected
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

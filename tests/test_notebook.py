@@ -26,7 +26,7 @@ def test_the_example_notebook_executes(project, prefect_api, monkeypatch):
     assert "no deployment" in outputs or "queued flow run" in outputs
     assert (project / "var" / "notebook" / "raw" / "sample1").is_dir()  # config.def.toml's path, resolved
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     with open_database(load_db_config(project / "configs")).session() as session:  # the overlay's dataset name
         assert session.execute(text("SELECT count(*) FROM snapshots WHERE dataset = 'nb-user'")).scalar_one() == 1

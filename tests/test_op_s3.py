@@ -76,7 +76,7 @@ def test_op_reads_a_tiff_on_s3_and_writes_to_s3(s3_project, tmp_path, prefect_ap
 
 def test_a_download_that_does_not_match_the_recorded_sha256_is_refused(s3_project, tmp_path):
     from tierflow.configs import load_config
-    from tierflow.flows.op import locate_input
+    from tierflow.flows.ops.flow import locate_input
     from tierflow.storage.errors import IntegrityError
 
     project, bucket, endpoint = s3_project
@@ -115,8 +115,8 @@ def test_an_output_on_a_write_once_s3_tier_is_refused_before_any_work(s3_project
 def test_an_output_on_a_read_only_tier_is_refused(s3_project):
     """No configured tier is read-only today (a backend declares it); the capability is honoured."""
     from tierflow.configs import load_config
-    from tierflow.flows.op import output_location
-    from tierflow.flows.tiers import s3_tier_of
+    from tierflow.flows.ops.flow import output_location
+    from tierflow.flows.runtime.tiers import s3_tier_of
     from tierflow.storage.arrays import ArrayLocation, check_writable
     from tierflow.storage.errors import TierError
 

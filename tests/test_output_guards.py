@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.repo import add_artifact, get_snapshot, start_run
 from tierflow.storage.promotion import tree_digest
 
@@ -49,8 +49,8 @@ def _tier1_with_results(project: Path, raw_folder: Path) -> dict[str, str]:
     """Ingest a snapshot and promote a zarr array to Tier 1; returns Tier 1 locations by kind,
     as op outputs would name them (paths or s3:// URIs), plus a scratch array shaped like the
     promoted one (the input that would overwrite it chunk for chunk)."""
-    from tierflow.flows.ingest import ingest
-    from tierflow.flows.promote import promote
+    from tierflow.flows.lifecycle.ingest import ingest
+    from tierflow.flows.lifecycle.promote import promote
 
     configs = str(project / "configs")
     snap = ingest(str(raw_folder), "embryo", config_dir=configs)
@@ -107,8 +107,8 @@ def s3_tier1(project, raw_folder, prefect_api, seaweedfs_http):
 
 
 def _refuses_every_tier1_output(project: Path, places: dict[str, str], tree, data) -> None:
-    from tierflow.flows.op import run_op
-    from tierflow.flows.placement import OutputPlacementError
+    from tierflow.flows.ops.flow import run_op
+    from tierflow.flows.execution.placement import OutputPlacementError
 
     before = tree()
     assert len(before) > 5  # a snapshot and a promoted array are there to be protected
@@ -174,8 +174,8 @@ def test_two_runs_with_different_parameters_never_share_an_output(project, tmp_p
     output ends entirely sigma=1's, and a later sigma=3 run recomputes every block."""
     from scipy import ndimage
 
-    from tierflow.flows.op import run_op
-    from tierflow.flows.outputs import OutputBusyError
+    from tierflow.flows.ops.flow import run_op
+    from tierflow.flows.execution.outputs import OutputBusyError
 
     shape, blocks = (20, 48, 40), (10, 16, 16)
     data = np.random.default_rng(3).integers(0, 4000, shape, dtype=np.uint16)

@@ -44,7 +44,7 @@ def _stop(root: Path) -> None:
 
 def _db(root: Path):
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     return open_database(load_db_config(root / "configs"))
 
@@ -245,7 +245,7 @@ def test_the_memory_guard_stops_a_run_cleanly_and_resume_goes_on(project, small_
 
 def test_pipeline_parameters_are_validated_with_the_key_at_fault(project):
     from tierflow.configs import load_config
-    from tierflow.flows.pipeline import PipelineParams
+    from tierflow.flows.pipeline.flow import PipelineParams
     from tierflow.storage.errors import TierflowError
 
     config = load_config(project / "configs")

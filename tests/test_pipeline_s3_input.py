@@ -27,7 +27,7 @@ def small_raw(tmp_path):
 
 def test_a_truncated_download_in_tier_4_tmp_is_fetched_again(project, small_raw, seaweedfs_http, prefect_api):
     from tierflow.configs import load_config
-    from tierflow.flows.pipeline import PipelineParams, pipeline_key
+    from tierflow.flows.pipeline.flow import PipelineParams, pipeline_key
 
     bucket = seaweedfs_http.new_bucket()
     (project / "configs" / "tierflow.user.toml").write_text(

@@ -11,8 +11,8 @@ import zarr
 from sqlalchemy import select
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.models import Artifact
 from tierflow.storage.db.repo import add_artifact, get_snapshot, lineage_inputs, start_run
 from tierflow.storage.errors import IntegrityError
@@ -22,7 +22,7 @@ from tierflow.storage.promotion import tree_digest
 @pytest.fixture
 def produced(project, raw_folder, prefect_api):
     """A snapshot, and a run that produced a table on Tier 2 and a zarr array on Tier 3."""
-    from tierflow.flows.ingest import ingest
+    from tierflow.flows.lifecycle.ingest import ingest
 
     configs = str(project / "configs")
     snap = ingest(str(raw_folder), "embryo", config_dir=configs)
@@ -50,7 +50,7 @@ def produced(project, raw_folder, prefect_api):
 
 
 def test_promote_a_run_copies_verifies_and_records(produced):
-    from tierflow.flows.promote import promote
+    from tierflow.flows.lifecycle.promote import promote
 
     result = promote(run=str(produced["run"]), config_dir=produced["configs"])
     expected_key = f"promoted/embryo/{produced['snapshot_id']}/run-{produced['run']}/features.csv"
@@ -67,7 +67,7 @@ def test_promote_a_run_copies_verifies_and_records(produced):
 
 
 def test_promote_a_zarr_array_by_id(produced):
-    from tierflow.flows.promote import promote
+    from tierflow.flows.lifecycle.promote import promote
 
     result = promote(artifacts=[str(produced["labels"])], config_dir=produced["configs"])
     key = produced["tiers"].source.key_of(result["promoted"][0]["uri"])
@@ -76,7 +76,7 @@ def test_promote_a_zarr_array_by_id(produced):
 
 
 def test_a_copy_corrupted_in_transit_is_detected_and_not_recorded(produced):
-    from tierflow.flows.promote import promote
+    from tierflow.flows.lifecycle.promote import promote
 
     def flip_a_byte(tier, key):
         # Fault injection (the only fake): silently corrupt the fresh Tier 1 copy, as a bad
@@ -97,7 +97,7 @@ def test_a_copy_corrupted_in_transit_is_detected_and_not_recorded(produced):
 
 
 def test_an_artifact_changed_after_it_was_recorded_is_not_promoted(produced):
-    from tierflow.flows.promote import promote
+    from tierflow.flows.lifecycle.promote import promote
 
     produced["tiers"].output.put_bytes("run-x/features.csv", b"label,area\n1,99\n")
     with pytest.raises(IntegrityError, match="recorded as"):

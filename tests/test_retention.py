@@ -177,8 +177,8 @@ def test_label_merge_state_is_counted_and_reclaimed_with_its_array(backend, proj
     import zarr
 
     from tierflow.configs import load_config, load_db_config
-    from tierflow.flows.database import open_database
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.database import open_database
+    from tierflow.flows.runtime.tiers import open_tiers
     from tierflow.storage.db.repo import start_run
 
     from conftest import run_cli

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tierflow.flows.runs import recorded_run, run_to_resume
+from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.storage.db.locks import held_run_locks
 from tierflow.storage.db.repo import finish_run, get_run, list_runs, start_run
 from tierflow.storage.errors import TierflowError

@@ -155,7 +155,7 @@ def test_retention_lists_and_clears_debris_of_an_s3_tier_1(project, seaweedfs_ht
         "claim_stale_seconds = 1\nconnect_timeout_seconds = 3\nread_timeout_seconds = 30\nmax_attempts = 4\nretry_mode = \"adaptive\"\n"
     )
     from tierflow.configs import load_config
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.tiers import open_tiers
 
     source = open_tiers(load_config(project / "configs")).source
     assert (source.claim_stale_seconds, source.connect_timeout, source.read_timeout, source.max_attempts, source.retry_mode) == (

@@ -78,7 +78,7 @@ def test_pipeline_with_tiers_on_s3_promotes_verified_copies_and_reclaims_scratch
     assert json.loads(client.get_object(Bucket=bucket, Key=f"{snapshot}/manifest.json")["Body"].read())["files"]
 
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:

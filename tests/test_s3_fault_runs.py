@@ -73,8 +73,8 @@ def big_raw(raw_folder):
 def _produce(project, snapshot_id: str) -> int:
     """A run with three Tier 2 artifacts (a table, a 6 MiB blob, a zarr array); returns its id."""
     from tierflow.configs import load_config, load_db_config
-    from tierflow.flows.database import open_database
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.database import open_database
+    from tierflow.flows.runtime.tiers import open_tiers
 
     tiers = open_tiers(load_config(project / "configs"))
     table, blob = b"label,area\n1,10\n2,20\n", np.random.default_rng(7).bytes(6 * 1024 * 1024)
@@ -110,7 +110,7 @@ def _check_snapshot(client, bucket: str, snapshot_id: str, objects: dict[str, by
 
 def _check_promoted(project, client, bucket: str, objects: dict[str, bytes]) -> int:
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:

@@ -47,7 +47,7 @@ def _mebibytes(memory: str) -> float:
 
 def _ledger(project: Path):
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
     from tierflow.storage.db.models import BlockRecord
 
     db = open_database(load_db_config(str(project / "configs")))
@@ -91,7 +91,7 @@ class RecordedAnswer:
 
 @pytest.mark.parametrize(("state", "attempt_batches"), [("OUT_OF_MEMORY", 1), ("TIMEOUT", 2)])
 def test_a_batch_whose_job_died_is_retried_the_slurm_way(slurm, project, prefect_api, tmp_path, state, attempt_batches):  # noqa: F811
-    from tierflow.flows.op import run_op
+    from tierflow.flows.ops.flow import run_op
 
     _slurm_config(project)
     data = np.random.default_rng(3).integers(0, 4000, (32, 64, 64)).astype(np.uint16)

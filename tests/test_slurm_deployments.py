@@ -222,7 +222,7 @@ def test_deploy_creates_both_pools_every_deployment_and_the_nightly_schedule(che
 
 def test_a_deployment_runs_as_a_slurm_job_and_its_results_land_in_postgresql(checkout, worker):
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
     from tierflow.storage.db.models import Run
 
     run_id = deployment_run(checkout, "cluster-check/check-slurm")

@@ -134,7 +134,7 @@ def test_a_lost_batch_that_finished_is_counted_not_requeued(db):
     (Dask: "Couldn't gather keys ... memory"). The ledger has those blocks done in this run: they
     count as computed and are not submitted again; only the blocks not done are requeued. (CI saw
     "6 of 8 computed" for a run that computed all 8.)"""
-    from tierflow.flows.slurm.retries import LostBatch, SlurmBatchRetries
+    from tierflow.flows.execution.slurm_retries import LostBatch, SlurmBatchRetries
     from tierflow.storage.db.repo import record_blocks, start_run
 
     with db.session() as session:

@@ -32,11 +32,11 @@ _WHERE = {
     "load_config": ("tierflow.configs", "load_config"),
     "load_db_config": ("tierflow.configs", "load_db_config"),
     "load_notebook_config": ("tierflow.configs", "load_notebook_config"),
-    "open_database": ("tierflow.flows.database", "open_database"),
-    "run_op": ("tierflow.flows.op", "run_op"),
-    "resume_op": ("tierflow.flows.op", "resume_op"),
-    "run_pipeline": ("tierflow.flows.pipeline", "pipeline"),
-    "resume_pipeline": ("tierflow.flows.pipeline", "resume_pipeline"),
+    "open_database": ("tierflow.flows.runtime.database", "open_database"),
+    "run_op": ("tierflow.flows.ops.flow", "run_op"),
+    "resume_op": ("tierflow.flows.ops.flow", "resume_op"),
+    "run_pipeline": ("tierflow.flows.pipeline.flow", "pipeline"),
+    "resume_pipeline": ("tierflow.flows.pipeline.flow", "resume_pipeline"),
 }
 
 

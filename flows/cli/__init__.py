@@ -84,7 +84,7 @@ def main() -> None:
         import os
 
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from tierflow.flows.stopping import StopRequested, stop_on_signals, stop_signal
+    from tierflow.flows.runtime.stopping import StopRequested, stop_on_signals, stop_signal
 
     stop_on_signals()
     try:

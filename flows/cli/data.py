@@ -18,7 +18,7 @@ artifacts_app = typer.Typer(help="Artifacts on every tier.", no_args_is_help=Tru
 
 def _config(ctx: typer.Context) -> Any:
     from tierflow.configs import load_config
-    from tierflow.flows.prefect_env import configure_prefect
+    from tierflow.flows.runtime.prefect_env import configure_prefect
 
     config = load_config(state(ctx).config_path)
     configure_prefect(config)
@@ -27,7 +27,7 @@ def _config(ctx: typer.Context) -> Any:
 
 def _database(ctx: typer.Context) -> Any:
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
 
     return open_database(load_db_config(state(ctx).config_path), migrate=True)
 
@@ -68,8 +68,8 @@ def ingest(
 ) -> None:
     """Snapshot RAW_DIR onto Tier 1 (content-addressed, write-once); prints the snapshot id."""
     _config(ctx)
-    from tierflow.flows.ingest import ingest as ingest_flow
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.lifecycle.ingest import ingest as ingest_flow
+    from tierflow.flows.runtime.prefect_env import interactive_flows
     from tierflow.storage.raw_layout import check_raw_folder
     from tierflow.storage.tiers import check_name
 
@@ -153,9 +153,9 @@ def promote(
 ) -> None:
     """Copy artifacts to Tier 1, verify them by reading back, then record the promotion."""
     _config(ctx)
-    from tierflow.flows.promote import promote as promote_flow
+    from tierflow.flows.lifecycle.promote import promote as promote_flow
 
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with interactive_flows():
         result = promote_flow(run=run, artifacts=artifact or None, config_dir=state(ctx).config_path)
@@ -175,9 +175,9 @@ def retention(
 ) -> None:
     """Apply the retention rules of [retention] to Tiers 2-4 (Tier 1 is never touched)."""
     _config(ctx)
-    from tierflow.flows.retention import retention as retention_flow
+    from tierflow.flows.lifecycle.retention import retention as retention_flow
 
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with interactive_flows():
         result = retention_flow(dry_run=dry_run, config_dir=state(ctx).config_path)
@@ -224,7 +224,7 @@ def preflight(
 
 def tiers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Each tier's role, backend, root and bytes used."""
-    from tierflow.flows.tiers import open_tiers
+    from tierflow.flows.runtime.tiers import open_tiers
 
     config = _config(ctx)
     opened = open_tiers(config)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from tierflow.configs import load_db_config
 from tierflow.flows.cli._app import console, print_json, state
-from tierflow.flows.database import embedded_server, open_database
+from tierflow.flows.runtime.database import embedded_server, open_database
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
 

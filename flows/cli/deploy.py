@@ -20,8 +20,8 @@ def deploy(
 ) -> None:
     """Create the work pools (tierflow-local, tierflow-slurm) and apply deployments/prefect.yaml."""
     from tierflow.configs import load_config
-    from tierflow.flows.deployments import apply_deployments, ensure_pools, require_server
-    from tierflow.flows.prefect_env import configure_prefect
+    from tierflow.flows.runtime.deployments import apply_deployments, ensure_pools, require_server
+    from tierflow.flows.runtime.prefect_env import configure_prefect
 
     config = load_config(state(ctx).config_path)
     configure_prefect(config)
@@ -45,8 +45,8 @@ def worker(
 ) -> None:
     """Start the worker of a pool (`prefect worker start --pool ... --type ...` with tierflow's settings)."""
     from tierflow.configs import load_config
-    from tierflow.flows.deployments import LOCAL_POOL, SLURM_POOL, project_home, require_server
-    from tierflow.flows.prefect_env import configure_prefect
+    from tierflow.flows.runtime.deployments import LOCAL_POOL, SLURM_POOL, project_home, require_server
+    from tierflow.flows.runtime.prefect_env import configure_prefect
     from tierflow.flows.slurm.worker import WORKER_TYPE
     from tierflow.storage.errors import TierflowError
 

@@ -71,7 +71,7 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
     from sqlalchemy.exc import SQLAlchemyError
 
     from tierflow.configs import load_db_config
-    from tierflow.flows.database import open_database
+    from tierflow.flows.runtime.database import open_database
     from tierflow.storage.db.models import BlockRecord
 
     db = open_database(load_db_config(config_path), migrate=True)  # a fresh database has no ledger table yet
@@ -121,8 +121,8 @@ def op(
     params = _parse_params(param)
     _check_op(name, params)  # before anything heavy is imported or started
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.op import locate_input, output_location, run_op
-    from tierflow.flows.placement import check_output_placement, op_reads
+    from tierflow.flows.ops.flow import locate_input, output_location, run_op
+    from tierflow.flows.execution.placement import check_output_placement, op_reads
     from tierflow.storage.geometry import parse_block_shape
     from tierflow.tasks.blockwise import open_source
 
@@ -136,7 +136,7 @@ def op(
     total = _total_blocks(name, tuple(volume.shape), blocks, params)
 
     def run() -> dict[str, Any]:
-        from tierflow.flows.prefect_env import interactive_flows
+        from tierflow.flows.runtime.prefect_env import interactive_flows
 
         with interactive_flows():
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
@@ -187,18 +187,18 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
     """Finish a failed (or killed) op or pipeline run: only what the ledger does not mark done
     is computed again."""
     from tierflow.flows.cli.data import _config, _database
-    from tierflow.flows.op import resume_op
+    from tierflow.flows.ops.flow import resume_op
     from tierflow.storage.db.repo import get_run
 
     _config(ctx)
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with _database(ctx).session() as session:
         row = get_run(session, run)
         flow_name = row.flow_name if row is not None else None
     if flow_name == "pipeline":
         from tierflow.flows.cli.pipeline import _pipeline_summary
-        from tierflow.flows.pipeline import resume_pipeline
+        from tierflow.flows.pipeline.flow import resume_pipeline
 
         with interactive_flows(), console.status(f"resuming pipeline run {run}"):
             result = resume_pipeline(run, config_dir=state(ctx).config_path)
@@ -227,10 +227,10 @@ def track(
 ) -> None:
     """Link objects across time points; store tracks, kinematics and MSD in the database."""
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.track import track as track_flow
+    from tierflow.flows.lifecycle.track import track as track_flow
 
     _config(ctx)
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with interactive_flows():
         result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,

@@ -43,7 +43,7 @@ def run_pipeline(
     retention, report) on a snapshot or a raw folder."""
     from tierflow.flows.cli.data import _config
     from tierflow.flows.cli.ops import _parse_params
-    from tierflow.flows.pipeline_params import PipelineParams
+    from tierflow.flows.pipeline.params import PipelineParams
     from tierflow.storage.raw_layout import check_raw_folder
     from tierflow.storage.tiers import check_name
 
@@ -53,8 +53,8 @@ def run_pipeline(
     PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:
         check_raw_folder(raw.expanduser())
-    from tierflow.flows.pipeline import pipeline
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.pipeline.flow import pipeline
+    from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
@@ -83,8 +83,8 @@ def demo(
     """The main job on embedded defaults: synthesize a time-lapse (moving, dividing and touching
     cells in 2 channels), ingest it, run the pipeline, print what came out and how to look."""
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.pipeline import pipeline
-    from tierflow.flows.prefect_env import interactive_flows
+    from tierflow.flows.pipeline.flow import pipeline
+    from tierflow.flows.runtime.prefect_env import interactive_flows
     from tierflow.tasks.synthetic import SyntheticSpec, linking_accuracy, write_synthetic_raw
 
     config = _config(ctx)
@@ -230,7 +230,7 @@ def serve(
 
     from tierflow.configs import load_db_config
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.serve import tier_server
+    from tierflow.flows.viewing.serve import tier_server
 
     config = _config(ctx)
     server = tier_server(config, load_db_config(state(ctx).config_path), tier,

@@ -101,9 +101,9 @@ class SlurmBatchRetries:
 
 def run_with_slurm_retries(runner: Any, bigger_runner: Callable[[], Any], task: Any, job: Any, batches: Sequence[Sequence[str]],
                            retries: SlurmBatchRetries, progress: Any = None, log: Callable[[str], None] = print) -> Any:
-    """:func:`flows.batching.run_batches` on SLURM workers, with lost batches handled as the
-    module docstring says. Returns a :class:`flows.batching.BatchOutcome`."""
-    from tierflow.flows.batching import BatchOutcome, collect_batches, submit_batches
+    """:func:`flows.execution.batching.run_batches` on SLURM workers, with lost batches handled as the
+    module docstring says. Returns a :class:`flows.execution.batching.BatchOutcome`."""
+    from tierflow.flows.execution.batching import BatchOutcome, collect_batches, submit_batches
 
     total = BatchOutcome()
     pending: list[tuple[Any, Any, list[list[str]]]] = [(runner, job, [list(b) for b in batches])]

@@ -5,7 +5,7 @@ Without a ``PREFECT_API_URL``, Prefect 3.8 starts a temporary API server as a ch
 ``prefect.server.api.server.SubprocessASGIServer``) and stops it from an ``atexit`` hook. A
 process killed with SIGKILL (or any signal without a handler) runs no ``atexit`` hook, so the
 server lived on, re-parented to init. :func:`tie_ephemeral_server` makes Prefect start the
-same command through ``python -m tierflow.flows.server_watchdog PARENT_PID ...``, which runs uvicorn
+same command through ``python -m tierflow.flows.runtime.server_watchdog PARENT_PID ...``, which runs uvicorn
 exactly as before plus a watchdog thread: when the parent process is gone (``getppid()``
 changes), the server is told to stop (SIGTERM, uvicorn's graceful shutdown) and, failing
 that, exits. ``PR_SET_PDEATHSIG`` was not used: it fires when the *thread* that started the
@@ -24,7 +24,7 @@ from typing import Any
 
 __all__ = ["main", "tie_ephemeral_server", "watch_parent"]
 
-WATCHDOG_MODULE = "tierflow.flows.server_watchdog"
+WATCHDOG_MODULE = "tierflow.flows.runtime.server_watchdog"
 
 
 def watch_parent(parent_pid: int, *, interval: float = 0.2, grace: float = 5.0) -> threading.Thread:
@@ -85,7 +85,7 @@ def tie_ephemeral_server() -> bool:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m tierflow.flows.server_watchdog PARENT_PID UVICORN_ARGS...``: run uvicorn with
+    """``python -m tierflow.flows.runtime.server_watchdog PARENT_PID UVICORN_ARGS...``: run uvicorn with
     ``UVICORN_ARGS`` while a watchdog ends it when ``PARENT_PID`` is gone."""
     import runpy
 

@@ -21,14 +21,14 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
 from tierflow.configs import TierflowConfig, load_config, load_db_config
-from tierflow.flows.batching import OpContext, run_batches
-from tierflow.flows.database import open_database
-from tierflow.flows.outputs import claim_output, output_lease, stamped_op_key
-from tierflow.flows.placement import check_output_placement, op_reads
-from tierflow.flows.runners import block_task_runner
+from tierflow.flows.execution.batching import OpContext, run_batches
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.execution.outputs import claim_output, output_lease, stamped_op_key
+from tierflow.flows.execution.placement import check_output_placement, op_reads
+from tierflow.flows.execution.runners import block_task_runner
 from tierflow.flows.slurm.scheduler import SlurmScheduler
-from tierflow.flows.runs import recorded_run, run_to_resume
-from tierflow.flows.tiers import s3_tier_of
+from tierflow.flows.runtime.runs import recorded_run, run_to_resume
+from tierflow.flows.runtime.tiers import s3_tier_of
 from tierflow.storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.repo.ledger import done_fingerprints
@@ -38,9 +38,9 @@ from tierflow.storage.local_copy import local_copy
 from tierflow.storage.tiers import PosixTier
 from tierflow.tasks.blockwise import (FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source, plan_batches, run_map_batch,
                              source_fingerprint)
-from tierflow.flows.label import LABEL_VERSION, run_label
-from tierflow.flows.features import FEATURES_VERSION, run_features
-from tierflow.flows.pyramid import PYRAMID_VERSION, run_pyramid
+from tierflow.flows.ops.label import LABEL_VERSION, run_label
+from tierflow.flows.ops.features import FEATURES_VERSION, run_features
+from tierflow.flows.ops.pyramid import PYRAMID_VERSION, run_pyramid
 from tierflow.tasks.ops.catalog import MAP_OPS, get_map_op
 from tierflow.tasks.ops.filters import histogram_counts, otsu_from_histogram
 
@@ -340,7 +340,7 @@ def op_flow(
             runner = block_task_runner(config, workers)
             with runner:
                 if config.execution.backend == "slurm":
-                    from tierflow.flows.slurm.retries import SlurmBatchRetries, run_with_slurm_retries
+                    from tierflow.flows.execution.slurm_retries import SlurmBatchRetries, run_with_slurm_retries
 
                     outcome = run_with_slurm_retries(
                         runner, lambda: block_task_runner(config, workers, memory_factor=config.slurm.oom_memory_factor), map_blocks,

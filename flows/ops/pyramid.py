@@ -19,8 +19,8 @@ from tierflow.storage.db.repo.ledger import done_blocks
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.tiers import PosixTier
 from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
-from tierflow.flows.batching import OpContext, collect_batches, submit_batches
-from tierflow.flows.outputs import claim_output
+from tierflow.flows.execution.batching import OpContext, collect_batches, submit_batches
+from tierflow.flows.execution.outputs import claim_output
 from tierflow.tasks.blockwise import SourceRef, open_source, plan_batches
 from tierflow.tasks.ops.catalog import MULTI_STAGE_PARAMS
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
@@ -72,7 +72,7 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from tierflow.flows.op import BlockFailuresError
+    from tierflow.flows.ops.flow import BlockFailuresError
 
     unknown = sorted(set(params) - {"levels", "method", "voxel_size", "name"})
     if unknown:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tierflow.flows.batching import OpContext
+from tierflow.flows.execution.batching import OpContext
 from tierflow.storage.db.repo import add_object_features
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.geometry import BlockGrid

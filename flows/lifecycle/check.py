@@ -29,8 +29,8 @@ def cluster_check(seconds: float = 0.0, database: bool = True) -> dict[str, Any]
     }
     if database:
         from tierflow.configs import load_config, load_db_config
-        from tierflow.flows.database import open_database
-        from tierflow.flows.runs import recorded_run
+        from tierflow.flows.runtime.database import open_database
+        from tierflow.flows.runtime.runs import recorded_run
 
         db = open_database(load_db_config(), migrate=True)
         with recorded_run(db, "cluster-check", {"seconds": seconds, **report}) as run_id:

@@ -18,10 +18,10 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.batching import split_batches
-from tierflow.flows.database import open_database
-from tierflow.flows.runs import recorded_run
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.execution.batching import split_batches
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.runs import recorded_run
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.repo import record_snapshot
 from tierflow.storage.raw_layout import check_raw_folder
 from tierflow.storage.snapshots import Manifest, commit_manifest, list_raw_files, read_manifest

@@ -9,8 +9,8 @@ from tierflow.storage.arrays import create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, mark_blocks_stale
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.geometry import BlockGrid
-from tierflow.flows.batching import OpContext, run_batches
-from tierflow.flows.outputs import claim_output
+from tierflow.flows.execution.batching import OpContext, run_batches
+from tierflow.flows.execution.outputs import claim_output
 from tierflow.tasks.blockwise import plan_batches
 from tierflow.tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
 from tierflow.tasks.ops.label import CONNECTIVITIES
@@ -24,12 +24,12 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     Raises
     ------
     BlockFailuresError
-        (from :mod:`flows.op`) listing the failed blocks of the first stage that failed.
+        (from :mod:`flows.ops.flow`) listing the failed blocks of the first stage that failed.
     """
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from tierflow.flows.op import BlockFailuresError
+    from tierflow.flows.ops.flow import BlockFailuresError
 
     ndim = len(shape)
     unknown = sorted(set(params) - {"connectivity"})

@@ -37,19 +37,19 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.ingest import ingest
-from tierflow.flows.memory_guard import MemoryGuard
-from tierflow.flows.neuroglancer import neuroglancer_url, zarr_source
-from tierflow.flows.op import BlockFailuresError, op_flow
-from tierflow.flows.pipeline_params import PipelineParams
-from tierflow.flows.progress import StageProgress
-from tierflow.flows.promote import promote
-from tierflow.flows.retention import retention
-from tierflow.flows.run_log import tee_run_log
-from tierflow.flows.runs import recorded_run, run_to_resume
-from tierflow.flows.tiers import open_tiers
-from tierflow.flows.track import track
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.lifecycle.ingest import ingest
+from tierflow.flows.runtime.memory_guard import MemoryGuard
+from tierflow.flows.viewing.neuroglancer import neuroglancer_url, zarr_source
+from tierflow.flows.ops.flow import BlockFailuresError, op_flow
+from tierflow.flows.pipeline.params import PipelineParams
+from tierflow.flows.runtime.progress import StageProgress
+from tierflow.flows.lifecycle.promote import promote
+from tierflow.flows.lifecycle.retention import retention
+from tierflow.flows.runtime.run_log import tee_run_log
+from tierflow.flows.runtime.runs import recorded_run, run_to_resume
+from tierflow.flows.runtime.tiers import open_tiers
+from tierflow.flows.lifecycle.track import track
 from tierflow.storage.arrays import array_sidecars
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint

@@ -6,7 +6,7 @@
 * ``dask``: a Dask LocalCluster of worker processes through prefect-dask, one thread each
   (for kernels that hold the GIL, or to see the work in Dask's dashboard).
 * ``slurm``: Dask workers in SLURM jobs (dask-jobqueue's SLURMCluster), see
-  :mod:`flows.slurm_cluster` (lost batches are retried by :mod:`flows.slurm.retries`).
+  :mod:`flows.execution.slurm_cluster` (lost batches are retried by :mod:`flows.execution.slurm_retries`).
 
 Task arguments cross process boundaries on the Dask backends, which is why they are paths,
 block ids and picklable handles (:class:`storage.db.database.Database`, tiers) only.
@@ -42,6 +42,6 @@ def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: in
                             # worker processes report their task runs to the flow's Prefect API
                             "env": {"PREFECT_API_URL": api_url} if api_url else {}},
         )
-    from tierflow.flows.slurm_cluster import slurm_task_runner
+    from tierflow.flows.execution.slurm_cluster import slurm_task_runner
 
     return slurm_task_runner(config, workers, memory_factor=memory_factor)

@@ -15,9 +15,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.runs import recorded_run
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.runs import recorded_run
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.retention import RetentionRules, apply_retention, plan_leftovers, plan_retention, tier_accounting
 
 __all__ = ["retention", "rules_from_config"]

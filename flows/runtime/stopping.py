@@ -25,7 +25,7 @@ import threading
 import time
 from types import FrameType
 
-from tierflow.flows.runs import cancel_live_runs
+from tierflow.flows.runtime.runs import cancel_live_runs
 
 __all__ = ["StopRequested", "stop_message", "stop_on_signals", "stop_signal"]
 

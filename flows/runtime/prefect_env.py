@@ -78,12 +78,12 @@ def interactive_flows() -> Iterator[None]:
     CLI or a notebook ends (or visibly crashes) in front of its user. Deployments keep Prefect's
     default. Also prepares the process once (see :func:`prepare_process`) and ties Prefect's
     ephemeral API server, if one is started, to this process (see
-    :func:`flows.server_watchdog.tie_ephemeral_server`).
+    :func:`flows.runtime.server_watchdog.tie_ephemeral_server`).
     """
     import prefect.context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
 
-    from tierflow.flows.server_watchdog import tie_ephemeral_server
+    from tierflow.flows.runtime.server_watchdog import tie_ephemeral_server
 
     prepare_process()
     tie_ephemeral_server()

@@ -21,7 +21,7 @@ __all__ = ["slurm_cluster_kwargs", "slurm_task_runner"]
 def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, memory_factor: float = 1.0) -> dict[str, Any]:
     """SLURMCluster keyword arguments from ``[slurm]`` (job logs under Tier 4's ``logs/slurm``;
     ``memory_factor`` times ``memory_per_job``)."""
-    from tierflow.flows.slurm.retries import scale_memory
+    from tierflow.flows.execution.slurm_retries import scale_memory
 
     settings = config.slurm
     logs = Path(config.tier_root("ephemeral")) / "logs" / "slurm"
@@ -56,7 +56,7 @@ def slurm_task_runner(config: TierflowConfig, workers: int, *, memory_factor: fl
 
     jobs = config.slurm.max_jobs or workers
     # a task whose worker job died is not re-run by Dask on a job of the same size: the flow
-    # asks SLURM why the job ended and decides (flows.slurm.retries)
+    # asks SLURM why the job ended and decides (flows.execution.slurm_retries)
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
     return DaskTaskRunner(
         cluster_class="dask_jobqueue.SLURMCluster",

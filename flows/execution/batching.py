@@ -52,7 +52,7 @@ class OpContext:
     """``progress(n)``: told as batches finish how many blocks they completed (or None)."""
     new_runner: Any = None
     """``new_runner(extra_threads=0)``: a fresh task runner of the configured backend
-    (:func:`flows.runners.block_task_runner`); default Prefect's thread pool."""
+    (:func:`flows.execution.runners.block_task_runner`); default Prefect's thread pool."""
 
     def runner(self, extra_threads: int = 0) -> Any:
         if self.new_runner is not None:

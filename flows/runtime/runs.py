@@ -104,7 +104,7 @@ def _end_of(exc: BaseException) -> tuple[str, str]:
     from prefect.exceptions import TerminationSignal
 
     if isinstance(exc, TerminationSignal):
-        from tierflow.flows.stopping import stop_message
+        from tierflow.flows.runtime.stopping import stop_message
 
         return "cancelled", stop_message(exc.signal)
     status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -121,7 +121,7 @@ def _finish(db: Database, run_id: int, status: str, *, message: str | None = Non
 
 def cancel_live_runs(reason: str) -> list[int]:
     """Mark every run this process is running ``cancelled`` with ``reason`` (a run that ended
-    meanwhile keeps its end state); for a process about to stop (see :mod:`flows.stopping`).
+    meanwhile keeps its end state); for a process about to stop (see :mod:`flows.runtime.stopping`).
 
     Returns
     -------

@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.runs import recorded_run
-from tierflow.flows.tiers import open_tiers
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.runs import recorded_run
+from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.models import Artifact, Snapshot
 from tierflow.storage.db.repo import add_artifact, get_run, mark_promoted
 from tierflow.storage.errors import IntegrityError, TierflowError

@@ -11,8 +11,8 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 
 from tierflow.configs import load_db_config
-from tierflow.flows.database import open_database
-from tierflow.flows.runs import recorded_run
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.runs import recorded_run
 from tierflow.storage.db.models import ObjectFeature
 from tierflow.storage.db.repo import add_track_rows
 from tierflow.storage.errors import TierflowError

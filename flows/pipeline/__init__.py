@@ -1,0 +1,1 @@
+"""The pipeline wing: the ``pipeline`` flow, its parameters, its plan and its report."""

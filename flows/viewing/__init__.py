@@ -1,0 +1,1 @@
+"""Looking at results: publishing tiers read-only over HTTP, Neuroglancer links."""
