@@ -36,7 +36,7 @@ from tierflow.storage.errors import TierflowError
 from tierflow.storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
 from tierflow.storage.geometry import Block, BlockGrid
 from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
-from tierflow.tasks.ops.catalog import get_map_op
+from tierflow.tasks.ops.registry import get_op
 
 __all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
            "plan_batches", "run_map_batch", "source_fingerprint"]
@@ -165,7 +165,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
     BatchFailed
         If any block failed; the others are written and recorded as done.
     """
-    op = get_map_op(job.op)
+    op = get_op(job.op)
     grid = job.grid
     attempt = _attempt() + job.attempt_offset
     host = socket.gethostname()

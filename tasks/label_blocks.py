@@ -31,9 +31,7 @@ from tierflow.tasks.ops.label import (
     provisional_offsets,
 )
 
-__all__ = ["LABEL_VERSION", "LabelJob", "label_local", "label_merge", "label_relabel"]
-
-LABEL_VERSION = "1"
+__all__ = ["LabelJob", "label_local", "label_merge", "label_relabel"]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,13 @@ def state(ctx: typer.Context) -> CliState:
 
 def print_json(data: Any) -> None:
     """Print machine-readable output (plain, so it pipes into ``jq``)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json does not know: typed results by their ``to_dict()``, the rest as text."""
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else str(value)
 
 
 def report_error(exc: BaseException) -> None:

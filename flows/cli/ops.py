@@ -1,4 +1,6 @@
-"""Block-wise operation commands: ``tierflow op``, ``tierflow status RUN``, ``tierflow resume RUN``."""
+"""Block-wise operation commands: ``tierflow op``, ``tierflow ops list|show``, ``tierflow status RUN``,
+``tierflow resume RUN``. What ops exist and what they take comes from the op registry
+(:mod:`tierflow.tasks.ops.registry`)."""
 
 from __future__ import annotations
 
@@ -7,33 +9,48 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tierflow.flows.cli._app import console, err_console, print_json, state
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-STAGES = {"label": 2}  # label: local + relabel stages are block-wise (merge is one step)
+
+ops_app = typer.Typer(help="The operations tierflow can run (built in, and from installed plugins).", no_args_is_help=True)
 
 
-def _total_blocks(name: str, shape: tuple[int, ...], blocks: tuple[int, ...], params: dict[str, str]) -> int:
-    from tierflow.storage.geometry import BlockGrid
-    from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
+class _OpCommand(TyperCommand):
+    """``tierflow op --help`` lists the registered ops (read when help is asked for, so the
+    command line starts without importing them)."""
 
-    if name == "features":
-        return 0  # features go to the database; no block bar
-    if name != "downsample":
-        return len(BlockGrid(shape, blocks)) * STAGES.get(name, 1)
-    total, level_shape = 0, shape
-    for factors in pyramid_factors(shape, int(params.get("levels", 3)), factor=2):
-        level_shape = downsampled_shape(level_shape, factors)
-        total += len(BlockGrid(level_shape, tuple(min(b, s) for b, s in zip(blocks, level_shape))))
-    return total
+    def get_help(self, ctx: Any) -> str:
+        if not getattr(self, "_ops_listed", False):
+            from tierflow.tasks.ops.registry import all_ops
+
+            lines = "\n\n".join(f"[bold]{spec.name}[/]: {_escape(spec.summary)}" for spec in all_ops())
+            self.help = f"{self.help or ''}\n\nOps (`tierflow ops show NAME` for their parameters):\n\n{lines}"
+            self._ops_listed = True
+        return super().get_help(ctx)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _total_blocks(name: str, shape: tuple[int, ...], blocks: tuple[int, ...], params: dict[str, Any]) -> int:
+    """Blocks ``name`` writes in all (the progress bar's total), as its spec counts them."""
+    from tierflow.tasks.ops.registry import get_op
+
+    return get_op(name).block_count(shape, blocks, params)
 
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the top-level ``tierflow`` app."""
-    app.command("op")(op)
+    app.command("op", cls=_OpCommand)(op)
+    app.add_typer(ops_app, name="ops")
     app.command()(status)
     app.command()(resume)
     app.command()(track)
@@ -51,18 +68,46 @@ def _parse_params(values: list[str] | None) -> dict[str, str]:
     return params
 
 
-def _check_op(name: str, params: dict[str, str]) -> None:
-    """Refuse an unknown operation, or a parameter unknown or out of range, before any flow starts."""
-    from tierflow.storage.errors import TierflowError
-    from tierflow.tasks.ops.catalog import MAP_OPS, MULTI_STAGE_PARAMS
-    from tierflow.tasks.ops.params import resolve_params
+def _check_op(name: str, params: dict[str, str]) -> dict[str, Any]:
+    """Refuse an unknown operation, or a parameter unknown or out of range, before any flow
+    starts; returns the resolved parameters."""
+    from tierflow.tasks.ops.registry import get_op
 
-    if name in MULTI_STAGE_PARAMS:
-        resolve_params(name, MULTI_STAGE_PARAMS[name], params)
-    elif name in MAP_OPS:
-        MAP_OPS[name].resolve(params)
-    else:
-        raise TierflowError(f"no operation {name!r}", hint=f"choose one of {sorted([*MAP_OPS, *MULTI_STAGE_PARAMS])}")
+    return get_op(name).resolve(params)
+
+
+@ops_app.command("list")
+def ops_list(as_json: JsonOption = False) -> None:
+    """Every op: name, kind, version and what it does (``--json``: with its parameters' JSON Schema)."""
+    from tierflow.tasks.ops.registry import all_ops
+
+    specs = all_ops()
+    if as_json:
+        print_json([spec.describe() for spec in specs])
+        return
+    table = Table("op", "kind", "version", "inputs", "what it does")
+    for spec in specs:
+        table.add_row(spec.name, spec.kind, spec.version, ", ".join(spec.inputs), _escape(spec.summary))
+    console.print(table)
+
+
+@ops_app.command("show")
+def ops_show(name: Annotated[str, typer.Argument(help="An op (see `tierflow ops list`).")], as_json: JsonOption = False) -> None:
+    """One op's parameters: type, default, what is allowed, and what each means."""
+    from tierflow.tasks.ops.registry import get_op
+
+    described = get_op(name).describe()
+    if as_json:
+        print_json(described)
+        return
+    console.print(f"[bold]{name}[/] ({described['kind']} op, version {described['version']}): {_escape(described['summary'])}")
+    if described["inputs"]:
+        console.print(f"extra inputs: {', '.join(described['inputs'])} (give them as --with NAME=PATH)")
+    table = Table("parameter", "default", "allowed", "meaning")
+    for param, info in described["params"].items():
+        default = "(required)" if info["required"] else repr(info["default"])
+        table.add_row(param, _escape(default), _escape(info["allowed"]), _escape(info["help"]))
+    console.print(table)
 
 
 def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:
@@ -107,19 +152,19 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 
 def op(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="convert, gaussian, threshold, mask, label, watershed or downsample.")],
+    name: Annotated[str, typer.Argument(help="The op (listed below; `tierflow ops list`).")],
     input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
     block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
-    extra: Annotated[list[str] | None, typer.Option("--with", help="An extra input NAME=PATH, e.g. markers=seeds.zarr (watershed).")] = None,
+    extra: Annotated[list[str] | None, typer.Option("--with", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="Restrict the op to this array's non-zero voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
     params = _parse_params(param)
-    _check_op(name, params)  # before anything heavy is imported or started
+    resolved = _check_op(name, params)  # before anything heavy is imported or started
     from tierflow.flows.cli.data import _config
     from tierflow.flows.ops.flow import locate_input, output_location, run_op
     from tierflow.flows.execution.placement import check_output_placement, op_reads
@@ -133,7 +178,7 @@ def op(
     volume = open_source(locate_input(config, input))
     shape = parse_block_shape(block_shape, ndim=len(volume.shape)) if block_shape else None
     blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
-    total = _total_blocks(name, tuple(volume.shape), blocks, params)
+    total = _total_blocks(name, tuple(volume.shape), blocks, resolved)
 
     def run() -> dict[str, Any]:
         from tierflow.flows.runtime.prefect_env import interactive_flows

@@ -9,17 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tierflow.flows.execution.batching import OpContext
+from tierflow.flows.ops.request import OpContext
 from tierflow.storage.db.repo import add_object_features
-from tierflow.storage.errors import TierflowError
 from tierflow.storage.geometry import BlockGrid
-from tierflow.tasks.blockwise import SourceRef, plan_batches
+from tierflow.tasks.blockwise import plan_batches
 from tierflow.tasks.feature_blocks import FeatureJob, feature_partials
 from tierflow.tasks.ops.features import features_table, merge_partials
 
-__all__ = ["FEATURES_VERSION", "feature_rows", "run_features"]
-
-FEATURES_VERSION = "1"
+__all__ = ["feature_rows", "run_features"]
 
 
 def feature_rows(table: pd.DataFrame, channels: list[str], time_point: int) -> list[dict[str, Any]]:
@@ -41,14 +38,12 @@ def feature_rows(table: pd.DataFrame, channels: list[str], time_point: int) -> l
     return rows
 
 
-def run_features(ctx: OpContext, *, extras: dict[str, SourceRef], source_uri: str) -> dict[str, Any]:
+def run_features(ctx: OpContext) -> dict[str, Any]:
     """Compute, merge and store the features; the CSV goes to ``target`` (a file key)."""
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches = ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches
-    unknown = sorted(set(params) - {"time_point", "dataset", "sample"})
-    if unknown:
-        raise TierflowError(f"features has no parameter(s) {unknown}; it takes time_point, dataset, sample")
-    time_point = int(params.get("time_point", 0))
+    extras, source_uri = ctx.extras, ctx.source_uri
+    time_point = int(params.get("time_point") or 0)
     job = FeatureJob(op_key, run_id, source, dict(extras), source_uri, tuple(shape), tuple(block_shape), db)
     grid = BlockGrid(shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=max_batches, min_batches=2 * workers)

@@ -9,13 +9,14 @@ from tierflow.storage.arrays import create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, mark_blocks_stale
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.geometry import BlockGrid
-from tierflow.flows.execution.batching import OpContext, run_batches
+from tierflow.flows.execution.batching import run_batches
+from tierflow.flows.ops.request import OpContext
 from tierflow.flows.execution.outputs import claim_output
 from tierflow.tasks.blockwise import plan_batches
-from tierflow.tasks.label_blocks import LABEL_VERSION, LabelJob, label_local, label_merge, label_relabel
+from tierflow.tasks.label_blocks import LabelJob, label_local, label_merge, label_relabel
 from tierflow.tasks.ops.label import CONNECTIVITIES
 
-__all__ = ["LABEL_VERSION", "run_label"]
+__all__ = ["run_label"]
 
 
 def run_label(ctx: OpContext) -> dict[str, Any]:
@@ -32,10 +33,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     from tierflow.flows.ops.flow import BlockFailuresError
 
     ndim = len(shape)
-    unknown = sorted(set(params) - {"connectivity"})
-    if unknown:
-        raise TierflowError(f"label has no parameter(s) {unknown}; it takes connectivity")
-    connectivity = int(params.get("connectivity", 26 if ndim == 3 else 8))
+    connectivity = int(params.get("connectivity") or (26 if ndim == 3 else 8))
     if connectivity not in CONNECTIVITIES.get(ndim, {}):
         raise TierflowError(f"label: connectivity {connectivity} is not one of {sorted(CONNECTIVITIES.get(ndim, {}))} for {ndim}-D input")
     job = LabelJob(op_key, run_id, source, target, tuple(shape), tuple(block_shape), connectivity, db, fault)
@@ -53,7 +51,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
                 claim_output(db, target, op_key, lambda: create_output_array(
                     target, shape=shape, dtype=summary["dtype"], chunks=block_shape,
-                    attributes={"tierflow": {"op": "label", "version": LABEL_VERSION, "connectivity": connectivity, "op_key": op_key}},
+                    attributes={"tierflow": {"op": "label", "version": ctx.spec.version, "connectivity": connectivity, "op_key": op_key}},
                 ), keep_op_keys=[job.stage_key("local"), job.stage_key("merge")])
                 continue
             remaining = [b for b in all_ids if b not in done]

@@ -19,17 +19,18 @@ from tierflow.storage.db.repo.ledger import done_blocks
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.tiers import PosixTier
 from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
-from tierflow.flows.execution.batching import OpContext, collect_batches, submit_batches
+from tierflow.flows.execution.batching import collect_batches, submit_batches
+from tierflow.flows.ops.request import OpContext
 from tierflow.flows.execution.outputs import claim_output
 from tierflow.tasks.blockwise import SourceRef, open_source, plan_batches
-from tierflow.tasks.ops.catalog import MULTI_STAGE_PARAMS
+from tierflow.tasks.ops.catalog import DownsampleParams
+from tierflow.tasks.ops.spec import literal_choices
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tierflow.tasks.pyramid_blocks import LevelJob, downsample_level
 
-__all__ = ["PYRAMID_VERSION", "run_pyramid"]
+__all__ = ["run_pyramid"]
 
-PYRAMID_VERSION = "1"
-METHODS = MULTI_STAGE_PARAMS["downsample"]["method"].choices
+METHODS = literal_choices(DownsampleParams.model_fields["method"].annotation)
 
 
 def _method(requested: str, source: SourceRef) -> str:
@@ -40,7 +41,16 @@ def _method(requested: str, source: SourceRef) -> str:
     volume = open_source(source)
     attributes = getattr(getattr(volume, "array", None), "attrs", {}) or {}
     made_by = (attributes.get("tierflow") or {}).get("op")
-    return "mode" if made_by in ("label", "watershed") else "mean"
+    return "mode" if made_by and _makes_labels(made_by) else "mean"
+
+
+def _makes_labels(op: str) -> bool:
+    from tierflow.tasks.ops.registry import get_op
+
+    try:
+        return get_op(op).makes_labels
+    except ValueError:  # made by an op no longer registered
+        return False
 
 
 def _copyable_source(source: SourceRef, chunks: tuple[int, ...], dtype: np.dtype) -> ArrayLocation | None:
@@ -67,23 +77,19 @@ def _same_codecs(a: Any, b: Any) -> bool:
     return (a.serializer, tuple(a.compressors), tuple(a.filters), a.fill_value) == (b.serializer, tuple(b.compressors), tuple(b.filters), b.fill_value)
 
 
-def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
+def run_pyramid(ctx: OpContext) -> dict[str, Any]:
     """Write levels ``0 .. levels-1`` into the group at ``target`` and its OME-Zarr metadata."""
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
     from tierflow.flows.ops.flow import BlockFailuresError
 
-    unknown = sorted(set(params) - {"levels", "method", "voxel_size", "name"})
-    if unknown:
-        raise TierflowError(f"downsample has no parameter(s) {unknown}; it takes levels, method, voxel_size, name")
-    levels = int(params.get("levels", 3))
-    if not 1 <= levels <= 16:
-        raise TierflowError(f"downsample: levels={levels} must be between 1 and 16")
+    dtype = ctx.dtype
+    levels = int(params.get("levels") or 3)
     method = _method(str(params.get("method", "auto")), source)
     ndim = len(shape)
     axes = ("z", "y", "x")[-ndim:]
-    voxel = [float(v) for v in str(params.get("voxel_size", ",".join(["1"] * ndim))).split(",")]
+    voxel = [float(v) for v in str(params.get("voxel_size") or ",".join(["1"] * ndim)).split(",")]
     factors = pyramid_factors(shape, levels, factor=2)
     import zarr
 
@@ -94,7 +100,7 @@ def run_pyramid(ctx: OpContext, *, dtype: np.dtype) -> dict[str, Any]:
 
     def open_stamped_group() -> None:
         group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
-        stamp = {"op": "downsample", "version": PYRAMID_VERSION, "op_key": op_key}
+        stamp = {"op": "downsample", "version": ctx.spec.version, "op_key": op_key}
         if group.attrs.get("tierflow") != stamp:
             group.attrs["tierflow"] = stamp
         group_holder.append(group)

@@ -1,47 +1,28 @@
-"""The catalogue of voxel-map operations: kernel, halo, output dtype and parameters of each.
+"""tierflow's own operations, declared once each (:class:`~tierflow.tasks.ops.spec.OpSpec`).
 
 A map operation computes every output voxel from a neighbourhood of input voxels, so it runs
-block-wise by reading each block with a halo and keeping the inner part. Multi-stage operations
-(connected components, pyramids, features) have their own modules.
+block-wise by reading each block with a halo and keeping the inner part; its declaration here is
+all it takes (the CLI, ``tierflow ops list``, the ``op`` flow and the pipeline read it through
+:mod:`tierflow.tasks.ops.registry`). Staged operations (connected components, pyramids,
+features) are declared here too; their stage runners live in ``tierflow.flows.ops``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, Field, field_validator
 
+from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.ops.filters import gaussian, gaussian_radius, threshold
-from tierflow.tasks.ops.params import ParamSpec, otsu_or_number, resolve_params
+from tierflow.tasks.ops.params import otsu_or_number
+from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
+from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list
 
-__all__ = ["MAP_OPS", "MULTI_STAGE_PARAMS", "MapOp", "ParamSpec", "get_map_op"]
-
-
-@dataclass(frozen=True)
-class MapOp:
-    """A voxel-map operation."""
-
-    name: str
-    version: str
-    kernel: Callable[..., np.ndarray]
-    halo: Callable[[Mapping[str, Any], int], tuple[int, ...]]
-    out_dtype: Callable[[Mapping[str, Any], np.dtype], np.dtype]
-    params: Mapping[str, ParamSpec] = field(default_factory=dict)
-    inputs: tuple[str, ...] = ()
-    """Names of extra input arrays the kernel takes as keyword arguments (e.g. ``markers``)."""
-
-    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and complete parameters (strings from the CLI are converted).
-
-        Raises
-        ------
-        InvalidParameterError
-            (a ``ValueError``) naming the operation, the parameter and what is allowed.
-        """
-        return resolve_params(self.name, self.params, given)
+__all__ = ["BUILTIN_OPS", "DownsampleParams", "FeaturesParams", "GaussianParams", "LabelParams", "ThresholdParams",
+           "WatershedParams"]
 
 
 def _dtype_problem(value: str) -> str | None:
@@ -85,103 +66,105 @@ def _fixed_halo(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
     return (int(p["halo"]),) * ndim
 
 
-MAP_OPS: dict[str, MapOp] = {
-    "gaussian": MapOp(
-        "gaussian",
-        "1",
-        _gaussian,
-        _gaussian_halo,
-        lambda p, dtype: np.dtype(p["out_dtype"] or dtype),
-        {
-            "sigma": ParamSpec(float, ..., "standard deviation in voxels", gt=0, le=1000),
-            "truncate": ParamSpec(float, 3.0, "kernel radius in sigmas", gt=0, le=20),
-            "mode": ParamSpec(str, "mirror", "border handling", ("mirror", "reflect", "nearest", "constant", "wrap")),
-            "backend": ParamSpec(str, "opencv", "kernel implementation", ("opencv", "bioimage-cpp", "scipy")),
-            "out_dtype": ParamSpec(str, "", "output dtype (default: the input's)", check=_dtype_problem,
-                                   allowed="a numpy dtype name such as uint16 or float32, or empty for the input's"),
-        },
-    ),
-    "threshold": MapOp(
-        "threshold",
-        "1",
-        _threshold,
-        lambda p, ndim: (0,) * ndim,
-        lambda p, dtype: np.dtype(np.uint8),
-        {
-            "value": ParamSpec(str, "otsu", "a number, or 'otsu' (from a histogram gathered block-wise)", check=otsu_or_number,
-                               allowed="'otsu' or a finite number"),
-            "above": ParamSpec(bool, True, "foreground is above the value"),
-        },
-    ),
-    "convert": MapOp(
-        "convert",
-        "1",
-        lambda block, p: block,
-        lambda p, ndim: (0,) * ndim,
-        lambda p, dtype: dtype,
-        {"compression": ParamSpec(str, "zstd", "codec of the new array", ("lz4", "zstd", "none"))},
-    ),
-    "mask": MapOp(
-        "mask",
-        "1",
-        lambda block, p, *, mask: np.where(mask != 0, block, np.zeros((), dtype=block.dtype)),
-        lambda p, ndim: (0,) * ndim,
-        lambda p, dtype: dtype,
-        {},
-        inputs=("mask",),
-    ),
-    "watershed": MapOp(
-        "watershed",
-        "1",
-        _watershed,
-        _fixed_halo,
-        lambda p, dtype: np.dtype(np.uint32),
-        {
-            "halo": ParamSpec(int, 16, "voxels of context around each block (basins wider than this may differ at block borders)",
-                              ge=0, le=4096),
-            "invert": ParamSpec(bool, True, "flood from maxima (intensities) instead of minima (distances/gradients)"),
-            "mask_above": ParamSpec(float, None, "only flood voxels brighter than this"),
-        },
-        inputs=("markers",),
-    ),
-}
+class GaussianParams(OpParams):
+    sigma: float = Field(gt=0, le=1000, description="standard deviation in voxels")
+    truncate: float = Field(3.0, gt=0, le=20, description="kernel radius in sigmas")
+    mode: Literal["mirror", "reflect", "nearest", "constant", "wrap"] = Field("mirror", description="border handling")
+    backend: Literal["opencv", "bioimage-cpp", "scipy"] = Field("opencv", description="kernel implementation")
+    out_dtype: str = Field("", description="output dtype (default: the input's)",
+                           json_schema_extra={"allowed": "a numpy dtype name such as uint16 or float32, or empty for the input's"})
+
+    @field_validator("out_dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        problem = _dtype_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
-MULTI_STAGE_PARAMS: dict[str, dict[str, ParamSpec]] = {
-    "label": {"connectivity": ParamSpec(int, None, "neighbours that connect voxels", choices=(4, 8, 6, 18, 26))},
-    "downsample": {
-        "levels": ParamSpec(int, 3, "pyramid levels", ge=1, le=16),
-        "method": ParamSpec(str, "auto", "how a level is reduced", ("auto", "mean", "mode", "nearest")),
-        "voxel_size": ParamSpec(str, None, "voxel size per axis, z,y,x", check=lambda v: None if _finite_positive_list(v) else
-                                "is not positive numbers separated by commas", allowed="positive numbers separated by commas, e.g. 2,0.5,0.5"),
-        "name": ParamSpec(str, "image", "the image's name in the OME-Zarr metadata"),
-    },
-    "features": {
-        "time_point": ParamSpec(int, 0, "time point of this volume", ge=0),
-        "dataset": ParamSpec(str, None, "dataset name recorded with the features"),
-        "sample": ParamSpec(str, None, "sample name recorded with the features"),
-    },
-}
-"""Parameters of the multi-stage operations (their flows read them; checked up front by the CLI)."""
+class ThresholdParams(OpParams):
+    value: str = Field("otsu", description="a number, or 'otsu' (from a histogram gathered block-wise)",
+                       json_schema_extra={"allowed": "'otsu' or a finite number"})
+    above: bool = Field(True, description="foreground is above the value")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _otsu_or_number(cls, value: Any) -> str:
+        problem = otsu_or_number(value)
+        if problem:
+            raise ValueError(problem)
+        return str(value)
 
 
-def _finite_positive_list(text: str) -> bool:
-    try:
-        values = [float(v) for v in str(text).split(",")]
-    except ValueError:
-        return False
-    return all(math.isfinite(v) and v > 0 for v in values)
+class ConvertParams(OpParams):
+    compression: Literal["lz4", "zstd", "none"] = Field("zstd", description="codec of the new array")
 
 
-def get_map_op(name: str) -> MapOp:
-    """The map operation called ``name``.
+class WatershedParams(OpParams):
+    halo: int = Field(16, ge=0, le=4096, description="voxels of context around each block (basins wider than this may differ at block borders)")
+    invert: bool = Field(True, description="flood from maxima (intensities) instead of minima (distances/gradients)")
+    mask_above: float | None = Field(None, description="only flood voxels brighter than this")
 
-    Raises
-    ------
-    ValueError
-        Listing the known operations.
-    """
-    try:
-        return MAP_OPS[name]
-    except KeyError:
-        raise ValueError(f"no operation {name!r}; known: {sorted(MAP_OPS)} and label, downsample, features") from None
+
+def _int_text(value: Any) -> Any:
+    """``"26"`` -> 26 (CLI text for an integer choice)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+class LabelParams(OpParams):
+    connectivity: Annotated[Literal[4, 8, 6, 18, 26] | None, BeforeValidator(_int_text)] = Field(
+        None, description="neighbours that connect voxels (default: 26 in 3-D, 8 in 2-D)")
+
+
+class DownsampleParams(OpParams):
+    levels: int = Field(3, ge=1, le=16, description="pyramid levels")
+    method: Literal["auto", "mean", "mode", "nearest"] = Field("auto", description="how a level is reduced")
+    voxel_size: str | None = Field(None, description="voxel size per axis, z,y,x",
+                                   json_schema_extra={"allowed": "positive numbers separated by commas, e.g. 2,0.5,0.5"})
+    name: str = Field("image", description="the image's name in the OME-Zarr metadata")
+
+    @field_validator("voxel_size", mode="before")
+    @classmethod
+    def _voxel_size(cls, value: Any) -> str | None:
+        return finite_positive_list(None if value is None else str(value))
+
+
+class FeaturesParams(OpParams):
+    time_point: int = Field(0, ge=0, description="time point of this volume")
+    dataset: str | None = Field(None, description="dataset name recorded with the features")
+    sample: str | None = Field(None, description="sample name recorded with the features")
+
+
+def _pyramid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...], params: Mapping[str, Any]) -> int:
+    """Blocks of every level of a pyramid (ceil division: odd extents keep their last voxel)."""
+    total, level_shape = 0, tuple(shape)
+    for factors in pyramid_factors(shape, int(params.get("levels") or 3), factor=2):
+        level_shape = downsampled_shape(level_shape, factors)
+        total += len(BlockGrid(level_shape, tuple(min(b, s) for b, s in zip(block_shape, level_shape, strict=True))))
+    return total
+
+
+BUILTIN_OPS: tuple[OpSpec, ...] = (
+    OpSpec("convert", "1", "map", ConvertParams, "copy an image into a new zarr array (re-chunked, re-compressed)",
+           kernel=lambda block, p: block),
+    OpSpec("gaussian", "1", "map", GaussianParams, "gaussian smoothing", kernel=_gaussian, halo=_gaussian_halo,
+           out_dtype=lambda p, dtype: np.dtype(p["out_dtype"] or dtype)),
+    OpSpec("threshold", "1", "map", ThresholdParams, "binary mask above (or below) a value or Otsu's threshold",
+           kernel=_threshold, out_dtype=lambda p, dtype: np.dtype(np.uint8)),
+    OpSpec("mask", "1", "map", OpParams, "keep the voxels where --with mask=... is non-zero (0 elsewhere)",
+           kernel=lambda block, p, *, mask: np.where(mask != 0, block, np.zeros((), dtype=block.dtype)), inputs=("mask",)),
+    OpSpec("watershed", "1", "map", WatershedParams, "seeded watershed; seeds (--with markers=...) keep their global ids",
+           kernel=_watershed, halo=_fixed_halo, out_dtype=lambda p, dtype: np.dtype(np.uint32), inputs=("markers",),
+           makes_labels=True),
+    OpSpec("label", "1", "label", LabelParams, "connected components, merged exactly across blocks",
+           block_count=lambda shape, blocks, p: 2 * len(BlockGrid(shape, blocks)), makes_labels=True),
+    OpSpec("downsample", "1", "pyramid", DownsampleParams, "a multiscale OME-Zarr pyramid (mean for images, mode for labels)",
+           block_count=_pyramid_blocks),
+    OpSpec("features", "1", "features", FeaturesParams,
+           "per-object features of a label image (with --with CHANNEL=image for intensities), to the database and a CSV",
+           inputs=("*",), block_count=lambda shape, blocks, p: 0),
+)
+"""tierflow's own ops. A new map op is one declaration here (and its kernel)."""

@@ -1,0 +1,98 @@
+"""The map stage runner: every block of the output from its block (and halo) of the inputs, in
+batches, skipping the blocks the ledger has done from unchanged inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, unmapped
+
+from tierflow.errors import TierflowError
+from tierflow.flows.execution.batching import run_batches
+from tierflow.flows.execution.outputs import claim_output
+from tierflow.flows.ops.request import OpContext
+from tierflow.storage.arrays import check_chunks_align, create_output_array
+from tierflow.storage.db.repo.ledger import done_fingerprints
+from tierflow.storage.geometry import BlockGrid
+from tierflow.tasks.blockwise import MapJob, SourceRef, block_fingerprints, blocks_to_compute, open_source, plan_batches
+from tierflow.tasks.map_blocks import histogram_blocks, map_blocks
+from tierflow.tasks.ops.filters import otsu_from_histogram
+
+__all__ = ["check_extra_inputs", "resolve_otsu", "run_map"]
+
+
+def _otsu(source: SourceRef, shape: tuple[int, ...], dtype: Any, block_shape: tuple[int, ...], workers: int) -> float:
+    grid = BlockGrid(shape, block_shape)
+    batches = plan_batches(grid, [b.block_id for b in grid], max_batches=64, min_batches=workers)
+    futures = histogram_blocks.map(unmapped(source), unmapped(tuple(shape)), unmapped(block_shape), batches)
+    counts = sum(np.asarray(f.result(), dtype=np.int64) for f in futures)
+    return otsu_from_histogram(counts, dtype=dtype)
+
+
+def resolve_otsu(op: str, params: dict[str, Any], source: SourceRef, shape: tuple[int, ...], dtype: Any,
+                 block_shape: tuple[int, ...], workers: int) -> dict[str, Any]:
+    """``params`` with a threshold's ``value=otsu`` replaced by Otsu's threshold of the input
+    (from a histogram gathered block-wise); other params unchanged."""
+    if op != "threshold" or str(params.get("value")).lower() != "otsu":
+        return params
+    value = _otsu(source, shape, dtype, block_shape, workers)
+    get_run_logger().info("Otsu threshold from a block-wise histogram: %s", value)
+    return {**params, "value": value}
+
+
+def check_extra_inputs(ctx: OpContext) -> None:
+    """The extra inputs are the ones the op takes, each of the main input's shape.
+
+    Raises
+    ------
+    TierflowError
+        Naming the inputs expected and given, or the input of the wrong shape.
+    """
+    spec, extras = ctx.spec, ctx.extras
+    if spec.inputs != ("*",) and sorted(spec.inputs) != sorted(extras):
+        raise TierflowError(f"{spec.name} takes the extra input(s) {list(spec.inputs) or 'none'}, got {sorted(extras)}",
+                            hint="give them as --with NAME=PATH")
+    for name, ref in extras.items():
+        if tuple(open_source(ref).shape) != tuple(ctx.shape):
+            raise TierflowError(f"{spec.name}: input {name} has shape {open_source(ref).shape}, the main input {ctx.shape}")
+
+
+def run_map(ctx: OpContext) -> dict[str, Any]:
+    """Compute the output block-wise (see the module docstring); returns the block counts."""
+    logger = get_run_logger()
+    spec, db, target, key = ctx.spec, ctx.db, ctx.target, ctx.op_key
+    halo = spec.halo(ctx.params, len(ctx.shape))
+    out_dtype = spec.out_dtype(ctx.params, ctx.dtype)
+    check_chunks_align(ctx.block_shape, ctx.block_shape, target.uri)
+    stale = claim_output(db, target, key, lambda: create_output_array(
+        target, shape=ctx.shape, dtype=out_dtype, chunks=ctx.block_shape, compression=ctx.params.get("compression", "lz4"),
+        attributes={"tierflow": {"op": spec.name, "version": spec.version, "params": ctx.params, "op_key": key, "input": ctx.input}}))
+    if stale:
+        logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
+    grid = BlockGrid(ctx.shape, ctx.block_shape, halo)
+    job = MapJob(spec.name, ctx.params, key, ctx.run_id, ctx.source, target, ctx.shape, ctx.block_shape, halo, db,
+                 extras=ctx.extras, mask=ctx.mask, fault=ctx.fault)
+    with db.session() as session:
+        done = done_fingerprints(session, key, target.uri)
+    remaining = blocks_to_compute(done, block_fingerprints(job))
+    changed = sum(1 for block_id in remaining if block_id in done)
+    logger.info("%s: %d blocks, %d already done (ledger), %d to compute (%d of them because their input changed)",
+                spec.name, len(grid), len(grid) - len(remaining), len(remaining), changed)
+    batches = plan_batches(grid, remaining, max_batches=ctx.max_batches, min_batches=2 * ctx.workers)
+    with ctx.runner() as runner:
+        if ctx.config is not None and ctx.config.execution.backend == "slurm":
+            from tierflow.flows.execution.slurm_retries import SlurmBatchRetries, run_with_slurm_retries
+            from tierflow.flows.slurm.scheduler import SlurmScheduler
+
+            retries = SlurmBatchRetries(db, ctx.run_id, key, target.uri, scheduler=ctx.slurm_scheduler or SlurmScheduler())
+            outcome = run_with_slurm_retries(runner, lambda: ctx.runner(memory_factor=ctx.config.slurm.oom_memory_factor),
+                                             map_blocks, job, batches, retries, ctx.progress, log=logger.warning)
+        else:
+            outcome = run_batches(runner, map_blocks, job, batches, ctx.progress)
+    if outcome.failed:
+        from tierflow.flows.ops.flow import BlockFailuresError
+
+        raise BlockFailuresError(spec.name, ctx.run_id, outcome.failed, outcome.first_error)
+    return {"blocks": len(grid), "computed": sum(r["done"] for r in outcome.results), "batches": len(batches),
+            "task_seconds": sum(r["seconds"] for r in outcome.results), "params": ctx.params}
