@@ -112,12 +112,10 @@ def ops_show(name: Annotated[str, typer.Argument(help="An op (see `tierflow ops 
 
 def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:
     """Run ``run()`` while a bar counts the blocks the ledger records for ``output_uri``."""
-    from sqlalchemy import func, select
-    from sqlalchemy.exc import SQLAlchemyError
-
     from tierflow.configs import load_db_config
     from tierflow.flows.runtime.database import open_database
-    from tierflow.storage.db.models import BlockRecord
+    from tierflow.storage.db.repo import count_done_since
+    from tierflow.storage.errors import DatabaseError
 
     db = open_database(load_db_config(config_path), migrate=True)  # a fresh database has no ledger table yet
     since = datetime.now(UTC)
@@ -130,14 +128,10 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
             while not stop.wait(0.5):
                 try:
                     with db.session() as session:
-                        done = session.scalar(
-                            select(func.count()).select_from(BlockRecord).where(
-                                BlockRecord.array_uri.startswith(output_uri), BlockRecord.status == "done", BlockRecord.created_at >= since
-                            )
-                        )
-                except SQLAlchemyError:
+                        done = count_done_since(session, output_uri, since)
+                except DatabaseError:
                     continue  # the bar only shows progress: a failed poll waits for the next one
-                progress.update(bar, completed=min(total, int(done or 0)))
+                progress.update(bar, completed=min(total, done))
 
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
@@ -197,19 +191,14 @@ def op(
 
 def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
     """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
-    from sqlalchemy import select
-
     from tierflow.flows.cli.data import _database, _existing_run
-    from tierflow.storage.db.models import BlockRecord
+    from tierflow.storage.db.repo import block_attempts
 
     db = _database(ctx)
     with db.session() as session:
         row = _existing_run(session, run)
-        records = session.execute(
-            select(BlockRecord.op, BlockRecord.block_id, BlockRecord.status, BlockRecord.error).where(BlockRecord.run_id == row.id).order_by(BlockRecord.id)
-        ).all()
         latest: dict[tuple[str, str], tuple[str, str | None]] = {}
-        for op_name, block_id, block_status, error in records:
+        for op_name, block_id, block_status, error in block_attempts(session, row.id):
             latest[(op_name, block_id)] = (block_status, error)
         stages: dict[str, dict[str, Any]] = {}
         for (op_name, block_id), (block_status, error) in latest.items():

@@ -117,32 +117,27 @@ def demo(
 
 def _track_points(ctx: typer.Context, result: dict[str, Any]) -> Any:
     import pandas as pd
-    from sqlalchemy import select
 
     from tierflow.flows.cli.data import _database
-    from tierflow.storage.db.models import Run, TrackPoint
+    from tierflow.storage.db.repo import child_runs, track_rows
 
     db = _database(ctx)
     run_id = result.get("served_from_run") or result["run_id"]
+    columns = ["sample", "time_point", "track_id", "parent_track_id", "centroid_z", "centroid_y", "centroid_x"]
     with db.session() as session:
-        track_run = session.scalars(select(Run.id).where(Run.parent_id == run_id, Run.flow_name == "track").order_by(Run.id.desc())).first()
-        rows = session.execute(select(TrackPoint.sample, TrackPoint.time_point, TrackPoint.track_id, TrackPoint.parent_track_id,
-                                      TrackPoint.centroid_z, TrackPoint.centroid_y, TrackPoint.centroid_x)
-                               .where(TrackPoint.run_id == track_run)).all()
-    return pd.DataFrame(rows, columns=["sample", "time_point", "track_id", "parent_track_id", "centroid_z", "centroid_y", "centroid_x"])
+        track_runs = child_runs(session, run_id, flow_name="track")
+        points = track_rows(session, "points", track_runs[-1].id if track_runs else None, columns)
+    return pd.DataFrame(points.rows, columns=columns)
 
 
 def _artifacts_per_tier(ctx: typer.Context) -> None:
-    from sqlalchemy import func, select
-
     from tierflow.flows.cli.data import _database
-    from tierflow.storage.db.models import Artifact
+    from tierflow.storage.db.repo import live_usage_by_tier
 
     db = _database(ctx)
     with db.session() as session:
-        rows = session.execute(select(Artifact.tier, func.count(), func.coalesce(func.sum(Artifact.bytes), 0))
-                               .where(Artifact.deleted_at.is_(None)).group_by(Artifact.tier)).all()
-    console.print("  live artifacts: " + ", ".join(f"{tier} {count} ({int(size):,} B)" for tier, count, size in sorted(rows)))
+        usage = live_usage_by_tier(session)
+    console.print("  live artifacts: " + ", ".join(f"{u.tier} {u.count} ({u.bytes:,} B)" for u in usage))
 
 
 def runs_list(
@@ -172,19 +167,16 @@ def runs_list(
 
 def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
     """One run: parameters, result, child runs, artifacts and block progress."""
-    from sqlalchemy import func, select
-
     from tierflow.flows.cli.data import _database, _existing_run
-    from tierflow.storage.db.models import Artifact, BlockRecord, Run
+    from tierflow.storage.db.repo import block_counts, child_runs, list_artifacts
 
     db = _database(ctx)
     with db.session() as session:
         row = _existing_run(session, run)
-        children = session.execute(select(Run.id, Run.flow_name, Run.status).where(Run.parent_id == row.id).order_by(Run.id)).all()
+        children = child_runs(session, row.id)
         family = [row.id, *[c.id for c in children]]
-        artifacts = session.execute(select(Artifact.id, Artifact.tier, Artifact.name, Artifact.uri, Artifact.bytes, Artifact.promoted_uri,
-                                           Artifact.deleted_at).where(Artifact.run_id == row.id).order_by(Artifact.id)).all()
-        blocks = session.execute(select(BlockRecord.status, func.count()).where(BlockRecord.run_id.in_(family)).group_by(BlockRecord.status)).all()
+        artifacts = list_artifacts(session, run_id=row.id, include_deleted=True)
+        blocks = block_counts(session, family)
         report = {
             "id": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "parameters": row.parameters,
             "started_at": row.started_at, "ended_at": row.ended_at, "seconds": row.seconds, "host": row.host,
@@ -192,7 +184,7 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
             "result": row.result, "children": [{"id": c.id, "flow": c.flow_name, "status": c.status} for c in children],
             "artifacts": [{"id": a.id, "tier": a.tier, "name": a.name, "uri": a.uri, "bytes": a.bytes, "promoted_uri": a.promoted_uri,
                            "deleted": a.deleted_at is not None} for a in artifacts],
-            "blocks": {status: int(count) for status, count in blocks},
+            "blocks": blocks,
         }
     if as_json:
         print_json(report)

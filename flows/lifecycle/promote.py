@@ -9,30 +9,40 @@ that does not verify is discarded, reported, and not recorded; the flow then fai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
-from sqlalchemy import select
 
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
-from tierflow.storage.db.models import Artifact, Snapshot
-from tierflow.storage.db.repo import add_artifact, get_run, mark_promoted
+from tierflow.storage.db.repo import (
+    add_artifact,
+    artifact_by_id,
+    get_artifact,
+    get_run,
+    mark_promoted,
+    promotable_artifacts,
+    snapshot_by_pk,
+)
 from tierflow.storage.errors import IntegrityError, TierflowError
 from tierflow.storage.promotion import AfterCopyHook, promoted_prefix
 from tierflow.tasks.promote import promote_artifact
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from tierflow.storage.db.models import Artifact
+
 __all__ = ["promote"]
 
 
-def _select(session: Any, run: int | str | None, artifacts: list[str] | None) -> list[Artifact]:
+def _select(session: Session, run: int | str | None, artifacts: list[str] | None) -> list[Artifact]:
     if artifacts:
         chosen = []
         for ref in artifacts:
-            query = select(Artifact).where(Artifact.id == int(ref)) if str(ref).isdigit() else select(Artifact).where(Artifact.uri == ref)
-            found = session.scalars(query).one_or_none()
+            found = artifact_by_id(session, int(ref)) if str(ref).isdigit() else get_artifact(session, str(ref))
             if found is None:
                 raise TierflowError(f"no artifact {ref!r}", hint="see `tierflow artifacts list`")
             chosen.append(found)
@@ -42,13 +52,7 @@ def _select(session: Any, run: int | str | None, artifacts: list[str] | None) ->
     row = get_run(session, run)
     if row is None:
         raise TierflowError(f"no run {run!r}", hint="see `tierflow runs list`")
-    return list(
-        session.scalars(
-            select(Artifact)
-            .where(Artifact.run_id == row.id, Artifact.tier == "output", Artifact.promoted_at.is_(None), Artifact.deleted_at.is_(None))
-            .order_by(Artifact.id)
-        )
-    )
+    return promotable_artifacts(session, row.id)
 
 
 @flow(name="promote")
@@ -95,7 +99,7 @@ def promote(
                         f"on {artifact.promoted_at:%Y-%m-%d %H:%M:%S %Z}; nothing was changed",
                         hint="its Tier 1 copy is final (see `tierflow artifacts list --all`); promote only artifacts not promoted yet",
                     )
-                snapshot = session.get(Snapshot, artifact.snapshot_pk) if artifact.snapshot_pk else None
+                snapshot = snapshot_by_pk(session, artifact.snapshot_pk) if artifact.snapshot_pk else None
                 if snapshot is None:
                     raise TierflowError(
                         f"artifact {artifact.id} ({artifact.uri}) has no snapshot: promotion files it under its snapshot"
@@ -114,7 +118,7 @@ def promote(
                 failed.append({"artifact": str(artifact_id), "uri": uri, "error": exc.message})
                 continue
             with db.session() as session:
-                original = session.get(Artifact, artifact_id)
+                original = artifact_by_id(session, artifact_id)
                 assert original is not None
                 mark_promoted(session, original, result.uri)
                 add_artifact(

@@ -8,13 +8,11 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from sqlalchemy import select
 
 from tierflow.configs import load_db_config
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.runs import recorded_run
-from tierflow.storage.db.models import ObjectFeature
-from tierflow.storage.db.repo import add_track_rows
+from tierflow.storage.db.repo import add_track_rows, object_centroids
 from tierflow.storage.errors import TierflowError
 from tierflow.tasks.ops.tracking import kinematics, link_tracks
 
@@ -43,10 +41,7 @@ def track(
     logger = get_run_logger()
     db = open_database(load_db_config(config_dir), migrate=True)
     with db.session() as session:
-        rows = session.execute(
-            select(ObjectFeature.dataset, ObjectFeature.sample, ObjectFeature.time_point, ObjectFeature.label,
-                   ObjectFeature.centroid_z, ObjectFeature.centroid_y, ObjectFeature.centroid_x).where(ObjectFeature.run_id.in_(runs))
-        ).all()
+        rows = object_centroids(session, runs)
     if not rows:
         raise TierflowError(f"runs {runs} stored no object features", hint="run `tierflow op features` for each time point first")
     objects = pd.DataFrame(rows, columns=["dataset", "sample", "time_point", "label", "centroid_z", "centroid_y", "centroid_x"])

@@ -34,7 +34,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from sqlalchemy import select
 
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.runtime.database import open_database
@@ -52,8 +51,15 @@ from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.flows.lifecycle.track import track
 from tierflow.storage.arrays import array_sidecars
 from tierflow.storage.db.database import Database
-from tierflow.storage.db.models import Artifact, Run, Snapshot, SnapshotFile, TrackKinematics, TrackMsd, TrackPoint
-from tierflow.storage.db.repo import add_artifact
+from tierflow.storage.db.repo import (
+    add_artifact,
+    artifacts_by_ids,
+    completed_runs_with_key,
+    get_artifact,
+    match_snapshots,
+    snapshot_paths,
+    track_rows,
+)
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.raw_layout import parse_volume_name
 from tierflow.storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
@@ -104,9 +110,9 @@ def _volumes(db: Database, snapshot_pk: int) -> list[dict[str, Any]]:
     """The snapshot's volumes: sample, channel, time point and relative path (a stack, or a
     folder of slices)."""
     with db.session() as session:
-        paths = list(session.scalars(select(SnapshotFile.relative_path).where(SnapshotFile.snapshot_pk == snapshot_pk)))
+        paths = snapshot_paths(session, snapshot_pk)
     volumes: dict[str, dict[str, Any]] = {}
-    for path in sorted(paths):
+    for path in paths:
         parts = path.split("/")
         if len(parts) < 2:
             continue
@@ -143,7 +149,7 @@ def _register(db: Database, run_id: int, *, kind: str, name: str, tier_name: str
     # as retention counts and reclaims it
     size = sum(tier.usage(part) for part in (key, *array_sidecars(key))) if key.endswith(".zarr") else tier.stat(key).size
     with db.session() as session:
-        row = session.scalars(select(Artifact).where(Artifact.uri == uri)).one_or_none()
+        row = get_artifact(session, uri)
         if row is not None:
             row.run_id, row.bytes, row.deleted_at = run_id, size, None
             return int(row.id)
@@ -174,11 +180,7 @@ def op_stage(stage: str, op: str, jobs: list[dict[str, Any]], params: PipelinePa
 
 def _cached_result(db: Database, key: str, source: Tier) -> tuple[int, dict[str, Any]] | None:
     with db.session() as session:
-        rows = session.scalars(
-            select(Run).where(Run.flow_name == "pipeline", Run.status == "completed", Run.parameters["key"].astext == key,
-                              Run.result.is_not(None)).order_by(Run.id.desc())
-        ).all()
-        for row in rows:
+        for row in completed_runs_with_key(session, "pipeline", key):
             result = dict(row.result or {})
             if result.get("cached"):
                 continue
@@ -204,12 +206,11 @@ def _tables(db: Database, feature_results: list[dict[str, Any]], track_run: int,
         frames.append(table)
     objects = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     with db.session() as session:
-        def frame(model: Any) -> pd.DataFrame:
-            columns = [c.name for c in model.__table__.columns if c.name not in ("id", "created_at", "updated_at", "run_id")]
-            rows = session.execute(select(*[getattr(model, c) for c in columns]).where(model.run_id == track_run)).all()
-            return pd.DataFrame(rows, columns=columns)
+        def frame(table: str) -> pd.DataFrame:
+            stored = track_rows(session, table, track_run)
+            return pd.DataFrame(stored.rows, columns=list(stored.columns))
 
-        tables = {"objects": objects, "tracks": frame(TrackPoint), "kinematics": frame(TrackKinematics), "msd": frame(TrackMsd)}
+        tables = {"objects": objects, "tracks": frame("points"), "kinematics": frame("kinematics"), "msd": frame("msd")}
     if not tables["tracks"].empty and not objects.empty:
         ids = tables["tracks"][["sample", "time_point", "label", "track_id"]]
         tables["objects"] = objects.merge(ids, on=["sample", "time_point", "label"], how="left")
@@ -290,7 +291,7 @@ def pipeline(
         guard.check("ingest")
         snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
     with db.session() as session:
-        matches = session.scalars(select(Snapshot).where(Snapshot.dataset == dataset, Snapshot.snapshot_id.startswith(str(snapshot)))).all()
+        matches = match_snapshots(session, dataset, str(snapshot))
         if len(matches) != 1:
             raise TierflowError(f"dataset {dataset!r} has {len(matches)} snapshot(s) matching {snapshot!r}",
                                 hint="see `tierflow snapshots list`; give a longer prefix of the id")
@@ -425,7 +426,7 @@ def pipeline(
         reclaimed = retention(config_dir=config_dir, artifact_ids=written["scratch"], parent_run=run)
 
         with db.session() as session:
-            rows = session.scalars(select(Artifact).where(Artifact.id.in_(written["scratch"] + written["output"]))).all()
+            rows = artifacts_by_ids(session, written["scratch"] + written["output"])
             sizes = {tier_name: sum(r.bytes for r in rows if r.tier == tier_name) for tier_name in ("scratch", "output")}
             promoted_uris = {r.name: r.promoted_uri for r in rows if r.promoted_uri}
         source_root = config.tier_root("source")

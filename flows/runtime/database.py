@@ -7,13 +7,15 @@ module turns a :class:`configs.DatabaseConfig` into them.
 from __future__ import annotations
 
 import os
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from tierflow.configs import DatabaseConfig, load_db_config
-from tierflow.storage.db.database import Database, normalise_url
+from tierflow.storage.db.database import Database, normalise_url, postgres_url
 from tierflow.storage.db.embedded import EmbeddedPostgres
 from tierflow.storage.db.migrate import current_revision, head_revision, require_current, upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["embedded_server", "open_database"]
 
@@ -37,13 +39,12 @@ def _external_url(config: DatabaseConfig) -> URL:
             url = url.set(password=config.password.get_secret_value())
         return url
     assert config.password is not None  # load_db_config refuses an external server without one
-    return URL.create(
-        "postgresql+psycopg2",
-        username=config.user,
+    return postgres_url(
+        user=config.user,
         password=config.password.get_secret_value(),
         host=config.host,
         port=config.port,
-        database=config.dbname,
+        dbname=config.dbname,
     )
 
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.locks import hold_run_lock
-from tierflow.storage.db.models import Run
-from tierflow.storage.db.repo import finish_run, start_run
+from tierflow.storage.db.repo import finish_run, lock_run, run_id_of_flow_run, start_run
 
 __all__ = ["RunRecord", "cancel_live_runs", "code_version", "recorded_run", "run_to_resume"]
 
@@ -78,7 +74,7 @@ def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, pa
         with db.session() as session:
             if parent_id is not None and flow_run_id is not None:
                 # an op run inside a pipeline stage shares the stage's flow run with its siblings
-                taken = session.scalars(select(Run.id).where(Run.flow_run_id == uuid.UUID(str(flow_run_id)))).first()
+                taken = run_id_of_flow_run(session, flow_run_id)
                 flow_run_id = None if taken is not None else flow_run_id
             run = start_run(
                 session, flow_name=flow_name, parameters=parameters, flow_run_id=flow_run_id,
@@ -114,7 +110,7 @@ def _end_of(exc: BaseException) -> tuple[str, str]:
 def _finish(db: Database, run_id: int, status: str, *, message: str | None = None, result: dict[str, Any] | None = None,
             only_running: bool = False) -> None:
     with db.session() as session:
-        row = session.get(Run, run_id, with_for_update=True)
+        row = lock_run(session, run_id)
         if row is not None and (row.status == "running" or not only_running):
             finish_run(session, row, status, message=message, result=result)
 

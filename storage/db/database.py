@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tierflow.storage.db.models import Base
 from tierflow.storage.errors import DatabaseError, DatabaseUnavailableError
 
-__all__ = ["Database", "normalise_url", "scrub"]
+__all__ = ["Database", "normalise_url", "postgres_url", "scrub"]
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -41,6 +41,12 @@ def normalise_url(url: str | URL) -> URL:
             hint="use postgresql://USER:PASSWORD@HOST:PORT/DBNAME",
         )
     return parsed.set(drivername="postgresql+psycopg2")
+
+
+def postgres_url(*, user: str, password: str | None, host: str, port: int, dbname: str) -> URL:
+    """The URL of a PostgreSQL server, with the psycopg2 driver (the password is never shown:
+    see :attr:`Database.masked_url`)."""
+    return URL.create("postgresql+psycopg2", username=user, password=password, host=host, port=port, database=dbname)
 
 
 def scrub(message: str, secret: str | None) -> str:

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tierflow.storage.db.models import ARTIFACT_TIERS, Artifact, ArtifactLineage
 from tierflow.storage.errors import TierflowError
 
 __all__ = [
+    "TierUsage",
     "add_artifact",
     "add_lineage",
+    "artifact_by_id",
+    "artifacts_by_ids",
     "get_artifact",
     "lineage_inputs",
     "list_artifacts",
+    "live_usage_by_tier",
     "mark_deleted",
     "mark_promoted",
+    "promotable_artifacts",
 ]
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    """How many live (not deleted) artifacts one tier holds, and their bytes."""
+
+    tier: str
+    count: int
+    bytes: int
 
 
 def add_artifact(
@@ -94,6 +109,36 @@ def lineage_inputs(session: Session, artifact_id: int) -> set[tuple[str, int]]:
 def get_artifact(session: Session, uri: str) -> Artifact | None:
     """The artifact at ``uri``, or ``None``."""
     return session.scalars(select(Artifact).where(Artifact.uri == uri)).one_or_none()
+
+
+def artifact_by_id(session: Session, artifact_id: int) -> Artifact | None:
+    """The artifact with row id ``artifact_id``, or ``None``."""
+    return session.get(Artifact, artifact_id)
+
+
+def artifacts_by_ids(session: Session, artifact_ids: Collection[int]) -> list[Artifact]:
+    """The artifacts among ``artifact_ids`` that exist, by id."""
+    if not artifact_ids:
+        return []
+    return list(session.scalars(select(Artifact).where(Artifact.id.in_(list(artifact_ids))).order_by(Artifact.id)))
+
+
+def promotable_artifacts(session: Session, run_id: int) -> list[Artifact]:
+    """The live Tier 2 (output) artifacts of run ``run_id`` not promoted yet, oldest first."""
+    return list(session.scalars(
+        select(Artifact)
+        .where(Artifact.run_id == run_id, Artifact.tier == "output", Artifact.promoted_at.is_(None), Artifact.deleted_at.is_(None))
+        .order_by(Artifact.id)
+    ))
+
+
+def live_usage_by_tier(session: Session) -> list[TierUsage]:
+    """Count and bytes of the live (not deleted) artifacts per tier, by tier name."""
+    rows = session.execute(
+        select(Artifact.tier, func.count(), func.coalesce(func.sum(Artifact.bytes), 0))
+        .where(Artifact.deleted_at.is_(None)).group_by(Artifact.tier).order_by(Artifact.tier)
+    )
+    return [TierUsage(tier, int(count), int(size)) for tier, count, size in rows]
 
 
 def list_artifacts(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tierflow.storage.db.models import ObjectFeature, ObjectIntensity
 
-__all__ = ["FEATURE_COLUMNS", "add_object_features", "count_objects"]
+__all__ = ["FEATURE_COLUMNS", "ObjectCentroid", "add_object_features", "count_objects", "object_centroids"]
 
 FEATURE_COLUMNS = (
     "label",
@@ -73,3 +73,26 @@ def count_objects(session: Session, *, run_id: int | None = None, artifact_id: i
     if artifact_id is not None:
         query = query.where(ObjectFeature.artifact_id == artifact_id)
     return int(session.scalar(query) or 0)
+
+
+
+class ObjectCentroid(NamedTuple):
+    """Where one stored object is, as :func:`object_centroids` reads it."""
+
+    dataset: str | None
+    sample: str | None
+    time_point: int
+    label: int
+    centroid_z: float
+    centroid_y: float
+    centroid_x: float
+
+
+def object_centroids(session: Session, run_ids: Collection[int]) -> list[ObjectCentroid]:
+    """The objects the ``features`` runs ``run_ids`` stored, with their centroids (what tracking links)."""
+    rows = session.execute(
+        select(ObjectFeature.dataset, ObjectFeature.sample, ObjectFeature.time_point, ObjectFeature.label,
+               ObjectFeature.centroid_z, ObjectFeature.centroid_y, ObjectFeature.centroid_x)
+        .where(ObjectFeature.run_id.in_(list(run_ids)))
+    )
+    return [ObjectCentroid(*row) for row in rows]

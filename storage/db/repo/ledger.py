@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from tierflow.storage.errors import DatabaseError
 from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["block_progress", "done_blocks", "done_fingerprints", "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
-           "settle_running"]
+__all__ = ["BlockAttempt", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks", "done_fingerprints",
+           "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows", "settle_running"]
+
+
+class BlockAttempt(NamedTuple):
+    """One ledger row of a run, as :func:`block_attempts` reads it."""
+
+    op: str
+    block_id: str
+    status: str
+    error: str | None
 
 _COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
 
@@ -123,7 +135,40 @@ def failed_blocks(session: Session, run_id: int) -> list[str]:
 
 def block_progress(session: Session, run_id: int) -> dict[str, int]:
     """Count of ledger rows per status for one run."""
+    return block_counts(session, [run_id])
+
+
+def block_counts(session: Session, run_ids: Collection[int]) -> dict[str, int]:
+    """Count of ledger rows per status over several runs (a run and its child runs)."""
     rows = session.execute(
-        select(BlockRecord.status, func.count()).where(BlockRecord.run_id == run_id).group_by(BlockRecord.status)
+        select(BlockRecord.status, func.count()).where(BlockRecord.run_id.in_(list(run_ids))).group_by(BlockRecord.status)
     )
     return {status: int(count) for status, count in rows}
+
+
+def block_attempts(session: Session, run_id: int) -> list[BlockAttempt]:
+    """Every ledger row of one run in the order they were written (the last row of a block is
+    its latest attempt)."""
+    rows = session.execute(
+        select(BlockRecord.op, BlockRecord.block_id, BlockRecord.status, BlockRecord.error)
+        .where(BlockRecord.run_id == run_id).order_by(BlockRecord.id)
+    )
+    return [BlockAttempt(*row) for row in rows]
+
+
+def count_done_since(session: Session, array_uri_prefix: str, since: datetime) -> int:
+    """How many ``done`` rows were recorded since ``since`` for arrays whose URI starts with
+    ``array_uri_prefix`` (what a progress bar of a running operation counts).
+
+    Raises
+    ------
+    DatabaseError
+        If the database does not answer (a progress poller skips that poll).
+    """
+    query = select(func.count()).select_from(BlockRecord).where(
+        BlockRecord.array_uri.startswith(array_uri_prefix), BlockRecord.status == "done", BlockRecord.created_at >= since
+    )
+    try:
+        return int(session.scalar(query) or 0)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot count the done blocks of {array_uri_prefix}: {type(exc).__name__}") from exc

@@ -20,7 +20,18 @@ from tierflow.storage.db.locks import held_run_locks
 from tierflow.storage.db.models import RUN_STATUSES, Run
 from tierflow.storage.errors import TierflowError
 
-__all__ = ["CRASHED_MESSAGE", "finish_run", "get_run", "list_runs", "settle_runs", "start_run"]
+__all__ = [
+    "CRASHED_MESSAGE",
+    "child_runs",
+    "completed_runs_with_key",
+    "finish_run",
+    "get_run",
+    "list_runs",
+    "lock_run",
+    "run_id_of_flow_run",
+    "settle_runs",
+    "start_run",
+]
 
 CRASHED_MESSAGE = "its process ended without finishing (killed, or its machine stopped)"
 
@@ -95,6 +106,34 @@ def _find_run(session: Session, ref: int | str | uuid.UUID) -> Run | None:
     if len(matches) > 1:
         raise TierflowError(f"run prefix {ref!r} matches more than one run", hint="give more characters of the id")
     return matches[0] if matches else None
+
+
+def run_id_of_flow_run(session: Session, flow_run_id: uuid.UUID | str) -> int | None:
+    """The ``runs.id`` recorded for a Prefect flow run, or ``None`` if none is (the row is not
+    settled: this only asks whether the flow-run id is taken)."""
+    return session.scalars(select(Run.id).where(Run.flow_run_id == uuid.UUID(str(flow_run_id)))).first()
+
+
+def lock_run(session: Session, run_id: int) -> Run | None:
+    """The run ``run_id`` read under ``FOR UPDATE`` (held until the transaction ends), or ``None``."""
+    return session.get(Run, run_id, with_for_update=True)
+
+
+def child_runs(session: Session, parent_id: int, *, flow_name: str | None = None) -> list[Run]:
+    """The runs started inside run ``parent_id`` (of ``flow_name`` only, if given), oldest first."""
+    query = select(Run).where(Run.parent_id == parent_id).order_by(Run.id)
+    if flow_name is not None:
+        query = query.where(Run.flow_name == flow_name)
+    return list(session.scalars(query))
+
+
+def completed_runs_with_key(session: Session, flow_name: str, key: str) -> list[Run]:
+    """The completed ``flow_name`` runs whose parameters hold ``"key": key`` and that stored a
+    result, newest first (a pipeline run with the same key did the same work)."""
+    return list(session.scalars(
+        select(Run).where(Run.flow_name == flow_name, Run.status == "completed", Run.parameters["key"].astext == key,
+                          Run.result.is_not(None)).order_by(Run.id.desc())
+    ))
 
 
 def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None) -> list[Run]:

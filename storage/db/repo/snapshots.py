@@ -11,7 +11,16 @@ from tierflow.storage.db.models import Snapshot, SnapshotFile
 from tierflow.storage.errors import TierflowError
 from tierflow.storage.snapshots import ManifestEntry
 
-__all__ = ["ManifestEntry", "get_snapshot", "list_snapshots", "record_snapshot", "snapshot_files"]
+__all__ = [
+    "ManifestEntry",
+    "get_snapshot",
+    "list_snapshots",
+    "match_snapshots",
+    "record_snapshot",
+    "snapshot_by_pk",
+    "snapshot_files",
+    "snapshot_paths",
+]
 
 
 def record_snapshot(
@@ -72,6 +81,18 @@ def get_snapshot(session: Session, dataset: str, snapshot_id: str) -> Snapshot |
     ).one_or_none()
 
 
+def snapshot_by_pk(session: Session, snapshot_pk: int) -> Snapshot | None:
+    """The snapshot whose row id is ``snapshot_pk``, or ``None``."""
+    return session.get(Snapshot, snapshot_pk)
+
+
+def match_snapshots(session: Session, dataset: str, prefix: str) -> list[Snapshot]:
+    """The snapshots of ``dataset`` whose id starts with ``prefix`` (one, if the prefix is unique)."""
+    return list(session.scalars(
+        select(Snapshot).where(Snapshot.dataset == dataset, Snapshot.snapshot_id.startswith(prefix)).order_by(Snapshot.id)
+    ))
+
+
 def list_snapshots(session: Session, dataset: str | None = None) -> list[Snapshot]:
     """Snapshots, newest first, optionally of one dataset."""
     query = select(Snapshot).order_by(Snapshot.id.desc())
@@ -87,3 +108,8 @@ def snapshot_files(session: Session, snapshot: Snapshot) -> list[SnapshotFile]:
             select(SnapshotFile).where(SnapshotFile.snapshot_pk == snapshot.id).order_by(SnapshotFile.relative_path)
         )
     )
+
+
+def snapshot_paths(session: Session, snapshot_pk: int) -> list[str]:
+    """The relative paths of the files of snapshot ``snapshot_pk``, sorted."""
+    return sorted(session.scalars(select(SnapshotFile.relative_path).where(SnapshotFile.snapshot_pk == snapshot_pk)))
