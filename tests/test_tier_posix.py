@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tierflow.storage.tiers import PosixTier
-from tierflow.storage.tiers.conformance import TierConformance
+from tierflow.storage.tier_conformance import TierConformance
 
 _counter = itertools.count()
 

@@ -10,7 +10,7 @@ import pytest
 
 from tierflow.storage.errors import KeyClaimedError, TierError
 from tierflow.storage.tiers import PosixTier, S3Tier
-from tierflow.storage.tiers.conformance import MULTIPART_SIZE, TierConformance
+from tierflow.storage.tier_conformance import MULTIPART_SIZE, TierConformance
 
 MIB = 1024 * 1024
 

@@ -54,3 +54,16 @@ def report_error(exc: BaseException) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     if hint:
         err_console.print(f"[yellow]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
+
+
+def parse_params(values: list[str] | None) -> dict[str, str]:
+    """``["sigma=2", "mode=reflect"]`` -> ``{"sigma": "2", "mode": "reflect"}`` (``--param``,
+    ``--with``); a value without ``=`` is refused with an example."""
+    params = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TierflowError(f"{item!r} is not key=value", hint="e.g. --param sigma=2 or --with markers=seeds.zarr")
+        params[key.strip()] = value.strip()
+    return params
+

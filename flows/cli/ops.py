@@ -13,7 +13,7 @@ from typer.core import TyperCommand
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tierflow.flows.cli._app import console, err_console, print_json, state
+from tierflow.flows.cli._app import console, err_console, parse_params, print_json, state
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -54,18 +54,6 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(resume)
     app.command()(track)
-
-
-def _parse_params(values: list[str] | None) -> dict[str, str]:
-    from tierflow.storage.errors import TierflowError
-
-    params = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TierflowError(f"{item!r} is not key=value", hint="e.g. --param sigma=2 or --with markers=seeds.zarr")
-        params[key.strip()] = value.strip()
-    return params
 
 
 def _check_op(name: str, params: dict[str, str]) -> dict[str, Any]:
@@ -157,7 +145,7 @@ def op(
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
-    params = _parse_params(param)
+    params = parse_params(param)
     resolved = _check_op(name, params)  # before anything heavy is imported or started
     from tierflow.flows.cli.data import _config
     from tierflow.flows.ops.flow import locate_input, output_location, run_op
@@ -166,7 +154,7 @@ def op(
     from tierflow.tasks.blockwise import open_source
 
     config = _config(ctx)
-    extras = _parse_params(extra)
+    extras = parse_params(extra)
     check_output_placement(config, output, op_reads(input, extras, mask))
     target_uri = output_location(config, output).uri  # refused here if its tier takes no writes
     volume = open_source(locate_input(config, input))

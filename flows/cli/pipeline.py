@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tierflow.flows.cli._app import console, print_json, state
+from tierflow.flows.cli._app import console, parse_params, print_json, state
 
 __all__ = ["register"]
 
@@ -42,13 +42,12 @@ def run_pipeline(
     """Run the main job (stage, smooth, threshold, label, features, track, pyramid, promote,
     retention, report) on a snapshot or a raw folder."""
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.cli.ops import _parse_params
     from tierflow.flows.pipeline.params import PipelineParams
     from tierflow.storage.raw_layout import check_raw_folder
     from tierflow.storage.tiers import check_name
 
     config = _config(ctx)
-    params = _parse_params(param)
+    params = parse_params(param)
     check_name(dataset, "dataset")
     PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:

@@ -93,6 +93,13 @@ def recorded_run(db: Database, flow_name: str, parameters: dict[str, Any], *, pa
         _finish(db, record, "completed", result=_json_safe(record.result) if record.result is not None else None)
 
 
+def stop_message(signum: int) -> str:
+    """How a run stopped by ``signum`` is recorded."""
+    import signal
+
+    return f"StopRequested: stopped by {signal.Signals(signum).name}"
+
+
 def _end_of(exc: BaseException) -> tuple[str, str]:
     """The status and message of a run that ``exc`` ended: ``cancelled`` when the process was
     asked to stop (Ctrl-C, or SIGTERM, which Prefect raises as ``TerminationSignal`` inside a
@@ -100,8 +107,6 @@ def _end_of(exc: BaseException) -> tuple[str, str]:
     from prefect.exceptions import TerminationSignal
 
     if isinstance(exc, TerminationSignal):
-        from tierflow.flows.runtime.stopping import stop_message
-
         return "cancelled", stop_message(exc.signal)
     status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
     return status, f"{type(exc).__name__}: {exc}"[:4000]

@@ -25,7 +25,7 @@ import threading
 import time
 from types import FrameType
 
-from tierflow.flows.runtime.runs import cancel_live_runs
+from tierflow.flows.runtime.runs import cancel_live_runs, stop_message
 
 __all__ = ["StopRequested", "stop_message", "stop_on_signals", "stop_signal"]
 
@@ -43,11 +43,6 @@ class StopRequested(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
-def stop_message(signum: int) -> str:
-    """How a run stopped by ``signum`` is recorded."""
-    return f"StopRequested: stopped by {signal.Signals(signum).name}"
 
 
 def stop_signal() -> int | None:
