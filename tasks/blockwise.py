@@ -32,7 +32,7 @@ from tierflow.storage.chunk_cache import ChunkCache
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.locks import advisory_locks
 from tierflow.storage.db.repo.ledger import done_blocks, done_fingerprints, record_blocks, settle_running
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BatchFailed, TierflowError
 from tierflow.storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
 from tierflow.storage.geometry import Block, BlockGrid
 from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
@@ -48,17 +48,6 @@ HALO_CACHE_BYTES = 512 * 2**20
 _HALO_CACHE = ChunkCache(HALO_CACHE_BYTES)
 """Decoded chunks shared by the batches of this process: a batch's halo chunks are mostly its
 neighbours' own chunks, decoded moments before (bounded memory, see storage.chunk_cache)."""
-
-
-class BatchFailed(TierflowError):
-    """Some blocks of a batch failed; ``block_ids`` names them."""
-
-    def __init__(self, op: str, block_ids: Sequence[str], first_error: str) -> None:
-        self.op, self.block_ids, self.first_error = op, list(block_ids), first_error
-        super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask workers)
-        return (type(self), (self.op, self.block_ids, self.first_error))
 
 
 def open_source(ref: SourceRef) -> Volume:

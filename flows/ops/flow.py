@@ -32,7 +32,7 @@ from tierflow.flows.runtime.tiers import s3_tier_of
 from tierflow.storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.repo.ledger import done_fingerprints
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import BlockGrid
 from tierflow.storage.local_copy import local_copy
 from tierflow.storage.tiers import PosixTier
@@ -47,18 +47,6 @@ from tierflow.tasks.ops.filters import histogram_counts, otsu_from_histogram
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
 
 MULTI_STAGE = {"label": LABEL_VERSION, "downsample": PYRAMID_VERSION, "features": FEATURES_VERSION}
-
-
-class BlockFailuresError(TierflowError):
-    """A run ended with failed blocks; ``block_ids`` lists them all."""
-
-    def __init__(self, op: str, run_id: int, block_ids: list[str], first_error: str) -> None:
-        self.block_ids = sorted(block_ids)
-        self.run_id = run_id
-        super().__init__(
-            f"{op}: {len(self.block_ids)} block(s) failed in run {run_id}: {', '.join(self.block_ids)} ({first_error})",
-            hint=f"fix the cause, then `tierflow resume {run_id}` recomputes only these blocks",
-        )
 
 
 def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
