@@ -141,14 +141,15 @@ class InvalidOmeZarrError(TierflowError, ValueError):
 
 
 class BatchFailed(TierflowError):
-    """Some blocks of a batch failed; ``block_ids`` names them."""
+    """Some blocks of a batch failed; ``block_ids`` names them; ``transient`` is true when one
+    of them failed in a way a retry may cure (see :func:`tierflow.tasks.retry.is_transient`)."""
 
-    def __init__(self, op: str, block_ids: Sequence[str], first_error: str) -> None:
-        self.op, self.block_ids, self.first_error = op, list(block_ids), first_error
+    def __init__(self, op: str, block_ids: Sequence[str], first_error: str, transient: bool = False) -> None:
+        self.op, self.block_ids, self.first_error, self.transient = op, list(block_ids), first_error, bool(transient)
         super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask workers)
-        return (type(self), (self.op, self.block_ids, self.first_error))
+        return (type(self), (self.op, self.block_ids, self.first_error, self.transient))
 
 
 class BlockFailuresError(TierflowError):

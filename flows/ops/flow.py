@@ -43,6 +43,7 @@ from tierflow.flows.ops.features import FEATURES_VERSION, run_features
 from tierflow.flows.ops.pyramid import PYRAMID_VERSION, run_pyramid
 from tierflow.tasks.ops.catalog import MAP_OPS, get_map_op
 from tierflow.tasks.ops.filters import histogram_counts, otsu_from_histogram
+from tierflow.tasks.retry import retry_transient
 
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
 
@@ -103,13 +104,13 @@ def op_key(op: str, version: str, params: dict[str, Any], content_id: str) -> st
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@task(name="map-blocks", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="map-blocks", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def map_blocks(job: MapJob, block_ids: list[str]) -> dict[str, Any]:
     """Compute one batch of blocks (see :mod:`tasks.blockwise`)."""
     return run_map_batch(job, block_ids)
 
 
-@task(name="histogram-blocks", retries=2, retry_delay_seconds=1, cache_policy=NONE)
+@task(name="histogram-blocks", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient, cache_policy=NONE)
 def histogram_blocks(source: str | ArrayLocation, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str]) -> list[int]:
     """Summed value counts of a batch of blocks (for Otsu on integer images)."""
     grid, volume, total = BlockGrid(shape, block_shape), open_source(source), None
