@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
@@ -32,7 +33,7 @@ from tierflow.flows.runtime.tiers import s3_tier_of
 from tierflow.storage.arrays import ArrayLocation, check_chunks_align, check_writable, create_output_array
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.repo.ledger import done_fingerprints
-from tierflow.errors import BlockFailuresError, TierflowError
+from tierflow.errors import BlockFailuresError, InvalidInputError, TierflowError
 from tierflow.storage.geometry import BlockGrid
 from tierflow.storage.local_copy import local_copy
 from tierflow.storage.tiers import PosixTier
@@ -42,7 +43,8 @@ from tierflow.flows.ops.label import LABEL_VERSION, run_label
 from tierflow.flows.ops.features import FEATURES_VERSION, run_features
 from tierflow.flows.ops.pyramid import PYRAMID_VERSION, run_pyramid
 from tierflow.tasks.ops.catalog import MAP_OPS, get_map_op
-from tierflow.tasks.ops.filters import histogram_counts, otsu_from_histogram
+from tierflow.tasks.histogram_blocks import histogram_blocks, value_range_blocks
+from tierflow.tasks.ops.filters import OTSU_FLOAT_BINS, otsu_from_histogram
 from tierflow.tasks.retry import retry_transient
 
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
@@ -110,24 +112,34 @@ def map_blocks(job: MapJob, block_ids: list[str]) -> dict[str, Any]:
     return run_map_batch(job, block_ids)
 
 
-@task(name="histogram-blocks", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient, cache_policy=NONE)
-def histogram_blocks(source: str | ArrayLocation, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str]) -> list[int]:
-    """Summed value counts of a batch of blocks (for Otsu on integer images)."""
-    grid, volume, total = BlockGrid(shape, block_shape), open_source(source), None
-    for block_id in block_ids:
-        counts = histogram_counts(volume.read(grid.block(block_id).write_roi))
-        total = counts if total is None else total + counts
-    return total.tolist() if total is not None else []
-
-
 def _otsu(source: str | ArrayLocation, volume: Any, block_shape: tuple[int, ...], workers: int) -> float:
+    """Otsu's threshold of the whole input from block-wise histograms: integer images count
+    every value (exact); float images first gather their min and max, then count
+    ``OTSU_FLOAT_BINS`` bins over that range (``skimage.filters.threshold_otsu``'s histogram)."""
     grid = BlockGrid(volume.shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=64, min_batches=workers)
-    futures = histogram_blocks.map(unmapped(source), unmapped(tuple(volume.shape)), unmapped(block_shape), batches)
-    import numpy as np
-
+    shape, dtype = tuple(volume.shape), np.dtype(volume.dtype)
+    if dtype.kind in "iu":
+        futures = histogram_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches)
+        return otsu_from_histogram(sum(np.asarray(f.result(), dtype=np.int64) for f in futures), dtype=dtype)
+    if dtype.kind != "f":
+        raise InvalidInputError(f"{_where(source)}: Otsu needs an integer or float image, this one is {dtype}",
+                                hint="give a fixed threshold (-p value=NUMBER)")
+    ranges = [f.result() for f in value_range_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches)]
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InvalidInputError(f"{_where(source)}: Otsu needs finite values, this {dtype} image holds NaN or infinity",
+                                hint="replace them first, or give a fixed threshold (-p value=NUMBER)")
+    if lo == hi:
+        return lo  # one value everywhere: nothing lies above it (as scikit-image answers)
+    futures = histogram_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches,
+                                   bins=unmapped(OTSU_FLOAT_BINS), value_range=unmapped((lo, hi)))
     counts = sum(np.asarray(f.result(), dtype=np.int64) for f in futures)
-    return otsu_from_histogram(counts, dtype=volume.dtype)
+    return otsu_from_histogram(counts, dtype=dtype, value_range=(lo, hi))
+
+
+def _where(source: str | ArrayLocation) -> str:
+    return source.uri if isinstance(source, ArrayLocation) else str(source)
 
 
 def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None, block_shape: tuple[int, ...] | None,
