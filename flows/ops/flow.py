@@ -308,6 +308,7 @@ def op_flow(
             return run_id.result
         spec = get_map_op(op)
         resolved = spec.resolve(params or {})
+        check_chunks_align(target, shape_blocks)  # before Otsu reads the input or any block runs
         if op == "threshold" and str(resolved["value"]).lower() == "otsu":
             resolved["value"] = _otsu(source, volume, shape_blocks, workers)
             logger.info("Otsu threshold from a block-wise histogram: %s", resolved["value"])
@@ -322,7 +323,6 @@ def op_flow(
         halo = spec.halo(resolved, ndim)
         out_dtype = spec.out_dtype(resolved, volume.dtype)
         with output_lease(db, target, key):  # one op key writes this output at a time
-            check_chunks_align(shape_blocks, shape_blocks, target.uri)
             stale = claim_output(db, target, key, lambda: create_output_array(
                 target, shape=volume.shape, dtype=out_dtype, chunks=shape_blocks, compression=resolved.get("compression", "lz4"),
                 attributes={"tierflow": {"op": op, "version": spec.version, "params": resolved, "op_key": key, "input": input}}))

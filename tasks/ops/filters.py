@@ -1,4 +1,4 @@
-"""Voxel-wise and neighbourhood filters: gaussian, thresholds (fixed and Otsu), masking.
+"""Voxel-wise and neighbourhood filters: gaussian, thresholds (fixed and Otsu).
 
 Dtype policy (one helper, :func:`cast_output`): results are computed in floating point and
 cast to the output dtype by rounding half to even and clipping to the dtype's range; intensities
@@ -16,7 +16,6 @@ __all__ = [
     "gaussian",
     "gaussian_radius",
     "histogram_counts",
-    "mask_image",
     "otsu_from_histogram",
     "threshold",
     "OTSU_FLOAT_BINS",
@@ -171,13 +170,6 @@ def _gaussian_opencv(image: np.ndarray, sigmas: tuple[float, ...], truncate: flo
 def threshold(image: np.ndarray, *, value: float, above: bool = True) -> np.ndarray:
     """A ``uint8`` mask: 1 where ``image > value`` (or ``<=`` with ``above=False``)."""
     return (image > value if above else image <= value).astype(np.uint8)
-
-
-def mask_image(image: np.ndarray, mask: np.ndarray, *, fill: float = 0) -> np.ndarray:
-    """``image`` where ``mask`` is non-zero, ``fill`` elsewhere (same dtype)."""
-    if image.shape != mask.shape:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} differ in shape")
-    return np.where(mask != 0, image, np.asarray(fill, dtype=image.dtype))
 
 
 def histogram_counts(image: np.ndarray, *, bins: int | None = None, value_range: tuple[float, float] | None = None) -> np.ndarray:
