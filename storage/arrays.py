@@ -112,14 +112,34 @@ def _compressors(codec: str) -> Any:
     raise TierflowError(f"compression {codec!r} is not one of lz4, zstd, none")
 
 
-def check_chunks_align(block_shape: Sequence[int], chunks: Sequence[int], uri: str) -> None:
-    """Refuse a block shape that is not a multiple of the output's chunks (two blocks would
-    then write the same chunk)."""
-    if any(b % c for b, c in zip(block_shape, chunks, strict=True)):
-        raise TierflowError(
-            f"block shape {tuple(block_shape)} is not a multiple of the chunks {tuple(chunks)} of {uri}",
-            hint="choose a block shape that is a multiple of the output's chunk shape",
-        )
+def check_chunks_align(location: ArrayLocation, block_shape: Sequence[int]) -> None:
+    """Refuse an existing output array whose chunks are not ``block_shape``, before anything
+    is written.
+
+    A block op writes each block as whole chunks of an output created with chunks = block
+    shape; into an array chunked otherwise, a block would straddle chunks that its neighbours
+    also write, and concurrent writers would corrupt each other's chunks (or, with a block shape
+    that is a multiple of the chunks, reuse an array the run would not have created). A missing
+    output, or one of another number of axes (refused by :func:`create_output_array`), passes.
+
+    Raises
+    ------
+    TierflowError
+        Naming the output, its chunks, the block shape, and what to do.
+    """
+    if not location.exists():
+        return
+    chunks = tuple(int(c) for c in location.open(read_only=True).chunks)
+    block_shape = tuple(int(b) for b in block_shape)
+    if len(chunks) != len(block_shape) or chunks == block_shape:
+        return
+    straddle = any(b % c for b, c in zip(block_shape, chunks, strict=True))
+    raise TierflowError(
+        f"{location.uri} exists with chunks {chunks}, but this run writes blocks of {block_shape}"
+        + (": blocks would straddle its chunks, and concurrent writers would corrupt each other's chunks" if straddle
+           else ": the output is written with chunks = block shape"),
+        hint=f"run with --block-shape {','.join(map(str, chunks))} (its chunks), or choose another output, or delete {location.uri} first",
+    )
 
 
 def create_output_array(

@@ -15,7 +15,7 @@ from itertools import product
 
 from tierflow.storage.errors import InvalidParameterError, TierflowError
 
-__all__ = ["Block", "BlockGrid", "Roi", "gaussian_halo", "normalise_halo", "parse_block_shape"]
+__all__ = ["Block", "BlockGrid", "Roi", "normalise_halo", "parse_block_shape"]
 
 
 def parse_block_shape(text: str | Sequence[int], *, key: str = "--block-shape", ndim: int | None = None) -> tuple[int, ...]:
@@ -95,26 +95,12 @@ class Block:
     write_roi: Roi
     read_roi: Roi
 
-    @property
-    def inner(self) -> tuple[slice, ...]:
-        """Slices selecting the write ROI from an array holding the read ROI."""
-        return self.write_roi.relative_to(self.read_roi)
-
-
 def normalise_halo(halo: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     """One non-negative halo width per axis."""
     values = (halo,) * ndim if isinstance(halo, int) else tuple(int(h) for h in halo)
     if len(values) != ndim or any(h < 0 for h in values):
         raise TierflowError(f"halo {halo!r} must be one non-negative integer or one per axis ({ndim} axes)")
     return values
-
-
-def gaussian_halo(sigma: float | Sequence[float], ndim: int, truncate: float = 4.0) -> tuple[int, ...]:
-    """The halo a gaussian needs: SciPy's kernel radius ``int(truncate * sigma + 0.5)`` per axis."""
-    sigmas = (float(sigma),) * ndim if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
-    if len(sigmas) != ndim:
-        raise TierflowError(f"sigma {sigma!r} has {len(sigmas)} values but the array has {ndim} axes")
-    return tuple(int(truncate * s + 0.5) for s in sigmas)
 
 
 class BlockGrid:

@@ -34,7 +34,7 @@ from ome_zarr_models.v05.image_label import ImageLabelAttrs
 from ome_zarr_models.v05.labels import LabelsAttrs
 from pydantic import ValidationError
 
-from tierflow.storage.errors import TierflowError
+from tierflow.storage.errors import InvalidOmeZarrError
 
 __all__ = [
     "SPACE_UNITS", "InvalidOmeZarrError", "image_label_attributes", "labels_group_attributes",
@@ -55,10 +55,6 @@ _AXIS_TYPES = {"z": "space", "y": "space", "x": "space", "t": "time", "c": "chan
 _LABEL_DTYPES = frozenset(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"))
 
 StoreOrPath = zarr.Group | zarr.storage.StoreLike | os.PathLike[str]
-
-
-class InvalidOmeZarrError(TierflowError, ValueError):
-    """OME-Zarr metadata, or the group it describes, breaks the OME-Zarr 0.5 specification."""
 
 
 def _describe(error: BaseException) -> str:

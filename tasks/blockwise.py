@@ -9,7 +9,8 @@ A batch is a contiguous group of blocks. Its task
 4. runs the kernel on each block's read ROI cut from that region and writes the block's inner
    part (whole chunks),
 5. records every block in the ledger (done or failed, attempt, host, SLURM job id, seconds,
-   bytes) in one insert, and raises listing the failed blocks, so Prefect retries only those.
+   bytes) in one insert, and raises listing the failed blocks, so Prefect retries only those,
+   and only when one of them failed transiently (``BatchFailed.transient``, see :mod:`tasks.retry`).
 
 Task arguments are paths, block ids and content ids, never arrays (Prefect hashes arguments;
 a zarr array hashes by reference).
@@ -32,11 +33,12 @@ from tierflow.storage.chunk_cache import ChunkCache
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.locks import advisory_locks
 from tierflow.storage.db.repo.ledger import done_blocks, done_fingerprints, record_blocks, settle_running
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BatchFailed, TierflowError
 from tierflow.storage.fingerprints import InputFingerprint, combined_block_fingerprint, input_fingerprint
 from tierflow.storage.geometry import Block, BlockGrid
 from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
 from tierflow.tasks.ops.registry import get_op
+from tierflow.tasks.retry import is_transient
 
 __all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
            "plan_batches", "run_map_batch", "source_fingerprint"]
@@ -48,17 +50,6 @@ HALO_CACHE_BYTES = 512 * 2**20
 _HALO_CACHE = ChunkCache(HALO_CACHE_BYTES)
 """Decoded chunks shared by the batches of this process: a batch's halo chunks are mostly its
 neighbours' own chunks, decoded moments before (bounded memory, see storage.chunk_cache)."""
-
-
-class BatchFailed(TierflowError):
-    """Some blocks of a batch failed; ``block_ids`` names them."""
-
-    def __init__(self, op: str, block_ids: Sequence[str], first_error: str) -> None:
-        self.op, self.block_ids, self.first_error = op, list(block_ids), first_error
-        super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask workers)
-        return (type(self), (self.op, self.block_ids, self.first_error))
 
 
 def open_source(ref: SourceRef) -> Volume:
@@ -197,7 +188,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             mask = open_source(job.mask).read(region)
         read_seconds = time.perf_counter() - read_started
         target = job.target.writer()
-        rows, failed, first_error = [], [], ""
+        rows, failed, first_error, transient = [], [], "", False
         compute_seconds, read_share = 0.0, read_seconds / len(todo)
         for block in todo:
             block_started = time.perf_counter()
@@ -226,7 +217,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
                 row.update(status="failed", error=describe_failure(exc))
                 failed.append(block.block_id)
-                first_error = first_error or row["error"]
+                first_error, transient = first_error or row["error"], transient or is_transient(exc)
             row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
             rows.append(row)
         with job.db.session() as session:
@@ -234,7 +225,7 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 settle_running(session, job.run_id, job.op_key, job.target.uri, [block.block_id for block in todo])
             record_blocks(session, rows)
     if failed:
-        raise BatchFailed(job.op, failed, first_error)
+        raise BatchFailed(job.op, failed, first_error, transient)
     return {
         "done": len(todo), "skipped": len(block_ids) - len(todo), "failed": 0,
         "seconds": time.perf_counter() - started, "read_seconds": read_seconds, "compute_seconds": compute_seconds,
@@ -261,7 +252,7 @@ def ledgered_blocks(
     with advisory_locks(db, [f"{key}|{array_uri}|{b}" for b in block_ids]):
         with db.session() as session:
             done = done_blocks(session, key, array_uri)
-        rows, failed, first = [], [], ""
+        rows, failed, first, transient = [], [], "", False
         for block_id in block_ids:
             if block_id in done:
                 continue
@@ -275,11 +266,11 @@ def ledgered_blocks(
             except Exception as exc:  # noqa: BLE001 - recorded per block
                 row.update(status="failed", error=describe_failure(exc))
                 failed.append(block_id)
-                first = first or row["error"]
+                first, transient = first or row["error"], transient or is_transient(exc)
             row.update(seconds=time.perf_counter() - started, finished_at=datetime.now(UTC))
             rows.append(row)
         with db.session() as session:
             record_blocks(session, rows)
     if failed:
-        raise BatchFailed(op, failed, first)
+        raise BatchFailed(op, failed, first, transient)
     return {"done": len(rows), "skipped": len(block_ids) - len(rows)}

@@ -12,6 +12,7 @@ from tierflow.storage.db.database import Database
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.blockwise import SourceRef, ledgered_blocks, open_source
 from tierflow.tasks.ops.features import PartialFeatures, merge_partials, partial_features
+from tierflow.tasks.retry import retry_transient
 
 __all__ = ["FeatureJob", "feature_partials"]
 
@@ -30,7 +31,7 @@ class FeatureJob:
     db: Database
 
 
-@task(name="feature-partials", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="feature-partials", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def feature_partials(job: FeatureJob, block_ids: list[str]) -> PartialFeatures:
     """Partial statistics of the objects in a batch of blocks (global coordinates)."""
     grid = BlockGrid(job.shape, job.block_shape)

@@ -30,6 +30,7 @@ from tierflow.tasks.ops.label import (
     merge_equivalences,
     provisional_offsets,
 )
+from tierflow.tasks.retry import retry_transient
 
 __all__ = ["LabelJob", "label_local", "label_merge", "label_relabel"]
 
@@ -78,7 +79,7 @@ def _run_stage(job: LabelJob, stage: str, block_ids: Sequence[str], work: Any) -
     )
 
 
-@task(name="label-local", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="label-local", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def label_local(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     """Label each block alone; store its count and faces (the merge state)."""
     volume = open_source(job.source)
@@ -94,7 +95,7 @@ def label_local(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     return _run_stage(job, "local", block_ids, work)
 
 
-@task(name="label-merge", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="label-merge", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def label_merge(job: LabelJob) -> dict[str, Any]:
     """Union the ids that touch across block boundaries; store the lookup table."""
     tier, grid = job.target.tier, job.grid
@@ -123,7 +124,7 @@ def label_merge(job: LabelJob) -> dict[str, Any]:
     return result
 
 
-@task(name="label-relabel", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="label-relabel", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def label_relabel(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     """Label each block again and map it through the lookup table into the output."""
     tier = job.target.tier

@@ -7,11 +7,12 @@ from prefect.cache_policies import NONE
 
 from tierflow.storage.promotion import AfterCopyHook, PromotionResult, promote_tree
 from tierflow.storage.tiers import Tier
+from tierflow.tasks.retry import retry_transient
 
 __all__ = ["promote_artifact"]
 
 
-@task(name="promote-artifact", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+@task(name="promote-artifact", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NONE)
 def promote_artifact(
     source: Tier,
     key: str,

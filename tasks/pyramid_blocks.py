@@ -27,6 +27,7 @@ from tierflow.storage.db.database import Database
 from tierflow.storage.geometry import BlockGrid, Roi
 from tierflow.tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
 from tierflow.tasks.ops.pyramid import downsample_labels, downsample_mean
+from tierflow.tasks.retry import retry_transient
 
 __all__ = ["LevelJob", "copy_chunk", "downsample_level", "input_pieces"]
 
@@ -78,7 +79,7 @@ def input_pieces(in_roi: Roi, chunks: Sequence[int], factors: Sequence[int]) -> 
     return [Roi(tuple(a for a, _ in cut), tuple(b - a for a, b in cut)) for cut in itertools.product(*cuts_per_axis)]
 
 
-@task(name="downsample-level", retries=2, retry_delay_seconds=[1, 2], cache_policy=NONE)
+@task(name="downsample-level", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
     """Compute a batch of output blocks of one level."""
     volume = open_source(job.source)

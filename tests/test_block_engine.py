@@ -72,6 +72,65 @@ def test_resume_recomputes_only_the_failed_blocks_and_matches_an_uninterrupted_r
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], zarr.open_array(str(tmp_path / "clean.zarr"))[:])
 
 
+def _attempts(project, run_id, block_id):
+    """(attempt, status) of every ledger row of one block in one run, in attempt order."""
+    db = open_database(load_db_config(project / "configs"))
+    try:
+        with db.session() as session:
+            rows = session.execute(select(BlockRecord.attempt, BlockRecord.status)
+                                   .where(BlockRecord.run_id == run_id, BlockRecord.block_id == block_id)
+                                   .order_by(BlockRecord.attempt)).all()
+        return [tuple(row) for row in rows]
+    finally:
+        db.dispose()
+
+
+def test_a_deterministic_block_error_is_not_retried(project, source, tmp_path, prefect_api):
+    """The fault hook (the only fake) raises ValueError on one block: a retry would fail the
+    same way, so Prefect does not retry its batch; the ledger shows attempt 1 only."""
+    from tierflow.flows.ops.flow import BlockFailuresError, run_op
+
+    calls = []
+
+    def fault(block_id):
+        if block_id == "1.1.1":
+            calls.append(block_id)
+            raise ValueError("injected deterministic fault")
+
+    with pytest.raises(BlockFailuresError) as info:
+        run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2,
+               config_dir=str(project / "configs"), fault=fault)
+    assert info.value.block_ids == ["1.1.1"] and "ValueError" in info.value.first_error
+    assert calls == ["1.1.1"]
+    assert _attempts(project, info.value.run_id, "1.1.1") == [(1, "failed")]
+
+
+def test_a_transient_block_error_is_retried_and_the_block_ends_done(project, source, tmp_path, ledger, prefect_api):
+    """The fault hook (the only fake: a flaky disk cannot be had on demand) raises OSError(EIO)
+    once on one block: Prefect retries its batch, the block is done at attempt 2 and the output
+    equals an uninterrupted run."""
+    import errno
+
+    from tierflow.flows.ops.flow import run_op
+
+    calls = []
+
+    def fault(block_id):
+        if block_id == "1.1.1":
+            calls.append(block_id)
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "injected transient I/O error")
+
+    configs = str(project / "configs")
+    result = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs,
+                    fault=fault)
+    assert calls == ["1.1.1", "1.1.1"]
+    assert _attempts(project, result["run_id"], "1.1.1") == [(1, "failed"), (2, "done")]
+    assert len({r.block_id for r in ledger(result["run_id"], "done")}) == 36
+    run_op("gaussian", source, str(tmp_path / "clean.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], zarr.open_array(str(tmp_path / "clean.zarr"))[:])
+
+
 def test_label_resumes_after_the_merge_without_relabelling_everything(project, tmp_path, ledger, prefect_api):
     from tierflow.flows.ops.flow import BlockFailuresError, resume_op, run_op
 

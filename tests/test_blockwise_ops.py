@@ -88,10 +88,29 @@ def test_threshold_fixed_and_otsu(op, tmp_path, dtype):
     op("threshold", source, tmp_path / "fixed.zarr", {"value": "150"}, BLOCKS_3D)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "fixed.zarr"))[:], (data > 150).astype(np.uint8))
     if dtype == "float32":
-        return  # Otsu block-wise is for integer images (exact histograms); floats use a fixed value
+        return  # float Otsu: test_otsu_on_a_float_volume_agrees_with_scikit_image
     result = op("threshold", source, tmp_path / "otsu.zarr", {"value": "otsu"}, BLOCKS_3D)
     assert result["params"]["value"] == threshold_otsu(data)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "otsu.zarr"))[:], (data > threshold_otsu(data)).astype(np.uint8))
+
+
+def test_otsu_on_a_float_volume_agrees_with_scikit_image(op, tmp_path):
+    # two gaussian blobs on a dim background, plus noise: no value is integral
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in SHAPE_3D), indexing="ij")
+    blob = lambda c, s: np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * s**2))  # noqa: E731
+    data = (100 + 900 * blob((12, 30, 25), 9.0) + 600 * blob((25, 70, 50), 12.0)
+            + np.random.default_rng(3).normal(0, 25, SHAPE_3D)).astype(np.float32)
+    assert np.count_nonzero(data == np.round(data)) < 1e-3 * data.size
+    source = write(tmp_path / "in.zarr", data, BLOCKS_3D)
+    result = op("threshold", source, tmp_path / "otsu.zarr", {"value": "otsu"}, BLOCKS_3D)
+    found, reference = result["params"]["value"], threshold_otsu(data)  # scikit-image on the whole volume (256 bins)
+    bin_width = (float(data.max()) - float(data.min())) / 256
+    assert abs(found - reference) <= bin_width
+    output = zarr.open_array(str(tmp_path / "otsu.zarr"))[:]
+    np.testing.assert_array_equal(output, (data > found).astype(np.uint8))  # exactly, with the threshold found
+    disagree = output != (data > reference)  # with scikit-image's: only voxels within a bin of it
+    assert np.all(np.abs(data[disagree] - reference) <= bin_width)
+    assert 0.01 < output.mean() < 0.5  # the blobs, not the background
 
 
 @pytest.mark.parametrize(("shape", "blocks", "connectivity"), [

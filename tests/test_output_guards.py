@@ -214,3 +214,37 @@ def test_two_runs_with_different_parameters_never_share_an_output(project, tmp_p
     np.testing.assert_array_equal(zarr.open_array(out)[:], expected(3.0))
     assert run(1.0)["computed"] == grid_blocks  # nor for sigma=3's once sigma=1 wrote again
     np.testing.assert_array_equal(zarr.open_array(out)[:], expected(1.0))
+
+
+def test_an_existing_output_chunked_otherwise_is_refused_before_any_block_runs(project, tmp_path, prefect_api):
+    """An output whose chunks are not the block shape would have blocks straddle chunks (two
+    writers, one chunk): refused up front, naming output, chunks and block shape; nothing runs
+    (the test hook records every block that would), input and output stay byte for byte."""
+    from tierflow.errors import TierflowError
+    from tierflow.flows.ops.flow import run_op
+
+    shape, blocks = (20, 48, 40), (10, 16, 16)
+    data = np.random.default_rng(4).integers(0, 4000, shape, dtype=np.uint16)
+    zarr.create_array(str(tmp_path / "in.zarr"), shape=shape, chunks=blocks, dtype="uint16")[:] = data
+    out = zarr.create_array(str(tmp_path / "out.zarr"), shape=shape, chunks=(8, 16, 16), dtype="uint16")
+    out[:] = 7
+    before_in, before_out = _posix_tree(tmp_path / "in.zarr"), _posix_tree(tmp_path / "out.zarr")
+    ran: list[str] = []
+    with pytest.raises(TierflowError) as refused:
+        run_op("gaussian", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), {"sigma": 1.0}, block_shape=blocks, workers=2,
+               config_dir=str(project / "configs"), fault=ran.append)
+    message = str(refused.value)
+    assert "out.zarr" in message and "(8, 16, 16)" in message and "(10, 16, 16)" in message and "straddle" in message
+    assert "--block-shape 8,16,16" in message
+    assert ran == []
+    assert _posix_tree(tmp_path / "in.zarr") == before_in and _posix_tree(tmp_path / "out.zarr") == before_out
+    db = open_database(load_db_config(project / "configs"))
+    try:
+        from sqlalchemy import func, select
+
+        from tierflow.storage.db.models import BlockRecord
+
+        with db.session() as session:
+            assert session.scalar(select(func.count()).select_from(BlockRecord)) == 0  # no block recorded, none made stale
+    finally:
+        db.dispose()

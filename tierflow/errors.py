@@ -7,6 +7,9 @@ The CLI prints ``message`` and ``hint`` on one line each; the traceback only wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
     "TierflowError",
     "ConfigError",
@@ -27,6 +30,13 @@ __all__ = [
     "RawLayoutError",
     "InsufficientMemoryError",
     "InsufficientDiskError",
+    "InvalidOmeZarrError",
+    "BatchFailed",
+    "BlockFailuresError",
+    "OutputBusyError",
+    "OutputPlacementError",
+    "MemoryLimitError",
+    "SlurmError",
 ]
 
 
@@ -124,3 +134,49 @@ class InsufficientMemoryError(TierflowError, MemoryError):
 
 class InsufficientDiskError(TierflowError, OSError):
     """A planned run's estimated output size exceeds the free space on its scratch root."""
+
+
+class InvalidOmeZarrError(TierflowError, ValueError):
+    """OME-Zarr metadata, or the group it describes, breaks the OME-Zarr 0.5 specification."""
+
+
+class BatchFailed(TierflowError):
+    """Some blocks of a batch failed; ``block_ids`` names them; ``transient`` is true when one
+    of them failed in a way a retry may cure (see :func:`tierflow.tasks.retry.is_transient`)."""
+
+    def __init__(self, op: str, block_ids: Sequence[str], first_error: str, transient: bool = False) -> None:
+        self.op, self.block_ids, self.first_error, self.transient = op, list(block_ids), first_error, bool(transient)
+        super().__init__(f"{op}: block(s) {', '.join(self.block_ids)} failed: {first_error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (Dask workers)
+        return (type(self), (self.op, self.block_ids, self.first_error, self.transient))
+
+
+class BlockFailuresError(TierflowError):
+    """A run ended with failed blocks; ``block_ids`` lists them all."""
+
+    def __init__(self, op: str, run_id: int, block_ids: list[str], first_error: str) -> None:
+        self.op, self.block_ids, self.run_id, self.first_error = op, sorted(block_ids), run_id, first_error
+        super().__init__(
+            f"{op}: {len(self.block_ids)} block(s) failed in run {run_id}: {', '.join(self.block_ids)} ({first_error})",
+            hint=f"fix the cause, then `tierflow resume {run_id}` recomputes only these blocks",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a flow's exception is pickled into its result
+        return (type(self), (self.op, self.run_id, self.block_ids, self.first_error))
+
+
+class OutputBusyError(TierflowError):
+    """Another run with another op key is writing the same output right now."""
+
+
+class OutputPlacementError(TierflowError):
+    """An op output that would write into Tier 1 or over one of the op's inputs."""
+
+
+class MemoryLimitError(TierflowError, MemoryError):
+    """RAM in use is above ``[execution].memory_limit_percent``."""
+
+
+class SlurmError(TierflowError):
+    """A SLURM command failed or is missing; the message carries the command and its stderr."""

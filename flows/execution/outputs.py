@@ -20,13 +20,9 @@ from tierflow.storage.arrays import ArrayLocation
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.locks import advisory_locks, shared_lease
 from tierflow.storage.db.repo.ledger import mark_stale
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import OutputBusyError
 
 __all__ = ["OutputBusyError", "claim_output", "output_lease", "stamped_op_key"]
-
-
-class OutputBusyError(TierflowError):
-    """Another run with another op key is writing the same output right now."""
 
 
 def stamped_op_key(location: ArrayLocation) -> str | None:

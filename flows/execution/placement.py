@@ -16,17 +16,13 @@ from pathlib import Path, PurePosixPath
 
 from tierflow.configs import TierflowConfig
 from tierflow.storage.arrays import LABEL_STATE_SUFFIX
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import OutputPlacementError
 from tierflow.storage.tiers import parse_s3_uri
 
 __all__ = ["HELPER_SUFFIXES", "OutputPlacementError", "Place", "check_output_placement", "op_reads", "place_of"]
 
 HELPER_SUFFIXES = (LABEL_STATE_SUFFIX,)
 """Folders an op writes beside its output (label merge state): checked like the output."""
-
-
-class OutputPlacementError(TierflowError):
-    """An op output that would write into Tier 1 or over one of the op's inputs."""
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ from tierflow.flows.ops.result import OpResult
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.storage.db.database import Database
+from tierflow.storage.arrays import check_chunks_align
 from tierflow.storage.db.repo.ledger import done_fingerprints
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.blockwise import FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source
 from tierflow.tasks.ops.registry import get_op
@@ -44,18 +45,6 @@ __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_lo
 STAGE_RUNNERS: dict[str, Callable[[OpContext], dict[str, Any]]] = {
     "map": run_map, "label": run_label, "pyramid": run_pyramid, "features": run_features}
 """The stage runner of each kind of op (:attr:`OpSpec.kind`)."""
-
-
-class BlockFailuresError(TierflowError):
-    """A run ended with failed blocks; ``block_ids`` lists them all."""
-
-    def __init__(self, op: str, run_id: int, block_ids: list[str], first_error: str) -> None:
-        self.block_ids = sorted(block_ids)
-        self.run_id = run_id
-        super().__init__(
-            f"{op}: {len(self.block_ids)} block(s) failed in run {run_id}: {', '.join(self.block_ids)} ({first_error})",
-            hint=f"fix the cause, then `tierflow resume {run_id}` recomputes only these blocks",
-        )
 
 
 def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None, block_shape: tuple[int, ...] | None,
@@ -228,6 +217,7 @@ def _keyed(ctx: OpContext) -> OpContext:
     spec = ctx.spec
     check_extra_inputs(ctx)
     if spec.kind == "map":
+        check_chunks_align(ctx.target, ctx.block_shape)  # before Otsu reads the input or any block runs
         params = resolve_otsu(spec.name, ctx.params, ctx.source, ctx.shape, ctx.dtype, ctx.block_shape, ctx.workers)
         key = op_key(spec.name, spec.version, params, inputs_identity(ctx.source, ctx.extras, ctx.mask))
         return replace(ctx, params=params, op_key=key)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tierflow.storage.arrays import create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, mark_blocks_stale
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import BlockGrid
 from tierflow.flows.execution.batching import run_batches
 from tierflow.flows.ops.request import OpContext
@@ -25,12 +25,11 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     Raises
     ------
     BlockFailuresError
-        (from :mod:`flows.ops.flow`) listing the failed blocks of the first stage that failed.
+        (from :mod:`tierflow.errors`) listing the failed blocks of the first stage that failed.
     """
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from tierflow.flows.ops.flow import BlockFailuresError
 
     ndim = len(shape)
     connectivity = int(params.get("connectivity") or (26 if ndim == 3 else 8))

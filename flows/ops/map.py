@@ -8,26 +8,49 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, unmapped
 
-from tierflow.errors import TierflowError
+from tierflow.errors import BlockFailuresError, InvalidInputError, TierflowError
 from tierflow.flows.execution.batching import run_batches
 from tierflow.flows.execution.outputs import claim_output
 from tierflow.flows.ops.request import OpContext
-from tierflow.storage.arrays import check_chunks_align, create_output_array
+from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_fingerprints
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.blockwise import MapJob, SourceRef, block_fingerprints, blocks_to_compute, open_source, plan_batches
-from tierflow.tasks.map_blocks import histogram_blocks, map_blocks
-from tierflow.tasks.ops.filters import otsu_from_histogram
+from tierflow.tasks.histogram_blocks import histogram_blocks, value_range_blocks
+from tierflow.tasks.map_blocks import map_blocks
+from tierflow.tasks.ops.filters import OTSU_FLOAT_BINS, otsu_from_histogram
 
 __all__ = ["check_extra_inputs", "resolve_otsu", "run_map"]
 
 
 def _otsu(source: SourceRef, shape: tuple[int, ...], dtype: Any, block_shape: tuple[int, ...], workers: int) -> float:
+    """Otsu's threshold of the whole input from block-wise histograms: integer images count
+    every value (exact); float images first gather their min and max, then count
+    ``OTSU_FLOAT_BINS`` bins over that range (``skimage.filters.threshold_otsu``'s histogram)."""
     grid = BlockGrid(shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=64, min_batches=workers)
-    futures = histogram_blocks.map(unmapped(source), unmapped(tuple(shape)), unmapped(block_shape), batches)
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    if dtype.kind in "iu":
+        futures = histogram_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches)
+        return otsu_from_histogram(sum(np.asarray(f.result(), dtype=np.int64) for f in futures), dtype=dtype)
+    if dtype.kind != "f":
+        raise InvalidInputError(f"{_where(source)}: Otsu needs an integer or float image, this one is {dtype}",
+                                hint="give a fixed threshold (-p value=NUMBER)")
+    ranges = [f.result() for f in value_range_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches)]
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InvalidInputError(f"{_where(source)}: Otsu needs finite values, this {dtype} image holds NaN or infinity",
+                                hint="replace them first, or give a fixed threshold (-p value=NUMBER)")
+    if lo == hi:
+        return lo  # one value everywhere: nothing lies above it (as scikit-image answers)
+    futures = histogram_blocks.map(unmapped(source), unmapped(shape), unmapped(block_shape), batches,
+                                   bins=unmapped(OTSU_FLOAT_BINS), value_range=unmapped((lo, hi)))
     counts = sum(np.asarray(f.result(), dtype=np.int64) for f in futures)
-    return otsu_from_histogram(counts, dtype=dtype)
+    return otsu_from_histogram(counts, dtype=dtype, value_range=(lo, hi))
+
+
+def _where(source: SourceRef) -> str:
+    return source.uri if isinstance(source, ArrayLocation) else str(source)
 
 
 def resolve_otsu(op: str, params: dict[str, Any], source: SourceRef, shape: tuple[int, ...], dtype: Any,
@@ -64,7 +87,6 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     spec, db, target, key = ctx.spec, ctx.db, ctx.target, ctx.op_key
     halo = spec.halo(ctx.params, len(ctx.shape))
     out_dtype = spec.out_dtype(ctx.params, ctx.dtype)
-    check_chunks_align(ctx.block_shape, ctx.block_shape, target.uri)
     stale = claim_output(db, target, key, lambda: create_output_array(
         target, shape=ctx.shape, dtype=out_dtype, chunks=ctx.block_shape, compression=ctx.params.get("compression", "lz4"),
         attributes={"tierflow": {"op": spec.name, "version": spec.version, "params": ctx.params, "op_key": key, "input": ctx.input}}))
@@ -91,8 +113,6 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
         else:
             outcome = run_batches(runner, map_blocks, job, batches, ctx.progress)
     if outcome.failed:
-        from tierflow.flows.ops.flow import BlockFailuresError
-
         raise BlockFailuresError(spec.name, ctx.run_id, outcome.failed, outcome.first_error)
     return {"blocks": len(grid), "computed": sum(r["done"] for r in outcome.results), "batches": len(batches),
             "task_seconds": sum(r["seconds"] for r in outcome.results), "params": ctx.params}

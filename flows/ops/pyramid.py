@@ -16,7 +16,7 @@ import numpy as np
 
 from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.tiers import PosixTier
 from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
 from tierflow.flows.execution.batching import collect_batches, submit_batches
@@ -82,7 +82,6 @@ def run_pyramid(ctx: OpContext) -> dict[str, Any]:
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches, fault = (
         ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-    from tierflow.flows.ops.flow import BlockFailuresError
 
     dtype = ctx.dtype
     levels = int(params.get("levels") or 3)

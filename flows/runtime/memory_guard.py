@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import psutil
 
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import MemoryLimitError
 
 __all__ = ["MemoryGuard", "MemoryLimitError"]
-
-
-class MemoryLimitError(TierflowError, MemoryError):
-    """RAM in use is above ``[execution].memory_limit_percent``."""
 
 
 class MemoryGuard:

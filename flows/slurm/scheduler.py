@@ -15,17 +15,13 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tierflow.storage.errors import TierflowError
+from tierflow.errors import SlurmError
 
 __all__ = ["END_STATES", "SlurmError", "SlurmJob", "SlurmScheduler", "parse_scontrol_job"]
 
 END_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                         "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 """States of a job that has ended."""
-
-
-class SlurmError(TierflowError):
-    """A SLURM command failed or is missing; the message carries the command and its stderr."""
 
 
 @dataclass(frozen=True)

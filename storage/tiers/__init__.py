@@ -3,7 +3,7 @@
 >>> from storage.tiers import PosixTier, S3Tier, Tier     # doctest: +SKIP
 """
 
-from tierflow.storage.tiers.base import HashingReader, Leftover, ObjectInfo, Tier, tree_sha256
+from tierflow.storage.tiers.base import HashingReader, Leftover, ObjectInfo, Tier
 from tierflow.storage.tiers.download import download_verified
 from tierflow.storage.tiers.names import check_key, check_name
 from tierflow.storage.tiers.posix import PosixTier
@@ -20,5 +20,4 @@ __all__ = [
     "check_name",
     "download_verified",
     "parse_s3_uri",
-    "tree_sha256",
 ]

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from tierflow.storage.errors import IntegrityError, ObjectNotFoundError, TierError
 
-__all__ = ["HashingReader", "Leftover", "ObjectInfo", "Tier", "hash_file", "tree_sha256"]
+__all__ = ["HashingReader", "Leftover", "ObjectInfo", "Tier", "hash_file"]
 
 COPY_BUFFER = 8 * 1024 * 1024
 
@@ -308,16 +308,3 @@ class Tier(ABC):
     def __repr__(self) -> str:
         flags = "write-once" if self.write_once else "read-write"
         return f"{type(self).__name__}({self.name!r}, {self.uri()!r}, {flags})"
-
-
-def tree_sha256(tier: Tier, prefix: str) -> tuple[str, int]:
-    """Content hash of a folder of objects (e.g. a zarr array): sha256 over sorted
-    ``relative-key\\0sha256\\n`` lines, plus the total bytes. Reads every object once."""
-    lines = []
-    total = 0
-    base = prefix.rstrip("/") + "/"
-    for info in sorted(tier.list(prefix), key=lambda item: item.key):
-        relative = info.key[len(base) :] if info.key.startswith(base) else info.key
-        lines.append(f"{relative}\0{tier.sha256(info.key)}\n")
-        total += info.size
-    return hashlib.sha256("".join(lines).encode()).hexdigest(), total

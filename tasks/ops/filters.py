@@ -1,4 +1,4 @@
-"""Voxel-wise and neighbourhood filters: gaussian, thresholds (fixed and Otsu), masking.
+"""Voxel-wise and neighbourhood filters: gaussian, thresholds (fixed and Otsu).
 
 Dtype policy (one helper, :func:`cast_output`): results are computed in floating point and
 cast to the output dtype by rounding half to even and clipping to the dtype's range; intensities
@@ -16,10 +16,14 @@ __all__ = [
     "gaussian",
     "gaussian_radius",
     "histogram_counts",
-    "mask_image",
     "otsu_from_histogram",
     "threshold",
+    "OTSU_FLOAT_BINS",
 ]
+
+OTSU_FLOAT_BINS = 256
+"""Bins of a float image's Otsu histogram over [min, max]: ``skimage.filters.threshold_otsu``'s
+default ``nbins``, so the block-wise histogram is the one it builds on the whole volume."""
 
 GAUSSIAN_BACKENDS = ("opencv", "bioimage-cpp", "scipy")
 _OPENCV_BORDERS = {"mirror": "BORDER_REFLECT_101", "reflect": "BORDER_REFLECT", "nearest": "BORDER_REPLICATE", "constant": "BORDER_CONSTANT"}
@@ -168,13 +172,6 @@ def threshold(image: np.ndarray, *, value: float, above: bool = True) -> np.ndar
     return (image > value if above else image <= value).astype(np.uint8)
 
 
-def mask_image(image: np.ndarray, mask: np.ndarray, *, fill: float = 0) -> np.ndarray:
-    """``image`` where ``mask`` is non-zero, ``fill`` elsewhere (same dtype)."""
-    if image.shape != mask.shape:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} differ in shape")
-    return np.where(mask != 0, image, np.asarray(fill, dtype=image.dtype))
-
-
 def histogram_counts(image: np.ndarray, *, bins: int | None = None, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Counts to sum across blocks for Otsu.
 
@@ -189,8 +186,15 @@ def histogram_counts(image: np.ndarray, *, bins: int | None = None, value_range:
         return np.bincount((image.astype(np.int64) - info.min).ravel(), minlength=info.max - info.min + 1)
     if bins is None or value_range is None:
         raise ValueError("a float image needs bins and value_range (the whole volume's min and max)")
-    counts, _ = np.histogram(image, bins=bins, range=value_range)
+    counts, _ = np.histogram(image, bins=bins, range=_typed_range(value_range, image.dtype))
     return counts
+
+
+def _typed_range(value_range: tuple[float, float], dtype: np.dtype) -> tuple[np.generic, np.generic]:
+    """``value_range`` as scalars of the image's float dtype: NumPy then computes the bin edges
+    (and which bin a value falls in) in that dtype, as it does for ``np.histogram(volume)`` on
+    the whole volume (what scikit-image calls)."""
+    return np.dtype(dtype).type(value_range[0]), np.dtype(dtype).type(value_range[1])
 
 
 def otsu_from_histogram(counts: np.ndarray, *, dtype: np.dtype | str, value_range: tuple[float, float] | None = None) -> float:
@@ -208,8 +212,8 @@ def otsu_from_histogram(counts: np.ndarray, *, dtype: np.dtype | str, value_rang
     else:
         if value_range is None:
             raise ValueError("a float histogram needs its value_range")
-        edges = np.linspace(value_range[0], value_range[1], counts.size + 1)
-        centers = (edges[:-1] + edges[1:]) / 2
+        edges = np.histogram_bin_edges(np.empty(0, dtype=dtype), bins=counts.size, range=_typed_range(value_range, dtype))
+        centers = ((edges[:-1] + edges[1:]) / 2).astype(np.float64)
     if counts.size == 1:
         return float(centers[0])
     weight1 = np.cumsum(counts)
