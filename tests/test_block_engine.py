@@ -127,6 +127,7 @@ def test_a_transient_block_error_is_retried_and_the_block_ends_done(project, sou
     assert calls == ["1.1.1", "1.1.1"]
     assert _attempts(project, result["run_id"], "1.1.1") == [(1, "failed"), (2, "done")]
     assert len({r.block_id for r in ledger(result["run_id"], "done")}) == 36
+    assert result["computed"] == 36  # the blocks the failed attempt finished count too (it said 31)
     run_op("gaussian", source, str(tmp_path / "clean.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], zarr.open_array(str(tmp_path / "clean.zarr"))[:])
 

@@ -6,7 +6,7 @@ from typing import Any
 
 
 from tierflow.storage.arrays import create_output_array
-from tierflow.storage.db.repo.ledger import done_blocks, mark_blocks_stale
+from tierflow.storage.db.repo.ledger import done_blocks, done_count, mark_blocks_stale
 from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import BlockGrid
 from tierflow.flows.execution.batching import run_batches
@@ -59,5 +59,6 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
             summary[f"{stage}_computed"] = sum(result["done"] for result in outcome.results)
             if outcome.failed:
                 raise BlockFailuresError(f"label:{stage}", run_id, outcome.failed, outcome.first_error)
-    summary["computed"] = summary.get("relabel_computed", 0)
+    with db.session() as session:  # from the ledger: a retried batch still counts its blocks
+        summary["computed"] = done_count(session, run_id, [job.stage_key("relabel")])
     return summary

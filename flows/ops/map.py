@@ -13,7 +13,7 @@ from tierflow.flows.execution.batching import run_batches
 from tierflow.flows.execution.outputs import claim_output
 from tierflow.flows.ops.request import OpContext
 from tierflow.storage.arrays import ArrayLocation, create_output_array
-from tierflow.storage.db.repo.ledger import done_fingerprints
+from tierflow.storage.db.repo.ledger import done_count, done_fingerprints
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.blockwise import MapJob, SourceRef, block_fingerprints, blocks_to_compute, open_source, plan_batches
 from tierflow.tasks.histogram_blocks import histogram_blocks, value_range_blocks
@@ -114,5 +114,7 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
             outcome = run_batches(runner, map_blocks, job, batches, ctx.progress)
     if outcome.failed:
         raise BlockFailuresError(spec.name, ctx.run_id, outcome.failed, outcome.first_error)
-    return {"blocks": len(grid), "computed": sum(r["done"] for r in outcome.results), "batches": len(batches),
+    with db.session() as session:  # from the ledger: a batch retried, or whose answer was lost, still counts its blocks
+        computed = done_count(session, ctx.run_id, [key])
+    return {"blocks": len(grid), "computed": computed, "batches": len(batches),
             "task_seconds": sum(r["seconds"] for r in outcome.results), "params": ctx.params}

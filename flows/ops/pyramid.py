@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tierflow.storage.arrays import ArrayLocation, create_output_array
-from tierflow.storage.db.repo.ledger import done_blocks
+from tierflow.storage.db.repo.ledger import done_blocks, done_count
 from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.tiers import PosixTier
 from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
@@ -145,10 +145,11 @@ def run_pyramid(ctx: OpContext) -> dict[str, Any]:
             outcomes = [(0, collect_batches(level0_futures, ctx.progress))] if level0_futures else []
             outcomes.append((level, collect_batches(futures, ctx.progress)))
             for done_level, outcome in outcomes:
-                summary["computed"] += sum(result["done"] for result in outcome.results)
                 if outcome.failed:
                     raise BlockFailuresError(f"downsample:level{done_level}", run_id, outcome.failed, outcome.first_error)
             previous = location
+    with db.session() as session:  # from the ledger: a retried batch still counts its blocks
+        summary["computed"] = done_count(session, run_id, [f"{op_key}:level{level}" for level in range(levels)])
     scales, translations = pyramid_transforms(factors, base_scale=voxel, window_centered=method != "nearest")
     attributes = multiscales_attributes(name=str(params.get("name", "image")), axes=axes, scales=scales,
                                         paths=[str(level) for level in range(levels)], translations=translations)

@@ -26,6 +26,8 @@ from tierflow.storage.db.repo.ledger import (
     block_progress,
     count_done_since,
     done_blocks,
+    done_count,
+    done_in_run,
     failed_blocks,
     record_blocks,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "artifacts_by_ids",
     "block_attempts",
     "block_counts",
+    "done_count",
+    "done_in_run",
     "block_progress",
     "child_runs",
     "completed_runs_with_key",

@@ -146,6 +146,16 @@ def block_counts(session: Session, run_ids: Collection[int]) -> dict[str, int]:
     return {status: int(count) for status, count in rows}
 
 
+def done_count(session: Session, run_id: int, op_keys: Collection[str]) -> int:
+    """How many blocks one run finished under some op keys (each block once, however many
+    attempts it took): what the run computed, even when a batch's answer was lost (a Prefect
+    retry of a batch, a SLURM worker gone after it wrote)."""
+    blocks = (select(BlockRecord.op_key, BlockRecord.array_uri, BlockRecord.block_id)
+              .where(BlockRecord.run_id == run_id, BlockRecord.op_key.in_(list(op_keys)), BlockRecord.status == "done")
+              .distinct().subquery())
+    return int(session.scalar(select(func.count()).select_from(blocks)) or 0)
+
+
 def block_attempts(session: Session, run_id: int) -> list[BlockAttempt]:
     """Every ledger row of one run in the order they were written (the last row of a block is
     its latest attempt)."""
