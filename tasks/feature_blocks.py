@@ -25,7 +25,8 @@ class FeatureJob:
     run_id: int
     labels: SourceRef
     channels: dict[str, SourceRef]
-    labels_uri: str
+    table_uri: str
+    """The feature table the blocks contribute to (their ledger rows' array)."""
     shape: tuple[int, ...]
     block_shape: tuple[int, ...]
     db: Database
@@ -49,5 +50,5 @@ def feature_partials(job: FeatureJob, block_ids: list[str]) -> PartialFeatures:
     # features are recomputed whole on a re-run (partials are not kept): the ledger records the
     # work, but the done-check uses a key unique to this run
     ledgered_blocks(db=job.db, run_id=job.run_id, op="features", key=f"{job.op_key}:run{job.run_id}",
-                    array_uri=job.labels_uri, block_ids=block_ids, work=work)
+                    array_uri=job.table_uri, block_ids=block_ids, work=work)
     return merge_partials(parts) if parts else PartialFeatures.empty(len(job.shape), list(job.channels))

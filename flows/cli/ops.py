@@ -225,7 +225,7 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
         with interactive_flows(), console.status(f"resuming pipeline run {run}"):
             result = resume_pipeline(run, config_dir=state(ctx).config_path)
         if as_json:
-            print_json(result)
+            print_json(result.to_dict())
             return
         _pipeline_summary(result)
         return

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from tierflow.flows.cli._app import console, parse_params, print_json, state
+
+if TYPE_CHECKING:
+    from tierflow.flows.pipeline.report import PipelineResult
 
 __all__ = ["register"]
 
@@ -18,7 +21,7 @@ run_app = typer.Typer(help="Run a flow: `tierflow run pipeline --snapshot ID`.",
 runs_app = typer.Typer(help="Runs recorded in the results database.", no_args_is_help=True)
 
 
-def _pipeline_summary(result: dict[str, Any]) -> None:
+def _pipeline_summary(result: PipelineResult) -> None:
     usage = result["tier_usage"]
     head = "served from cache (run {})".format(result["served_from_run"]) if result.get("cached") else "completed"
     console.print(f"[bold]pipeline run {result['run_id']}[/] {head}: snapshot [cyan]{result['snapshot_id']}[/] "
@@ -59,7 +62,7 @@ def run_pipeline(
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
                           config_dir=state(ctx).config_path)
     if as_json:
-        print_json(result)
+        print_json(result.to_dict())
         return
     _pipeline_summary(result)
 
@@ -96,9 +99,8 @@ def demo(
         result = pipeline("demo", raw_dir=str(raw), config_dir=state(ctx).config_path)
     points = _track_points(ctx, result)
     score = linking_accuracy(truth, points)
-    result["linking"] = score
     if as_json:
-        print_json(result)
+        print_json({**result.to_dict(), "linking": score})
         return
     _pipeline_summary(result)
     console.print(f"  tracking vs the generator's ground truth: {score['correct']}/{score['links']} links right "
@@ -114,7 +116,7 @@ def demo(
         console.print(f"    {first_link[:160]}...")
 
 
-def _track_points(ctx: typer.Context, result: dict[str, Any]) -> Any:
+def _track_points(ctx: typer.Context, result: PipelineResult) -> Any:
     import pandas as pd
 
     from tierflow.flows.cli.data import _database

@@ -42,14 +42,18 @@ def run_features(ctx: OpContext) -> dict[str, Any]:
     """Compute, merge and store the features; the CSV goes to ``target`` (a file key)."""
     db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
     shape, block_shape, params, workers, max_batches = ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches
-    extras, source_uri = ctx.extras, ctx.source_uri
+    extras = ctx.extras
     time_point = int(params.get("time_point") or 0)
-    job = FeatureJob(op_key, run_id, source, dict(extras), source_uri, tuple(shape), tuple(block_shape), db)
+    job = FeatureJob(op_key, run_id, source, dict(extras), target.uri, tuple(shape), tuple(block_shape), db)
     grid = BlockGrid(shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=max_batches, min_batches=2 * workers)
     with ctx.runner() as runner:
         futures = [runner.submit(feature_partials, parameters={"job": job, "block_ids": batch}) for batch in batches]
-        parts = [future.result() for future in futures]
+        parts = []
+        for future, batch in zip(futures, batches, strict=True):
+            parts.append(future.result())
+            if ctx.progress is not None:
+                ctx.progress(len(batch))
     table = features_table(merge_partials(parts), time_point=time_point)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)

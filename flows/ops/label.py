@@ -55,7 +55,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 continue
             remaining = [b for b in all_ids if b not in done]
             batches = plan_batches(grid, remaining, max_batches=max_batches, min_batches=2 * workers)
-            outcome = run_batches(runner, task, job, batches, ctx.progress if stage == "relabel" else None)
+            outcome = run_batches(runner, task, job, batches, ctx.progress)  # local and relabel: the spec counts both
             summary[f"{stage}_computed"] = sum(result["done"] for result in outcome.results)
             if outcome.failed:
                 raise BlockFailuresError(f"label:{stage}", run_id, outcome.failed, outcome.first_error)

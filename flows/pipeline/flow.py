@@ -17,38 +17,51 @@ Paths under the tiers are derived from the snapshot and the parameters
 * any change of parameters works in a new place and recomputes.
 
 A memory guard checks RAM at every stage boundary; every run tees its log to Tier 4.
+
+This module runs a plan (:mod:`.plan`: the jobs of every stage, as data) stage by stage and
+returns a :class:`~.report.PipelineResult` (:mod:`.report`: the result, its markdown report and
+UI artifacts); :mod:`.tables` writes the CSV tables.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from tierflow.configs import load_config, load_db_config
-from tierflow.flows.runtime.database import open_database
+from tierflow.configs import TierflowConfig, load_config, load_db_config
 from tierflow.flows.lifecycle.ingest import ingest
-from tierflow.flows.runtime.memory_guard import MemoryGuard
-from tierflow.flows.viewing.neuroglancer import neuroglancer_url, zarr_source
-from tierflow.flows.ops.flow import BlockFailuresError, op_flow
-from tierflow.flows.pipeline.params import PipelineParams
-from tierflow.flows.runtime.progress import StageProgress
 from tierflow.flows.lifecycle.promote import promote
 from tierflow.flows.lifecycle.retention import retention
+from tierflow.flows.lifecycle.track import track
+from tierflow.flows.ops.flow import BlockFailuresError, op_flow
+from tierflow.flows.pipeline.params import PipelineParams
+from tierflow.flows.pipeline.plan import (
+    PIPELINE_VERSION,
+    PipelinePlan,
+    VolumeJob,
+    locate_volume,
+    pipeline_key,
+    plan_pipeline,
+    raw_volumes,
+    work_prefix,
+)
+from tierflow.flows.pipeline.report import PipelineResult, TierUsage, neuroglancer_links, publish_artifacts, render_report
+from tierflow.flows.pipeline.tables import write_tables
+from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.memory_guard import MemoryGuard
+from tierflow.flows.runtime.progress import StageProgress
 from tierflow.flows.runtime.run_log import tee_run_log
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
-from tierflow.flows.runtime.tiers import open_tiers
-from tierflow.flows.lifecycle.track import track
+from tierflow.flows.runtime.tiers import Tiers, open_tiers
 from tierflow.storage.arrays import array_sidecars
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.repo import (
@@ -58,23 +71,13 @@ from tierflow.storage.db.repo import (
     get_artifact,
     match_snapshots,
     snapshot_paths,
-    track_rows,
 )
 from tierflow.storage.errors import TierflowError
-from tierflow.storage.raw_layout import parse_volume_name
-from tierflow.storage.snapshots import Manifest, fetch_snapshot_path, read_manifest
+from tierflow.storage.snapshots import read_manifest
 from tierflow.storage.tiers import Tier
 
-__all__ = ["PIPELINE_VERSION", "PipelineParams", "pipeline", "pipeline_key", "resume_this_run"]
-
-PIPELINE_VERSION = "1"
-
-
-def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
-    """Identity of a pipeline result: version, dataset, snapshot and parameters."""
-    text = json.dumps({"version": PIPELINE_VERSION, "dataset": dataset, "snapshot": snapshot_id, "params": params.model_dump(mode="json")},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+__all__ = ["PIPELINE_VERSION", "PipelineParams", "PipelineResult", "StageResult", "op_stage", "pipeline", "pipeline_key",
+           "resume_pipeline", "resume_this_run"]
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -100,48 +103,8 @@ def resume_this_run(run: int, stage: str, writes_to: str) -> Iterator[None]:
                             hint=f"free space on {writes_to}, then `tierflow resume {run}` finishes the pipeline run") from None
 
 
-def _where(tier: Tier, key: str) -> str:
-    """What ``tierflow op`` takes for ``key`` on ``tier``: a local path or an ``s3://`` URI."""
-    uri = tier.uri(key)
-    return str(Path(uri[len("file://"):])) if uri.startswith("file://") else uri
-
-
-def _volumes(db: Database, snapshot_pk: int) -> list[dict[str, Any]]:
-    """The snapshot's volumes: sample, channel, time point and relative path (a stack, or a
-    folder of slices)."""
-    with db.session() as session:
-        paths = snapshot_paths(session, snapshot_pk)
-    volumes: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        parts = path.split("/")
-        if len(parts) < 2:
-            continue
-        sample = parts[0]
-        parsed = parse_volume_name(parts[1])
-        if parsed is None:
-            continue
-        channel, time_point = parsed
-        relative = "/".join(parts[:2])
-        volumes.setdefault(relative, {"sample": sample, "channel": channel, "time_point": time_point, "path": relative,
-                                      "slices": len(parts) > 2})
-    return sorted(volumes.values(), key=lambda v: (v["sample"], v["time_point"], v["channel"]))
-
-
-def _local_input(source: Tier, manifest: Manifest, volume: dict[str, Any], tmp: Path) -> str:
-    """A local path of a raw volume on Tier 1 (S3 objects are downloaded to Tier 4 tmp and
-    verified against the snapshot's manifest; a local copy is reused only if it matches)."""
-    uri = source.uri(f"{manifest.prefix}/{volume['path']}")
-    if uri.startswith("file://"):
-        return str(Path(uri[len("file://"):]))
-    return str(fetch_snapshot_path(source, manifest, volume["path"], tmp))
-
-
-def _blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
-    return int(np.prod([-(-s // b) for s, b in zip(shape, block_shape[-len(shape):], strict=True)]))
-
-
 def _register(db: Database, run_id: int, *, kind: str, name: str, tier_name: str, tier: Tier, key: str, dataset: str,
-              snapshot_pk: int, inputs: list[int] = (), input_snapshots: list[int] = ()) -> int:  # type: ignore[assignment]
+              snapshot_pk: int, inputs: Sequence[int] = (), input_snapshots: Sequence[int] = ()) -> int:
     """Record an artifact of this run (or take over the row of an earlier, unfinished run of the
     same work); returns its id."""
     uri = tier.uri(key)
@@ -158,91 +121,106 @@ def _register(db: Database, run_id: int, *, kind: str, name: str, tier_name: str
         return int(artifact.id)
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """One job of a stage, done: the ``op`` run that did it and where its output is."""
+
+    job: VolumeJob
+    run_id: int
+    output: str
+
+
 @flow(name="pipeline-stage", flow_run_name="{stage}")
-def op_stage(stage: str, op: str, jobs: list[dict[str, Any]], params: PipelineParams, workers: int | None, config_dir: str | None,
-             parent_run: int) -> list[dict[str, Any]]:
+def op_stage(stage: str, op: str, jobs: list[VolumeJob], params: PipelineParams, workers: int | None, config_dir: str | None,
+             parent_run: int) -> list[StageResult]:
     """One stage: ``op`` on every job (input, output, params, extra inputs), in this flow run,
     with a progress artifact over all the jobs' blocks."""
-    total = sum(job["blocks"] for job in jobs)
+    total = sum(job.blocks for job in jobs)
     progress = StageProgress(stage, total)
     results, reached = [], 0
     for job in jobs:
-        result = op_flow.fn(op, job["input"], job["output"], job.get("params"), block_shape=tuple(params.block_shape), workers=workers,
-                           config_dir=config_dir, inputs=job.get("inputs"), progress=progress.advance, parent_run=parent_run)
-        reached += job["blocks"]
+        result = op_flow.fn(op, job.input, job.output, dict(job.params), block_shape=tuple(params.block_shape), workers=workers,
+                            config_dir=config_dir, inputs=dict(job.inputs) if job.inputs is not None else None,
+                            progress=progress.advance, parent_run=parent_run)
+        reached += job.blocks
         progress.reach(reached)
-        results.append({"run_id": result["run_id"], "output": result["output"], "computed": result.get("computed", 0),
-                        "objects": result.get("objects"), "job": {k: v for k, v in job.items() if k != "blocks"}})
+        results.append(StageResult(job=job, run_id=int(result["run_id"]), output=str(result["output"])))
     progress.finish()
     get_run_logger().info("stage %s: %d operation(s), %d block(s)", stage, len(jobs), total)
     return results
 
 
-def _cached_result(db: Database, key: str, source: Tier) -> tuple[int, dict[str, Any]] | None:
+def _cached_result(db: Database, key: str, source: Tier) -> tuple[int, PipelineResult] | None:
+    """The result of the latest completed (not itself served) run with work key ``key`` whose
+    report is still on Tier 1, and that run's id."""
     with db.session() as session:
-        for row in completed_runs_with_key(session, "pipeline", key):
+        rows = completed_runs_with_key(session, "pipeline", key)
+        for row in rows:
             result = dict(row.result or {})
             if result.get("cached"):
                 continue
             report = result.get("report_uri")
             if report and source.exists(source.key_of(report)):
-                return int(row.id), result
+                try:
+                    return int(row.id), PipelineResult.from_record(result)
+                except (KeyError, TypeError):  # not a result this version wrote
+                    continue
     return None
 
 
-def _tables(db: Database, feature_results: list[dict[str, Any]], track_run: int, scratch: Tier, output: Tier,
-            work: str) -> dict[str, pd.DataFrame]:
-    """objects (every object of every volume, with its track id), tracks, kinematics and msd
-    as CSV files on the output tier."""
-    frames = []
-    for result in feature_results:
-        job = result["job"]
-        where = job["output"]
-        data = scratch.get_bytes(scratch.key_of(where)) if where.startswith("s3://") else Path(where).read_bytes()
-        table = pd.read_csv(io.BytesIO(data))
-        if "time_point" not in table:
-            table.insert(0, "time_point", job["params"]["time_point"])
-        table.insert(0, "sample", job["params"]["sample"])
-        frames.append(table)
-    objects = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def _serve_cached(db: Database, recorded: dict[str, Any], served_from: int, original: PipelineResult) -> PipelineResult:
+    """Record a run served by the completed run ``served_from`` (whose result is ``original``)."""
+    with recorded_run(db, "pipeline", recorded) as run_id:
+        # the runs table keeps the result with the run id of the run that computed it
+        run_id.result = original.served(original.run_id, served_from).to_dict()
+    get_run_logger().info("pipeline: snapshot %s with these parameters was completed by run %d: served from it",
+                          recorded["snapshot"], served_from)
+    return original.served(int(run_id), served_from)
+
+
+def _find_snapshot(db: Database, dataset: str, snapshot: str) -> tuple[str, int]:
+    """The id and primary key of ``dataset``'s one snapshot whose id starts with ``snapshot``."""
     with db.session() as session:
-        def frame(table: str) -> pd.DataFrame:
-            stored = track_rows(session, table, track_run)
-            return pd.DataFrame(stored.rows, columns=list(stored.columns))
-
-        tables = {"objects": objects, "tracks": frame("points"), "kinematics": frame("kinematics"), "msd": frame("msd")}
-    if not tables["tracks"].empty and not objects.empty:
-        ids = tables["tracks"][["sample", "time_point", "label", "track_id"]]
-        tables["objects"] = objects.merge(ids, on=["sample", "time_point", "label"], how="left")
-    for name, table in tables.items():
-        output.put_bytes(f"{work}/tables/{name}.csv", table.to_csv(index=False).encode())
-    return tables
+        matches = match_snapshots(session, dataset, str(snapshot))
+        if len(matches) != 1:
+            raise TierflowError(f"dataset {dataset!r} has {len(matches)} snapshot(s) matching {snapshot!r}",
+                                hint="see `tierflow snapshots list`; give a longer prefix of the id")
+        return matches[0].snapshot_id, int(matches[0].id)
 
 
-def _report(summary: dict[str, Any], links: dict[str, str]) -> str:
-    usage = summary["tier_usage"]
-    lines = [
-        f"# tierflow pipeline run {summary['run_id']}", "",
-        f"- **dataset** `{summary['dataset']}`, **snapshot** `{summary['snapshot_id']}`",
-        f"- **parameters** `{json.dumps(summary['params'], sort_keys=True)}`",
-        f"- **objects** {summary['objects']} in {summary['volumes']} volume(s); **tracks** {summary['tracks']} "
-        f"({summary['divisions']} division(s))",
-        f"- **run log** `{summary['log']}`", "",
-        "## Tier usage", "", "| | bytes |", "|---|---:|",
-        f"| written to scratch (Tier 3) | {usage['written_scratch']:,} |",
-        f"| written to output (Tier 2) | {usage['written_output']:,} |",
-        f"| promoted to Tier 1 | {usage['promoted']:,} |",
-        f"| reclaimed (this run's scratch) | {usage['reclaimed']:,} |", "",
-        "## Lineage", "",
-        "raw snapshot -> stage (zarr, every channel) -> smooth -> threshold -> label -> features -> tracks; "
-        "stage -> pyramid. Every artifact's inputs are in `artifact_lineage` (`tierflow artifacts list`).", "",
-        "## Where the outputs live", "", "| output | Tier 1 |", "|---|---|",
-    ]
-    lines += [f"| {name} | `{uri}` |" for name, uri in sorted(summary["promoted"].items())]
-    lines += ["", "## Neuroglancer", "",
-              "Serve Tier 1 first (`tierflow serve`), then open:", ""]
-    lines += [f"- [{name}]({url})" for name, url in sorted(links.items())]
-    return "\n".join(lines) + "\n"
+@dataclass
+class _PipelineRun:
+    """One pipeline run under way: what it works on, where it records its artifacts (``written``:
+    ids by tier) and how it runs a stage."""
+
+    db: Database
+    run: int
+    dataset: str
+    snapshot_id: str
+    snapshot_pk: int
+    params: PipelineParams
+    tiers: Tiers
+    guard: MemoryGuard
+    workers: int | None
+    config_dir: str | None
+    written: dict[str, list[int]] = field(default_factory=lambda: {"scratch": [], "output": []})
+
+    def artifact(self, kind: str, name: str, tier_name: str, key: str, inputs: Sequence[int] = (),
+                 snapshots: Sequence[int] = ()) -> int:
+        """Register ``key`` on the ``tier_name`` tier as an artifact of this run; returns its id."""
+        tier = self.tiers.scratch if tier_name == "scratch" else self.tiers.output
+        artifact_id = _register(self.db, self.run, kind=kind, name=name, tier_name=tier_name, tier=tier, key=key, dataset=self.dataset,
+                                snapshot_pk=self.snapshot_pk, inputs=inputs, input_snapshots=snapshots)
+        self.written[tier_name].append(artifact_id)
+        return artifact_id
+
+    def stage(self, name: str, op: str, jobs: Sequence[VolumeJob]) -> list[StageResult]:
+        """Run stage ``name`` (``op`` on every job) after a memory check; a failure says how to
+        resume this run."""
+        self.guard.check(name, run_id=self.run)
+        writes_to = (self.tiers.output if name == "pyramid" else self.tiers.scratch).uri("")
+        with resume_this_run(self.run, name, writes_to):
+            return op_stage(name, op, list(jobs), self.params, self.workers, self.config_dir, self.run)
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -255,7 +233,7 @@ def pipeline(
     params: dict[str, Any] | None = None,
     workers: int | None = None,
     config_dir: str | None = None,
-) -> dict[str, Any]:
+) -> PipelineResult:
     """Run the main job on a snapshot (``snapshot``: its id or a unique prefix) or on a raw
     folder (``raw_dir``: ingested first).
 
@@ -274,9 +252,10 @@ def pipeline(
 
     Returns
     -------
-    dict
+    PipelineResult
         ``run_id``, ``snapshot_id``, ``objects``, ``tracks``, ``promoted`` (name -> Tier 1 URI),
-        ``tier_usage``, ``report_uri``, ``links`` and ``cached``.
+        ``tier_usage``, ``report_uri``, ``links`` and ``cached`` (also readable as a mapping:
+        ``result["run_id"]``; ``result.to_dict()`` is its JSON form).
     """
     logger = get_run_logger()
     if (snapshot is None) == (raw_dir is None):
@@ -290,190 +269,152 @@ def pipeline(
     if raw_dir is not None:
         guard.check("ingest")
         snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
-    with db.session() as session:
-        matches = match_snapshots(session, dataset, str(snapshot))
-        if len(matches) != 1:
-            raise TierflowError(f"dataset {dataset!r} has {len(matches)} snapshot(s) matching {snapshot!r}",
-                                hint="see `tierflow snapshots list`; give a longer prefix of the id")
-        snap = matches[0]
-        snapshot_id, snapshot_pk = snap.snapshot_id, int(snap.id)
+    snapshot_id, snapshot_pk = _find_snapshot(db, dataset, str(snapshot))
     key = pipeline_key(dataset, snapshot_id, chosen)
     recorded = {"dataset": dataset, "snapshot": snapshot_id, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key}
 
     cached = _cached_result(db, key, tiers.source)
     if cached is not None:
-        served_from, result = cached
-        with recorded_run(db, "pipeline", recorded) as run_id:
-            run_id.result = {**result, "cached": True, "served_from_run": served_from}
-        logger.info("pipeline: snapshot %s with these parameters was completed by run %d: served from it", snapshot_id, served_from)
-        return {**result, "cached": True, "served_from_run": served_from, "run_id": int(run_id)}
+        return _serve_cached(db, recorded, *cached)
 
     with recorded_run(db, "pipeline", recorded) as run_id, tee_run_log(config, f"pipeline-{int(run_id)}") as log_path:
-        run = int(run_id)
-        logger.info("pipeline run %d on %s/%s, parameters %s (work key %s); log %s", run, dataset, snapshot_id, recorded["params"], key, log_path)
-        work = f"pipeline/{dataset}/{snapshot_id[:16]}/{key}"
-        scratch, output, source = tiers.scratch, tiers.output, tiers.source
-        tmp = Path(config.tier_root("ephemeral")) / "tmp" / f"pipeline-{key}"
-        volumes = _volumes(db, snapshot_pk)
-        if not volumes:
-            raise TierflowError(f"snapshot {snapshot_id} holds no volumes in tierflow's raw layout")
-        channels = sorted({v["channel"] for v in volumes})
-        if chosen.segment_channel not in channels:
-            raise TierflowError(f"segment_channel {chosen.segment_channel} is not among the snapshot's channels {channels}")
-        manifest = read_manifest(source, dataset, snapshot_id)
-        if manifest is None:
-            raise TierflowError(f"snapshot {dataset}/{snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
-        written: dict[str, list[int]] = {"scratch": [], "output": []}
-
-        def artifact(kind: str, name: str, tier_name: str, key_: str, inputs: list[int] = (), snapshots: list[int] = ()) -> int:  # type: ignore[assignment]
-            tier = scratch if tier_name == "scratch" else output
-            artifact_id = _register(db, run, kind=kind, name=name, tier_name=tier_name, tier=tier, key=key_, dataset=dataset,
-                                    snapshot_pk=snapshot_pk, inputs=list(inputs), input_snapshots=list(snapshots))
-            written[tier_name].append(artifact_id)
-            return artifact_id
-
-        def stage(name: str, op: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            guard.check(name, run_id=run)
-            with resume_this_run(run, name, (output if name == "pyramid" else scratch).uri("")):
-                return op_stage(name, op, jobs, chosen, workers, config_dir, run)
-
-        # stage: raw TIFF -> zarr on scratch, every channel
-        from tierflow.storage.volumes import open_volume
-
-        staged_jobs = []
-        for volume in volumes:
-            local = _local_input(source, manifest, volume, tmp)
-            name = f"{volume['sample']}_c{volume['channel']}_t{volume['time_point']:03d}"
-            shape = tuple(open_volume(local).shape)
-            staged_jobs.append({"input": local, "output": _where(scratch, f"{work}/staged/{name}.zarr"), "params": {"compression": "lz4"},
-                                "blocks": _blocks(shape, chosen.block_shape), "name": name, "shape": list(shape), **volume})
-        staged = stage("stage", "convert", staged_jobs)
-        staged_ids = {}
-        for result in staged:
-            job = result["job"]
-            staged_ids[(job["sample"], job["channel"], job["time_point"])] = artifact(
-                "zarr", f"staged/{job['name']}.zarr", "scratch", f"{work}/staged/{job['name']}.zarr", snapshots=[snapshot_pk])
-        by_volume = {(r["job"]["sample"], r["job"]["channel"], r["job"]["time_point"]): r["job"] for r in staged}
-        points = sorted({(v["sample"], v["time_point"]) for v in volumes})
-
-        def chain(stage_name: str, op: str, previous: str, suffix: str, op_params: dict[str, Any]) -> dict[tuple[str, int], str]:
-            jobs = []
-            for sample, time_point in points:
-                seg = by_volume[(sample, chosen.segment_channel, time_point)]
-                name = f"{sample}_t{time_point:03d}"
-                source_path = seg["output"] if previous == "staged" else _where(scratch, f"{work}/{previous}/{name}.zarr")
-                jobs.append({"input": source_path, "output": _where(scratch, f"{work}/{suffix}/{name}.zarr"), "params": op_params,
-                             "blocks": _blocks(tuple(seg["shape"]), chosen.block_shape),
-                             "sample": sample, "time_point": time_point, "name": name})
-            stage(stage_name, op, jobs)
-            return {(j["sample"], j["time_point"]): j["output"] for j in jobs}
-
-        smooth = chain("smooth", "gaussian", "staged", "smooth", {"sigma": chosen.sigma})
-        mask = chain("threshold", "threshold", "smooth", "mask", {"value": chosen.threshold})
-        labels = chain("label", "label", "mask", "labels", {"connectivity": chosen.connectivity})
-        chain_ids: dict[tuple[str, int], int] = {}
-        for sample, time_point in points:
-            name = f"{sample}_t{time_point:03d}"
-            seg = staged_ids[(sample, chosen.segment_channel, time_point)]
-            smooth_id = artifact("zarr", f"smooth/{name}.zarr", "scratch", f"{work}/smooth/{name}.zarr", [seg])
-            mask_id = artifact("zarr", f"mask/{name}.zarr", "scratch", f"{work}/mask/{name}.zarr", [smooth_id])
-            chain_ids[(sample, time_point)] = artifact("zarr", f"labels/{name}.zarr", "scratch", f"{work}/labels/{name}.zarr", [mask_id])
-        del smooth, mask
-
-        feature_jobs = []
-        for sample, time_point in points:
-            name = f"{sample}_t{time_point:03d}"
-            feature_jobs.append({
-                "input": labels[(sample, time_point)], "output": _where(scratch, f"{work}/features/{name}.csv"),
-                "inputs": {f"c{c}": by_volume[(sample, c, time_point)]["output"] for c in channels if (sample, c, time_point) in by_volume},
-                "params": {"time_point": time_point, "dataset": dataset, "sample": sample},
-                "blocks": _blocks(tuple(by_volume[(sample, chosen.segment_channel, time_point)]["shape"]), chosen.block_shape),
-                "sample": sample, "time_point": time_point, "name": name,
-            })
-        features = stage("features", "features", feature_jobs)
-        feature_ids = []
-        for result in features:
-            job = result["job"]
-            inputs = [chain_ids[(job["sample"], job["time_point"])],
-                      *(staged_ids[(job["sample"], c, job["time_point"])] for c in channels if (job["sample"], c, job["time_point"]) in staged_ids)]
-            feature_ids.append(artifact("table", f"features/{job['name']}.csv", "scratch", f"{work}/features/{job['name']}.csv", inputs))
-
-        guard.check("track", run_id=run)
-        tracked = track([r["run_id"] for r in features], chosen.max_distance, frame_interval=chosen.frame_interval,
-                        config_dir=config_dir, parent_run=run)
-
-        pyramid_jobs = []
-        for sample, time_point in points:
-            name = f"{sample}_t{time_point:03d}"
-            seg = by_volume[(sample, chosen.segment_channel, time_point)]
-            pyramid_jobs.append({"input": seg["output"], "output": _where(output, f"{work}/pyramids/{name}.ome.zarr"),
-                                 "params": {"levels": chosen.pyramid_levels, "method": "mean", "name": name},
-                                 "blocks": int(sum(_blocks(tuple(max(1, s // 2**level) for s in seg["shape"]), chosen.block_shape)
-                                                   for level in range(chosen.pyramid_levels))),
-                                 "sample": sample, "time_point": time_point, "name": name})
-        stage("pyramid", "downsample", pyramid_jobs)
-        for job in pyramid_jobs:
-            artifact("ome-zarr", f"pyramids/{job['name']}.ome.zarr", "output", f"{work}/pyramids/{job['name']}.ome.zarr",
-                     [staged_ids[(job["sample"], chosen.segment_channel, job["time_point"])]])
-
-        guard.check("tables", run_id=run)
-        tables = _tables(db, features, int(tracked["run_id"]), scratch, output, work)
-        table_ids = [artifact("table", f"tables/{name}.csv", "output", f"{work}/tables/{name}.csv", feature_ids) for name in tables]
-
-        guard.check("promote", run_id=run)
-        promoted = promote(run=str(run), config_dir=config_dir, parent_run=run)
-        guard.check("retention", run_id=run)
-        reclaimed = retention(config_dir=config_dir, artifact_ids=written["scratch"], parent_run=run)
-
-        with db.session() as session:
-            rows = artifacts_by_ids(session, written["scratch"] + written["output"])
-            sizes = {tier_name: sum(r.bytes for r in rows if r.tier == tier_name) for tier_name in ("scratch", "output")}
-            promoted_uris = {r.name: r.promoted_uri for r in rows if r.promoted_uri}
-        source_root = config.tier_root("source")
-        s3_endpoint = config.tiers.source.endpoint_url
-        links = {name: neuroglancer_url(config.pipeline.neuroglancer_url,
-                                        [(name, zarr_source(uri, data_url=config.pipeline.data_url, posix_root=source_root,
-                                                            s3_endpoint=s3_endpoint), "image")])
-                 for name, uri in promoted_uris.items() if name.endswith(".ome.zarr")}
-        summary = {
-            "run_id": run, "dataset": dataset, "snapshot_id": snapshot_id, "params": recorded["params"], "key": key,
-            "volumes": len(volumes), "objects": int(len(tables["objects"])), "tracks": int(tracked.get("tracks", 0)),
-            "divisions": int(tracked.get("divisions", 0)), "log": str(log_path), "promoted": promoted_uris,
-            "tier_usage": {"written_scratch": sizes["scratch"], "written_output": sizes["output"],
-                           "promoted": int(sum(p["bytes"] for p in promoted["promoted"])), "reclaimed": int(reclaimed["deleted_bytes"])},
-            "links": links, "finished_at": datetime.now(UTC).isoformat(), "cached": False,
-        }
-        markdown = _report(summary, links)
-        output.put_bytes(f"{work}/report.md", markdown.encode())
-        output.put_bytes(f"{work}/report.json", json.dumps(summary, indent=2, default=str).encode())
-        report_ids = [artifact("report", "report.md", "output", f"{work}/report.md", table_ids),
-                      artifact("report", "report.json", "output", f"{work}/report.json", table_ids)]
-        final = promote(artifacts=[str(i) for i in report_ids], config_dir=config_dir, parent_run=run)
-        summary["report_uri"] = next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.json"))
-        summary["promoted"].update({"report.md": next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.md")),
-                                    "report.json": summary["report_uri"]})
-        _publish_artifacts(summary, markdown, tables["objects"])
-        run_id.result = summary
-        logger.info("pipeline run %d: %d objects, %d tracks; report %s", run, summary["objects"], summary["tracks"], summary["report_uri"])
-        return summary
+        run = _PipelineRun(db, int(run_id), dataset, snapshot_id, snapshot_pk, chosen, tiers, guard, workers, config_dir)
+        logger.info("pipeline run %d on %s/%s, parameters %s (work key %s); log %s", run.run, dataset, snapshot_id, recorded["params"],
+                    key, log_path)
+        result = _execute(run, config, work_prefix(dataset, snapshot_id, key), key, str(log_path))
+        run_id.result = result.to_dict()
+        logger.info("pipeline run %d: %d objects, %d tracks; report %s", run.run, result.objects, result.tracks, result.report_uri)
+        return result
 
 
-def _publish_artifacts(summary: dict[str, Any], markdown: str, objects: pd.DataFrame) -> None:
-    """The run's report (markdown) and per-object summary (table) in the Prefect UI."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def _execute(run: _PipelineRun, config: TierflowConfig, work: str, key: str, log: str) -> PipelineResult:
+    """Every stage of the run, its tables, promotion, retention and report."""
+    plan = _plan(run, config, work, key)
+    staged_ids = _stage(run, plan)
+    label_ids = _segment(run, plan, staged_ids)
+    features, feature_ids = _features(run, plan, staged_ids, label_ids)
 
-    create_markdown_artifact(markdown, key="pipeline-report", description=f"pipeline run {summary['run_id']}")
-    if objects.empty:
-        return
-    columns = [c for c in ("sample", "time_point", "label", "track_id", "area", "centroid_z", "centroid_y", "centroid_x") if c in objects]
-    columns += [c for c in objects.columns if c.endswith("_mean")]
-    shown = objects[columns].head(1000).round(3)
-    rows = json.loads(shown.to_json(orient="records"))
-    create_table_artifact(rows, key="pipeline-objects",
-                          description=f"per-object summary, {len(shown)} of {len(objects)} objects (all in tables/objects.csv on Tier 1)")
+    run.guard.check("track", run_id=run.run)
+    tracked = track([r.run_id for r in features], run.params.max_distance, frame_interval=run.params.frame_interval,
+                    config_dir=run.config_dir, parent_run=run.run)
+    _pyramids(run, plan, staged_ids)
+
+    run.guard.check("tables", run_id=run.run)
+    tables = write_tables(run.db, [r.job for r in features], int(tracked["run_id"]), run.tiers.scratch, run.tiers.output, work)
+    table_ids = [run.artifact("table", f"tables/{name}.csv", "output", f"{work}/tables/{name}.csv", feature_ids) for name in tables]
+
+    usage, promoted = _promote_and_reclaim(run)
+    draft = PipelineResult(
+        run_id=run.run, dataset=run.dataset, snapshot_id=run.snapshot_id, params=run.params.model_dump(mode="json"), key=key,
+        volumes=len(plan.stage), objects=int(len(tables["objects"])), tracks=int(tracked.get("tracks", 0)),
+        divisions=int(tracked.get("divisions", 0)), log=log, promoted=promoted, tier_usage=usage,
+        links=neuroglancer_links(config, promoted), finished_at=datetime.now(UTC).isoformat(), cached=False,
+    )
+    return _report(run, draft, work, table_ids, tables["objects"])
 
 
-def resume_pipeline(run: str, *, config_dir: str | None = None) -> dict[str, Any]:
+def _plan(run: _PipelineRun, config: TierflowConfig, work: str, key: str) -> PipelinePlan:
+    """The run's jobs, from the snapshot's volumes (raw volumes on S3 fetched to Tier 4 tmp)."""
+    with run.db.session() as session:
+        paths = snapshot_paths(session, run.snapshot_pk)
+    volumes = raw_volumes(paths)
+    if not volumes:
+        raise TierflowError(f"snapshot {run.snapshot_id} holds no volumes in tierflow's raw layout")
+    channels = sorted({v.channel for v in volumes})
+    if run.params.segment_channel not in channels:
+        raise TierflowError(f"segment_channel {run.params.segment_channel} is not among the snapshot's channels {channels}")
+    source = run.tiers.source
+    manifest = read_manifest(source, run.dataset, run.snapshot_id)
+    if manifest is None:
+        raise TierflowError(f"snapshot {run.dataset}/{run.snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
+    tmp = Path(config.tier_root("ephemeral")) / "tmp" / f"pipeline-{key}"
+    located = [locate_volume(source, manifest, volume, tmp) for volume in volumes]
+    return plan_pipeline(located, run.params, dataset=run.dataset, work=work, scratch=run.tiers.scratch, output=run.tiers.output)
+
+
+def _stage(run: _PipelineRun, plan: PipelinePlan) -> dict[tuple[str, int | None, int], int]:
+    """Raw TIFF -> zarr on scratch, every channel; the staged artifacts' ids by (sample, channel,
+    time point)."""
+    staged_ids = {}
+    for result in run.stage("stage", "convert", plan.stage):
+        job = result.job
+        staged_ids[(job.sample, job.channel, job.time_point)] = run.artifact(
+            "zarr", f"staged/{job.name}.zarr", "scratch", f"{plan.work}/staged/{job.name}.zarr", snapshots=[run.snapshot_pk])
+    return staged_ids
+
+
+def _segment(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int]) -> dict[tuple[str, int], int]:
+    """Smooth, threshold and label the segmentation channel; the labels' artifact ids by
+    (sample, time point)."""
+    run.stage("smooth", "gaussian", plan.smooth)
+    run.stage("threshold", "threshold", plan.threshold)
+    run.stage("label", "label", plan.label)
+    label_ids: dict[tuple[str, int], int] = {}
+    for sample, time_point in plan.points:
+        name, work = f"{sample}_t{time_point:03d}", plan.work
+        seg = staged_ids[(sample, plan.segment_channel, time_point)]
+        smooth_id = run.artifact("zarr", f"smooth/{name}.zarr", "scratch", f"{work}/smooth/{name}.zarr", [seg])
+        mask_id = run.artifact("zarr", f"mask/{name}.zarr", "scratch", f"{work}/mask/{name}.zarr", [smooth_id])
+        label_ids[(sample, time_point)] = run.artifact("zarr", f"labels/{name}.zarr", "scratch", f"{work}/labels/{name}.zarr", [mask_id])
+    return label_ids
+
+
+def _features(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int],
+              label_ids: dict[tuple[str, int], int]) -> tuple[list[StageResult], list[int]]:
+    """Per-object features of every label image over every channel; the stage's results and the
+    features tables' artifact ids."""
+    features = run.stage("features", "features", plan.features)
+    feature_ids = []
+    for result in features:
+        job = result.job
+        inputs = [label_ids[job.point],
+                  *(staged_ids[(job.sample, c, job.time_point)] for c in plan.channels if (job.sample, c, job.time_point) in staged_ids)]
+        feature_ids.append(run.artifact("table", f"features/{job.name}.csv", "scratch", f"{plan.work}/features/{job.name}.csv", inputs))
+    return features, feature_ids
+
+
+def _pyramids(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int]) -> None:
+    """OME-Zarr pyramids of the segmentation channel on the output tier."""
+    run.stage("pyramid", "downsample", plan.pyramid)
+    for job in plan.pyramid:
+        run.artifact("ome-zarr", f"pyramids/{job.name}.ome.zarr", "output", f"{plan.work}/pyramids/{job.name}.ome.zarr",
+                     [staged_ids[(job.sample, plan.segment_channel, job.time_point)]])
+
+
+def _promote_and_reclaim(run: _PipelineRun) -> tuple[TierUsage, dict[str, str]]:
+    """Promote the run's outputs to Tier 1, reclaim its scratch; the tier usage and the promoted
+    URIs by artifact name."""
+    run.guard.check("promote", run_id=run.run)
+    promoted = promote(run=str(run.run), config_dir=run.config_dir, parent_run=run.run)
+    run.guard.check("retention", run_id=run.run)
+    reclaimed = retention(config_dir=run.config_dir, artifact_ids=run.written["scratch"], parent_run=run.run)
+    with run.db.session() as session:
+        rows = artifacts_by_ids(session, run.written["scratch"] + run.written["output"])
+        sizes = {tier_name: sum(r.bytes for r in rows if r.tier == tier_name) for tier_name in ("scratch", "output")}
+        promoted_uris = {r.name: r.promoted_uri for r in rows if r.promoted_uri}
+    usage = TierUsage(written_scratch=sizes["scratch"], written_output=sizes["output"],
+                      promoted=int(sum(p["bytes"] for p in promoted["promoted"])), reclaimed=int(reclaimed["deleted_bytes"]))
+    return usage, promoted_uris
+
+
+def _report(run: _PipelineRun, draft: PipelineResult, work: str, table_ids: list[int], objects: pd.DataFrame) -> PipelineResult:
+    """Write the report (markdown and JSON) to the output tier, promote it, show it in the
+    Prefect UI; the run's result, with the report's Tier 1 URIs."""
+    output = run.tiers.output
+    markdown = render_report(draft)
+    output.put_bytes(f"{work}/report.md", markdown.encode())
+    output.put_bytes(f"{work}/report.json", json.dumps(draft.to_dict(), indent=2, default=str).encode())
+    report_ids = [run.artifact("report", "report.md", "output", f"{work}/report.md", table_ids),
+                  run.artifact("report", "report.json", "output", f"{work}/report.json", table_ids)]
+    final = promote(artifacts=[str(i) for i in report_ids], config_dir=run.config_dir, parent_run=run.run)
+    report_uri = next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.json"))
+    report_md = next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.md"))
+    result = replace(draft, report_uri=report_uri, promoted={**draft.promoted, "report.md": report_md, "report.json": report_uri})
+    publish_artifacts(result, markdown, objects)
+    return result
+
+
+def resume_pipeline(run: str, *, config_dir: str | None = None) -> PipelineResult:
     """Run a failed, stopped or killed pipeline run again with its recorded snapshot and
     parameters: it works in the same place, so every operation's ledger skips the blocks that
     were done. A run still marked running whose process was killed is marked crashed first.

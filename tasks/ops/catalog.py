@@ -165,6 +165,6 @@ BUILTIN_OPS: tuple[OpSpec, ...] = (
            block_count=_pyramid_blocks),
     OpSpec("features", "1", "features", FeaturesParams,
            "per-object features of a label image (with --with CHANNEL=image for intensities), to the database and a CSV",
-           inputs=("*",), block_count=lambda shape, blocks, p: 0),
+           inputs=("*",)),
 )
 """tierflow's own ops. A new map op is one declaration here (and its kernel)."""
