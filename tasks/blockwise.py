@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
 from tierflow.tasks.ops.registry import get_op
 from tierflow.tasks.retry import is_transient
 
-__all__ = ["BatchFailed", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
+__all__ = ["BatchFailed", "BlockJob", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
            "plan_batches", "run_map_batch", "source_fingerprint"]
 
 SourceRef = str | ArrayLocation
@@ -70,33 +70,45 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:2000]
 
 
-@dataclass(frozen=True)
-class MapJob:
-    """Everything a batch task needs (no arrays: locations, ids and parameters)."""
+@dataclass(frozen=True, kw_only=True)
+class BlockJob:
+    """What every block task needs (no arrays: locations, ids and parameters). Each kind of op
+    adds its own fields (:class:`MapJob`, ``LabelJob``, ``LevelJob``, ``FeatureJob``); the batch
+    engine (:func:`ledgered_blocks`) takes any of them."""
 
     op: str
-    params: dict[str, Any]
+    """The op's name as the ledger records it (a stage adds its suffix, e.g. ``label:local``)."""
     op_key: str
     run_id: int
     source: SourceRef
-    target: ArrayLocation
     shape: tuple[int, ...]
+    """Shape of the grid of blocks (the output's)."""
     block_shape: tuple[int, ...]
-    halo: tuple[int, ...]
     db: Database
-    extras: dict[str, SourceRef] = field(default_factory=dict)
-    mask: SourceRef | None = None
     fault: FaultHook | None = field(default=None, compare=False)
+    """Test-only fault injection: called with each block id before its work."""
     attempt_offset: int = 0
     """Attempts made before this submission (a batch re-submitted after its SLURM job ran out
     of memory or time records attempt 2, 3, ... in the ledger)."""
 
     @property
     def grid(self) -> BlockGrid:
-        return BlockGrid(self.shape, self.block_shape, self.halo)
+        return BlockGrid(self.shape, self.block_shape)
 
-    def lock_name(self, block_id: str) -> str:
-        return f"{self.op_key}|{self.target.uri}|{block_id}"
+
+@dataclass(frozen=True, kw_only=True)
+class MapJob(BlockJob):
+    """A map op's batch: its parameters, output, halo and extra inputs."""
+
+    params: dict[str, Any]
+    target: ArrayLocation
+    halo: tuple[int, ...]
+    extras: dict[str, SourceRef] = field(default_factory=dict)
+    mask: SourceRef | None = None
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.shape, self.block_shape, self.halo)
 
     def inputs(self) -> dict[str, SourceRef]:
         """Every input a block reads, by name: ``-i``, the extra inputs, ``--mask``."""
@@ -148,129 +160,134 @@ def _attempt() -> int:
         return 1
 
 
+def ledgered_blocks(
+    job: BlockJob,
+    block_ids: Sequence[str],
+    work: Callable[[str], int],
+    *,
+    array_uri: str,
+    key: str | None = None,
+    op: str | None = None,
+    fault_prefix: str = "",
+    fingerprints: Mapping[str, str] | None = None,
+    prepare: Callable[[list[str]], None] | None = None,
+    track_running: bool = False,
+) -> dict[str, Any]:
+    """The batch engine every block task runs on: ``work(block_id) -> bytes`` for each block of
+    the batch the ledger does not have done under ``key`` (default ``job.op_key``) in
+    ``array_uri``, holding a PostgreSQL advisory lock per block, recording every block (done or
+    failed, attempt, host, SLURM job id, seconds, bytes) in one insert, and raising
+    :class:`BatchFailed` listing the blocks that failed (the others stay done; ``transient``
+    when one of them failed transiently, see :mod:`tasks.retry`).
+
+    ``fingerprints`` (block id -> what its read ROI reads now) makes a block done only if it was
+    done from the same input, and is recorded with it; ``prepare(todo)`` runs once before the
+    blocks (a batch's shared read), its time shared among them; ``track_running`` records
+    ``running`` rows first, so a flow whose SLURM worker died with the batch learns where it ran.
+    """
+    key, op = key or job.op_key, op or job.op
+    attempt, host, slurm_job = _attempt() + job.attempt_offset, socket.gethostname(), os.environ.get("SLURM_JOB_ID")
+    base = {"run_id": job.run_id, "op": op, "op_key": key, "array_uri": array_uri, "attempt": attempt, "host": host,
+            "slurm_job_id": slurm_job}
+    started = time.perf_counter()
+    with advisory_locks(job.db, [f"{key}|{array_uri}|{b}" for b in block_ids]):
+        with job.db.session() as session:
+            if fingerprints is None:
+                done = done_blocks(session, key, array_uri)
+                todo = [b for b in block_ids if b not in done]
+            else:
+                todo = blocks_to_compute(done_fingerprints(session, key, array_uri), {b: fingerprints[b] for b in block_ids})
+        if not todo:
+            return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
+        running = track_running and slurm_job is not None
+        if running:
+            with job.db.session() as session:
+                record_blocks(session, [base | {"block_id": b, "status": "running", "started_at": datetime.now(UTC)} for b in todo])
+        prepare_seconds = 0.0
+        if prepare is not None:
+            prepare_started = time.perf_counter()
+            prepare(todo)
+            prepare_seconds = (time.perf_counter() - prepare_started) / len(todo)
+        rows, failed, first, transient = [], [], "", False
+        for block_id in todo:
+            block_started = time.perf_counter()
+            row: dict[str, Any] = base | {"block_id": block_id, "started_at": datetime.now(UTC)}
+            if fingerprints is not None:
+                row["input_fingerprint"] = fingerprints[block_id]
+            try:
+                if job.fault is not None:
+                    job.fault(f"{fault_prefix}{block_id}")
+                row.update(status="done", bytes=int(work(block_id)))
+            except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
+                row.update(status="failed", error=describe_failure(exc))
+                failed.append(block_id)
+                first, transient = first or row["error"], transient or is_transient(exc)
+            row.update(seconds=prepare_seconds + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
+            rows.append(row)
+        with job.db.session() as session:
+            if running:
+                settle_running(session, job.run_id, key, array_uri, todo)
+            record_blocks(session, rows)
+    if failed:
+        raise BatchFailed(op, failed, first, transient)
+    return {"done": len(todo), "skipped": len(block_ids) - len(todo), "failed": 0, "seconds": time.perf_counter() - started,
+            "bytes": sum(r.get("bytes") or 0 for r in rows)}
+
+
 def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
-    """Process one batch (see the module docstring). Returns counts and timings.
+    """Compute one batch of a map op (see the module docstring) on the batch engine. Returns
+    counts and timings.
 
     Raises
     ------
     BatchFailed
         If any block failed; the others are written and recorded as done.
     """
-    op = get_op(job.op)
-    grid = job.grid
-    attempt = _attempt() + job.attempt_offset
-    host = socket.gethostname()
-    slurm_job = os.environ.get("SLURM_JOB_ID")
-    started = time.perf_counter()
-    with advisory_locks(job.db, [job.lock_name(b) for b in block_ids]):
-        with job.db.session() as session:
-            done = done_fingerprints(session, job.op_key, job.target.uri)
-        fingerprints = block_fingerprints(job, block_ids)
-        todo: list[Block] = [grid.block(b) for b in blocks_to_compute(done, fingerprints)]
-        if not todo:
-            return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
-        if slurm_job:  # in a SLURM job: if the job dies with the batch, the flow learns where it ran
-            with job.db.session() as session:
-                record_blocks(session, [{"run_id": job.run_id, "op": job.op, "op_key": job.op_key, "array_uri": job.target.uri,
-                                         "block_id": block.block_id, "status": "running", "attempt": attempt, "host": host,
-                                         "slurm_job_id": slurm_job, "started_at": datetime.now(UTC)} for block in todo])
-        region = todo[0].read_roi
-        for block in todo[1:]:
+    op, grid = get_op(job.op), job.grid
+    batch = _MapBatch(job, grid)
+    result = ledgered_blocks(job, block_ids, lambda block_id: batch.compute(op, grid.block(block_id)), array_uri=job.target.uri,
+                             fingerprints=block_fingerprints(job, block_ids), prepare=batch.read, track_running=True)
+    return result | {"read_seconds": batch.read_seconds, "compute_seconds": batch.compute_seconds}
+
+
+class _MapBatch:
+    """A map batch's shared read and per-block compute (see the module docstring)."""
+
+    def __init__(self, job: MapJob, grid: BlockGrid) -> None:
+        self.job, self.grid = job, grid
+        self.read_seconds = self.compute_seconds = 0.0
+
+    def read(self, todo: list[str]) -> None:
+        """Read the union of the blocks' read ROIs once (with a halo on zarr: per block, from
+        the decoded-chunk cache instead: each chunk decoded about once, no batch-sized array)."""
+        job, started = self.job, time.perf_counter()
+        blocks = [self.grid.block(b) for b in todo]
+        region = blocks[0].read_roi
+        for block in blocks[1:]:
             region = region.union(block.read_roi)
-        read_started = time.perf_counter()
-        volume = open_source(job.source)
-        # with a halo, each block's read ROI comes from the decoded-chunk cache (each chunk decoded
-        # about once; no batch-sized array); without one, the batch's region is read in one go
-        per_block = any(job.halo) and isinstance(volume, ZarrVolume)
-        data = None if per_block else volume.read(region)
-        extras = {name: open_source(ref).read(region) for name, ref in job.extras.items()}
-        if job.mask is not None:
-            mask = open_source(job.mask).read(region)
-        read_seconds = time.perf_counter() - read_started
-        target = job.target.writer()
-        rows, failed, first_error, transient = [], [], "", False
-        compute_seconds, read_share = 0.0, read_seconds / len(todo)
-        for block in todo:
-            block_started = time.perf_counter()
-            row: dict[str, Any] = {
-                "run_id": job.run_id, "op": job.op, "op_key": job.op_key, "array_uri": job.target.uri,
-                "block_id": block.block_id, "attempt": attempt, "host": host, "slurm_job_id": slurm_job,
-                "started_at": datetime.now(UTC), "input_fingerprint": fingerprints[block.block_id],
-            }
-            try:
-                if job.fault is not None:
-                    job.fault(block.block_id)
-                # the kernel runs per block (read ROI = block + halo, cut from the batch's region):
-                # its working arrays stay small enough for the allocator to reuse them, where one
-                # region-sized float array per batch cost fresh, kernel-zeroed pages every time
-                # (a third of the CPU time on 512 MiB, measured with perf)
-                inside = block.read_roi.relative_to(region)
-                # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
-                block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if per_block else data[inside]
-                result = op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()})
-                if job.mask is not None:
-                    result = np.where(mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
-                values = result[block.write_roi.relative_to(block.read_roi)]
-                compute_seconds += time.perf_counter() - block_started
-                target[block.write_roi.slices] = values
-                row.update(status="done", bytes=int(values.nbytes))
-            except Exception as exc:  # noqa: BLE001 - a block's failure is recorded, not fatal to the batch
-                row.update(status="failed", error=describe_failure(exc))
-                failed.append(block.block_id)
-                first_error, transient = first_error or row["error"], transient or is_transient(exc)
-            row.update(seconds=read_share + time.perf_counter() - block_started, finished_at=datetime.now(UTC))
-            rows.append(row)
-        with job.db.session() as session:
-            if slurm_job:
-                settle_running(session, job.run_id, job.op_key, job.target.uri, [block.block_id for block in todo])
-            record_blocks(session, rows)
-    if failed:
-        raise BatchFailed(job.op, failed, first_error, transient)
-    return {
-        "done": len(todo), "skipped": len(block_ids) - len(todo), "failed": 0,
-        "seconds": time.perf_counter() - started, "read_seconds": read_seconds, "compute_seconds": compute_seconds,
-        "bytes": sum(r.get("bytes") or 0 for r in rows),
-    }
+        self.region, self.volume = region, open_source(job.source)
+        self.per_block = any(job.halo) and isinstance(self.volume, ZarrVolume)
+        self.data = None if self.per_block else self.volume.read(region)
+        self.extras = {name: open_source(ref).read(region) for name, ref in job.extras.items()}
+        self.mask = open_source(job.mask).read(region) if job.mask is not None else None
+        self.target = job.target.writer()
+        self.read_seconds = time.perf_counter() - started
 
-
-def ledgered_blocks(
-    *,
-    db: Database,
-    run_id: int,
-    op: str,
-    key: str,
-    array_uri: str,
-    block_ids: Sequence[str],
-    work: Callable[[str], int],
-    fault: FaultHook | None = None,
-    fault_prefix: str = "",
-) -> dict[str, Any]:
-    """Run ``work(block_id) -> bytes`` for each block not yet done under ``key``, holding a lock
-    per block, recording every block in the ledger, and raising :class:`BatchFailed` listing the
-    blocks that failed (the others stay done)."""
-    attempt, host, slurm_job = _attempt(), socket.gethostname(), os.environ.get("SLURM_JOB_ID")
-    with advisory_locks(db, [f"{key}|{array_uri}|{b}" for b in block_ids]):
-        with db.session() as session:
-            done = done_blocks(session, key, array_uri)
-        rows, failed, first, transient = [], [], "", False
-        for block_id in block_ids:
-            if block_id in done:
-                continue
-            started = time.perf_counter()
-            row: dict[str, Any] = {"run_id": run_id, "op": op, "op_key": key, "array_uri": array_uri, "block_id": block_id,
-                                   "attempt": attempt, "host": host, "slurm_job_id": slurm_job, "started_at": datetime.now(UTC)}
-            try:
-                if fault is not None:
-                    fault(f"{fault_prefix}{block_id}")
-                row.update(status="done", bytes=int(work(block_id)))
-            except Exception as exc:  # noqa: BLE001 - recorded per block
-                row.update(status="failed", error=describe_failure(exc))
-                failed.append(block_id)
-                first, transient = first or row["error"], transient or is_transient(exc)
-            row.update(seconds=time.perf_counter() - started, finished_at=datetime.now(UTC))
-            rows.append(row)
-        with db.session() as session:
-            record_blocks(session, rows)
-    if failed:
-        raise BatchFailed(op, failed, first, transient)
-    return {"done": len(rows), "skipped": len(block_ids) - len(rows)}
+    def compute(self, op: Any, block: Block) -> int:
+        """Run the kernel on one block's read ROI and write its inner part; returns the bytes."""
+        job, started = self.job, time.perf_counter()
+        # the kernel runs per block (read ROI = block + halo, cut from the batch's region): its
+        # working arrays stay small enough for the allocator to reuse them, where one
+        # region-sized float array per batch cost fresh, kernel-zeroed pages every time (a third
+        # of the CPU time on 512 MiB, measured with perf)
+        inside = block.read_roi.relative_to(self.region)
+        # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
+        data = (self.volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if self.per_block
+                else self.data[inside])
+        result = op.kernel(data, job.params, **{name: array[inside] for name, array in self.extras.items()})
+        if self.mask is not None:
+            result = np.where(self.mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
+        values = result[block.write_roi.relative_to(block.read_roi)]
+        self.compute_seconds += time.perf_counter() - started
+        self.target[block.write_roi.slices] = values
+        return int(values.nbytes)

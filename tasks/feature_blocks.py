@@ -8,35 +8,28 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tierflow.storage.db.database import Database
-from tierflow.storage.geometry import BlockGrid
-from tierflow.tasks.blockwise import SourceRef, ledgered_blocks, open_source
+from tierflow.tasks.blockwise import BlockJob, SourceRef, ledgered_blocks, open_source
 from tierflow.tasks.ops.features import PartialFeatures, merge_partials, partial_features
 from tierflow.tasks.retry import retry_transient
 
 __all__ = ["FeatureJob", "feature_partials"]
 
 
-@dataclass(frozen=True)
-class FeatureJob:
-    """Labels, intensity channels and where the ledger rows go."""
+@dataclass(frozen=True, kw_only=True)
+class FeatureJob(BlockJob):
+    """Labels (``source``), intensity channels and the table the blocks contribute to."""
 
-    op_key: str
-    run_id: int
-    labels: SourceRef
+    op: str = "features"
     channels: dict[str, SourceRef]
     table_uri: str
     """The feature table the blocks contribute to (their ledger rows' array)."""
-    shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
-    db: Database
 
 
 @task(name="feature-partials", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
 def feature_partials(job: FeatureJob, block_ids: list[str]) -> PartialFeatures:
     """Partial statistics of the objects in a batch of blocks (global coordinates)."""
-    grid = BlockGrid(job.shape, job.block_shape)
-    labels = open_source(job.labels)
+    grid = job.grid
+    labels = open_source(job.source)
     channels = {name: open_source(ref) for name, ref in job.channels.items()}
     parts: list[PartialFeatures] = []
 
@@ -49,6 +42,5 @@ def feature_partials(job: FeatureJob, block_ids: list[str]) -> PartialFeatures:
 
     # features are recomputed whole on a re-run (partials are not kept): the ledger records the
     # work, but the done-check uses a key unique to this run
-    ledgered_blocks(db=job.db, run_id=job.run_id, op="features", key=f"{job.op_key}:run{job.run_id}",
-                    array_uri=job.table_uri, block_ids=block_ids, work=work)
+    ledgered_blocks(job, block_ids, work, key=f"{job.op_key}:run{job.run_id}", array_uri=job.table_uri)
     return merge_partials(parts) if parts else PartialFeatures.empty(len(job.shape), list(job.channels))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -20,9 +20,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tierflow.storage.arrays import LABEL_STATE_SUFFIX, ArrayLocation
-from tierflow.storage.db.database import Database
-from tierflow.storage.geometry import BlockGrid
-from tierflow.tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
+from tierflow.tasks.blockwise import BlockJob, ledgered_blocks, open_source
 from tierflow.tasks.ops.label import (
     block_faces,
     face_equivalences,
@@ -35,23 +33,13 @@ from tierflow.tasks.retry import retry_transient
 __all__ = ["LabelJob", "label_local", "label_merge", "label_relabel"]
 
 
-@dataclass(frozen=True)
-class LabelJob:
+@dataclass(frozen=True, kw_only=True)
+class LabelJob(BlockJob):
     """What every label stage needs (locations and ids, never arrays)."""
 
-    op_key: str
-    run_id: int
-    source: SourceRef
+    op: str = "label"
     target: ArrayLocation
-    shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
     connectivity: int
-    db: Database
-    fault: FaultHook | None = field(default=None, compare=False)
-
-    @property
-    def grid(self) -> BlockGrid:
-        return BlockGrid(self.shape, self.block_shape)
 
     @property
     def state_key(self) -> str:
@@ -72,11 +60,8 @@ class LabelJob:
 
 
 def _run_stage(job: LabelJob, stage: str, block_ids: Sequence[str], work: Any) -> dict[str, Any]:
-    return ledgered_blocks(
-        db=job.db, run_id=job.run_id, op=f"label:{stage}", key=job.stage_key(stage), array_uri=job.target.uri,
-        block_ids=block_ids, work=lambda block_id: work(job.grid.block(block_id) if block_id != "all" else block_id),
-        fault=job.fault, fault_prefix=f"{stage}:",
-    )
+    return ledgered_blocks(job, block_ids, lambda block_id: work(job.grid.block(block_id) if block_id != "all" else block_id),
+                           op=f"label:{stage}", key=job.stage_key(stage), array_uri=job.target.uri, fault_prefix=f"{stage}:")
 
 
 @task(name="label-local", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,41 +23,31 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tierflow.storage.arrays import ArrayLocation
-from tierflow.storage.db.database import Database
-from tierflow.storage.geometry import BlockGrid, Roi
-from tierflow.tasks.blockwise import FaultHook, SourceRef, ledgered_blocks, open_source
+from tierflow.storage.geometry import Roi
+from tierflow.tasks.blockwise import BlockJob, ledgered_blocks, open_source
 from tierflow.tasks.ops.pyramid import downsample_labels, downsample_mean
 from tierflow.tasks.retry import retry_transient
 
 __all__ = ["LevelJob", "copy_chunk", "downsample_level", "input_pieces"]
 
 
-@dataclass(frozen=True)
-class LevelJob:
-    """One pyramid level: where it reads, where it writes, its factors and kernel."""
+@dataclass(frozen=True, kw_only=True)
+class LevelJob(BlockJob):
+    """One pyramid level: where it reads (``source``, of ``in_shape``), where it writes
+    (``target``, of ``shape``), its factors and kernel."""
 
-    op_key: str
-    run_id: int
-    source: SourceRef
+    op: str = "downsample"
     target: ArrayLocation
     in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
     factors: tuple[int, ...]
     method: str
     level: int
-    db: Database
-    fault: FaultHook | None = field(default=None, compare=False)
     copy_from: ArrayLocation | None = None
     """Level 0 only: a zarr array with the same chunks and codecs whose encoded chunks are
     copied as they are (no decode and re-encode; see :func:`copy_chunk`)."""
     threads: int = 1
     """Threads that share the pieces of each block (more than one when the level has fewer
     batches than the run has workers)."""
-
-    @property
-    def grid(self) -> BlockGrid:
-        return BlockGrid(self.out_shape, self.block_shape)
 
 
 def _input_roi(out_roi: Roi, factors: Sequence[int], in_shape: Sequence[int]) -> Roi:
@@ -94,10 +84,8 @@ def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
         def copy(block_id: str) -> int:
             return copy_chunk(source_store, target_store, encode_key(grid.block(block_id).index))
 
-        return ledgered_blocks(
-            db=job.db, run_id=job.run_id, op="downsample:level0", key=f"{job.op_key}:level0", array_uri=job.target.uri,
-            block_ids=block_ids, work=copy, fault=job.fault, fault_prefix="level0:",
-        )
+        return ledgered_blocks(job, block_ids, copy, op="downsample:level0", key=f"{job.op_key}:level0", array_uri=job.target.uri,
+                               fault_prefix="level0:")
 
     def downsample(data: np.ndarray) -> np.ndarray:
         if all(f == 1 for f in job.factors):
@@ -126,11 +114,8 @@ def downsample_level(job: LevelJob, block_ids: list[str]) -> dict[str, Any]:
 
     pool = ThreadPoolExecutor(job.threads, thread_name_prefix="pyramid-piece") if job.threads > 1 else None
     try:
-        return ledgered_blocks(
-            db=job.db, run_id=job.run_id, op=f"downsample:level{job.level}", key=f"{job.op_key}:level{job.level}",
-            array_uri=job.target.uri, block_ids=block_ids, work=lambda block_id: work(block_id, pool), fault=job.fault,
-            fault_prefix=f"level{job.level}:",
-        )
+        return ledgered_blocks(job, block_ids, lambda block_id: work(block_id, pool), op=f"downsample:level{job.level}",
+                               key=f"{job.op_key}:level{job.level}", array_uri=job.target.uri, fault_prefix=f"level{job.level}:")
     finally:
         if pool is not None:
             pool.shutdown()

@@ -44,7 +44,8 @@ def run_features(ctx: OpContext) -> dict[str, Any]:
     shape, block_shape, params, workers, max_batches = ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches
     extras = ctx.extras
     time_point = int(params.get("time_point") or 0)
-    job = FeatureJob(op_key, run_id, source, dict(extras), target.uri, tuple(shape), tuple(block_shape), db)
+    job = FeatureJob(op_key=op_key, run_id=run_id, source=source, channels=dict(extras), table_uri=target.uri, shape=tuple(shape),
+                     block_shape=tuple(block_shape), db=db)
     grid = BlockGrid(shape, block_shape)
     batches = plan_batches(grid, [b.block_id for b in grid], max_batches=max_batches, min_batches=2 * workers)
     with ctx.runner() as runner:

@@ -75,7 +75,8 @@ def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None,
     db = open_database(load_db_config(config_dir), migrate=True)
     with db.session() as session:
         done = done_fingerprints(session, key, target.uri)
-    job = MapJob(op, resolved, key, 0, source, target, shape, grid.block_shape, grid.halo, db, extras=extras, mask=mask_ref)
+    job = MapJob(op=op, params=resolved, op_key=key, run_id=0, source=source, target=target, shape=shape, block_shape=grid.block_shape,
+                 halo=grid.halo, db=db, extras=extras, mask=mask_ref)
     if blocks_to_compute(done, block_fingerprints(job)):
         return None
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(grid.block_shape),

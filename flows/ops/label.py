@@ -35,7 +35,8 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     connectivity = int(params.get("connectivity") or (26 if ndim == 3 else 8))
     if connectivity not in CONNECTIVITIES.get(ndim, {}):
         raise TierflowError(f"label: connectivity {connectivity} is not one of {sorted(CONNECTIVITIES.get(ndim, {}))} for {ndim}-D input")
-    job = LabelJob(op_key, run_id, source, target, tuple(shape), tuple(block_shape), connectivity, db, fault)
+    job = LabelJob(op_key=op_key, run_id=run_id, source=source, target=target, shape=tuple(shape), block_shape=tuple(block_shape),
+                   connectivity=connectivity, db=db, fault=fault)
     grid = BlockGrid(shape, block_shape)
     all_ids = [b.block_id for b in grid]
     summary: dict[str, Any] = {"blocks": len(grid), "connectivity": connectivity}

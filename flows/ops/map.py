@@ -93,8 +93,8 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     if stale:
         logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
     grid = BlockGrid(ctx.shape, ctx.block_shape, halo)
-    job = MapJob(spec.name, ctx.params, key, ctx.run_id, ctx.source, target, ctx.shape, ctx.block_shape, halo, db,
-                 extras=ctx.extras, mask=ctx.mask, fault=ctx.fault)
+    job = MapJob(op=spec.name, params=ctx.params, op_key=key, run_id=ctx.run_id, source=ctx.source, target=target, shape=ctx.shape,
+                 block_shape=ctx.block_shape, halo=halo, db=db, extras=ctx.extras, mask=ctx.mask, fault=ctx.fault)
     with db.session() as session:
         done = done_fingerprints(session, key, target.uri)
     remaining = blocks_to_compute(done, block_fingerprints(job))

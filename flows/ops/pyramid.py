@@ -119,8 +119,9 @@ def run_pyramid(ctx: OpContext) -> dict[str, Any]:
                                         codecs_like=copy_from.open() if copy_from is not None else None)
             if copy_from is not None and not _same_codecs(array, copy_from.open()):
                 copy_from = None  # an earlier level 0 with other codecs: decode and re-encode
-            job = LevelJob(op_key, run_id, previous, location, tuple(shapes[level - 1] if level else shape), level_shape,
-                           chunks, tuple(level_factors), method, level, db, fault, copy_from)
+            job = LevelJob(op_key=op_key, run_id=run_id, source=previous, target=location, db=db, fault=fault,
+                           in_shape=tuple(shapes[level - 1] if level else shape), shape=level_shape, block_shape=chunks,
+                           factors=tuple(level_factors), method=method, level=level, copy_from=copy_from)
             with db.session() as session:
                 done = done_blocks(session, f"{op_key}:level{level}", location.uri)
             remaining = [b.block_id for b in job.grid if b.block_id not in done]
