@@ -29,6 +29,7 @@ lint: $(STAMP)
 	@rm -rf .lint && mkdir -p .lint/tierflow && cp tierflow/*.py .lint/tierflow/
 	@for p in flows tasks storage configs; do ln -s ../../$$p .lint/tierflow/$$p; done
 	cd .lint && ../$(BIN)/lint-imports --no-cache ../pyproject.toml
+	$(BIN)/ruff check .
 
 clean-venv:
 	rm -rf $(VENV)

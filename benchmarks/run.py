@@ -50,26 +50,40 @@ def make_inputs(work: Path, size_mib: int) -> dict[str, str]:
 
     shape = shape_for(size_mib)
     rng = np.random.default_rng(0)
-    image = zarr.create_array(str(work / f"image{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint16", compressors=[ZstdCodec(level=3)])
-    mask = zarr.create_array(str(work / f"mask{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint8", compressors=[ZstdCodec(level=3)])
+    image = zarr.create_array(
+        str(work / f"image{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint16", compressors=[ZstdCodec(level=3)]
+    )
+    mask = zarr.create_array(
+        str(work / f"mask{size_mib}.zarr"), shape=shape, chunks=CHUNKS, dtype="uint8", compressors=[ZstdCodec(level=3)]
+    )
     coarse = rng.random(tuple(-(-s // 8) for s in shape)).astype(np.float32)
     for z0 in range(0, shape[0], CHUNKS[0]):
         z1 = min(shape[0], z0 + CHUNKS[0])
         blobs = ndimage.zoom(coarse[z0 // 8 : -(-z1 // 8)], 8, order=1)[: z1 - z0, : shape[1], : shape[2]]
         image[z0:z1] = (blobs * 3000 + rng.integers(0, 1000, (z1 - z0, *shape[1:]))).astype(np.uint16)
         mask[z0:z1] = (blobs > 0.6).astype(np.uint8)
-    return {"image": image.store.root.as_posix() if hasattr(image.store, "root") else str(work / f"image{size_mib}.zarr"),
-            "mask": str(work / f"mask{size_mib}.zarr"), "shape": list(shape)}
+    return {
+        "image": image.store.root.as_posix() if hasattr(image.store, "root") else str(work / f"image{size_mib}.zarr"),
+        "mask": str(work / f"mask{size_mib}.zarr"),
+        "shape": list(shape),
+    }
 
 
 # -- contenders (run in a child process) ----------------------------------------------------
+
 
 def _zarr_out(path: str, like, dtype=None, shape=None):
     import zarr
     from zarr.codecs import BloscCodec, BloscShuffle
 
-    return zarr.create_array(path, shape=shape or like.shape, chunks=CHUNKS, dtype=dtype or like.dtype, overwrite=True,
-                             compressors=[BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)])
+    return zarr.create_array(
+        path,
+        shape=shape or like.shape,
+        chunks=CHUNKS,
+        dtype=dtype or like.dtype,
+        overwrite=True,
+        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)],
+    )
 
 
 def _preimport(name: str) -> None:
@@ -93,6 +107,52 @@ def _preimport(name: str) -> None:
         import skimage.transform  # noqa: F401
 
 
+def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
+    """One tierflow contender (an op run as the CLI runs it); returns its counts and timings."""
+    from tierflow.flows.ops.flow import run_op
+    from tierflow.flows.runtime.prefect_env import interactive_flows
+
+    source = inputs["image"] if kind.startswith(("gaussian", "pyramid")) else inputs["mask"]
+    if kind == "gaussian-4x":
+        source = inputs["image_4x"]
+    op, params = {
+        "gaussian": ("gaussian", {"sigma": 2.0}),
+        "gaussian-4x": ("gaussian", {"sigma": 2.0}),
+        "label": ("label", {"connectivity": 26}),
+        "pyramid": ("downsample", {"levels": 4, "method": "mean"}),
+        "gaussian-rerun": ("gaussian", {"sigma": 2.0}),
+    }[kind]
+    out = str(work / ("out-tierflow-gaussian.zarr" if kind == "gaussian-rerun" else f"out-tierflow-{kind}.zarr"))
+    with interactive_flows():  # as the CLI runs flows
+        result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
+    return {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
+
+
+def _skimage_pyramid(data: np.ndarray) -> None:
+    from skimage.transform import downscale_local_mean
+
+    level = data
+    for _ in range(3):
+        level = downscale_local_mean(level, (2, 2, 2)).astype(np.uint16)
+
+
+def _scipy_gaussian(data: np.ndarray) -> None:
+    from scipy import ndimage
+
+    ndimage.gaussian_filter(data, 2.0, output=np.uint16)
+
+
+def _scipy_label(data: np.ndarray) -> None:
+    from scipy import ndimage
+
+    ndimage.label(data, structure=np.ones((3, 3, 3)))
+
+
+IN_MEMORY = {"scipy-gaussian": ("image", _scipy_gaussian), "scipy-label": ("mask", _scipy_label),
+             "skimage-pyramid": ("image", _skimage_pyramid)}
+"""In-memory contenders: which input they load whole, and what they compute on it."""
+
+
 def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
     import zarr
 
@@ -103,23 +163,8 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
     _preimport(name)  # import time is not the contender's work
     started = time.perf_counter()
     extra: dict = {}
-    if name.startswith("tierflow-"):
-        from tierflow.flows.ops.flow import run_op
-
-        kind = name.split("-", 1)[1]
-        source = image if kind.startswith(("gaussian", "pyramid")) else mask
-        if kind == "gaussian-4x":
-            source = inputs["image_4x"]
-        op, params = {"gaussian": ("gaussian", {"sigma": 2.0}), "gaussian-4x": ("gaussian", {"sigma": 2.0}),
-                      "label": ("label", {"connectivity": 26}), "pyramid": ("downsample", {"levels": 4, "method": "mean"}),
-                      "gaussian-rerun": ("gaussian", {"sigma": 2.0})}[kind]
-        if kind == "gaussian-rerun":
-            out = str(work / "out-tierflow-gaussian.zarr")
-        from tierflow.flows.runtime.prefect_env import interactive_flows
-
-        with interactive_flows():  # as the CLI runs flows
-            result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
-        extra = {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
+    if name.startswith("tierflow-") and name != "tierflow-fingerprint":
+        extra = _run_tierflow(name.split("-", 1)[1], inputs, work, configs)
     elif name == "tierflow-fingerprint":  # what the per-block input fingerprints of a gaussian cost
         from tierflow.storage.fingerprints import combined_block_fingerprint, input_fingerprint
         from tierflow.storage.geometry import BlockGrid
@@ -128,29 +173,12 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
         fingerprints = {"-i": input_fingerprint(open_volume(image))}
         grid = BlockGrid(zarr.open_array(image).shape, CHUNKS, (8, 8, 8))
         extra["blocks"] = len({b.block_id: combined_block_fingerprint(fingerprints, b.read_roi) for b in grid})
-    elif name == "scipy-gaussian":
-        from scipy import ndimage
-
-        data = zarr.open_array(image)[:]
+    elif name in IN_MEMORY:  # whole volume in memory: loading is timed apart from the computation
+        which, compute = IN_MEMORY[name]
+        data = zarr.open_array(inputs[which])[:]
         extra["load_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
-        ndimage.gaussian_filter(data, 2.0, output=np.uint16)
-    elif name == "scipy-label":
-        from scipy import ndimage
-
-        data = zarr.open_array(mask)[:]
-        extra["load_seconds"] = time.perf_counter() - started
-        started = time.perf_counter()
-        ndimage.label(data, structure=np.ones((3, 3, 3)))
-    elif name == "skimage-pyramid":
-        from skimage.transform import downscale_local_mean
-
-        data = zarr.open_array(image)[:]
-        extra["load_seconds"] = time.perf_counter() - started
-        started = time.perf_counter()
-        level = data
-        for _ in range(3):
-            level = downscale_local_mean(level, (2, 2, 2)).astype(np.uint16)
+        compute(data)
     elif name == "dask-image-gaussian":
         import dask.array as da
         from dask_image.ndfilters import gaussian_filter
@@ -190,6 +218,7 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
 
 # -- parent -----------------------------------------------------------------------------------
 
+
 def measure(name: str, inputs: dict, work: Path, configs: str, env: dict, timeout: float) -> dict:
     import psutil
 
@@ -223,9 +252,25 @@ def _warm_up_server(work: Path, configs: Path, env: dict[str, str]) -> None:
 
     small = work / "warm-up.zarr"
     zarr.create_array(str(small), shape=(32, 64, 64), chunks=(32, 64, 64), dtype="uint16", overwrite=True)[:] = 1
-    subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "op", "gaussian", "--input", str(small),
-                    "--output", str(work / "warm-up-out.zarr"), "--param", "sigma=1"], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("tierflow")),
+            "--config",
+            str(configs),
+            "op",
+            "gaussian",
+            "--input",
+            str(small),
+            "--output",
+            str(work / "warm-up-out.zarr"),
+            "--param",
+            "sigma=1",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -258,8 +303,12 @@ def main() -> None:
 
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     port = 4200 + os.getpid() % 500
-    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     try:
         import urllib.request
@@ -270,13 +319,29 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         _warm_up_server(work, configs, env)
-        names = ["scipy-gaussian", "tierflow-gaussian", "dask-image-gaussian", "bioimage-py-gaussian",
-                 "tierflow-gaussian-rerun", "tierflow-gaussian-4x", "tierflow-fingerprint",
-                 "scipy-label", "tierflow-label", "bioimage-py-label", "dask-image-label",
-                 "skimage-pyramid", "tierflow-pyramid", "dask-coarsen-pyramid"]
+        names = [
+            "scipy-gaussian",
+            "tierflow-gaussian",
+            "dask-image-gaussian",
+            "bioimage-py-gaussian",
+            "tierflow-gaussian-rerun",
+            "tierflow-gaussian-4x",
+            "tierflow-fingerprint",
+            "scipy-label",
+            "tierflow-label",
+            "bioimage-py-label",
+            "dask-image-label",
+            "skimage-pyramid",
+            "tierflow-pyramid",
+            "dask-coarsen-pyramid",
+        ]
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
         results = {}
         for name in names:
@@ -296,13 +361,18 @@ def main() -> None:
         if args.merge and Path(args.out).is_file():
             results = {**json.loads(Path(args.out).read_text())["results"], **results}
         report(results, args.size_mib)
-        Path(args.out).write_text(json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "repeat": args.repeat,
-                                              "results": results}, indent=2))
+        Path(args.out).write_text(
+            json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "repeat": args.repeat, "results": results}, indent=2)
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
-        subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "stop"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "stop"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -231,8 +231,8 @@ def estimate_resources(
         ndim = len(header.shape)
         block = _per_axis(block_shape, ndim, "block_shape", header.source, 1)
         halos = _per_axis(halo, ndim, "halo", header.source, 0)
-        block = tuple(min(b, s) for b, s in zip(block, header.shape))
-        read = tuple(min(b + 2 * h, s) for b, h, s in zip(block, halos, header.shape))
+        block = tuple(min(b, s) for b, s in zip(block, header.shape, strict=False))
+        read = tuple(min(b + 2 * h, s) for b, h, s in zip(block, halos, header.shape, strict=False))
         out_size = np.dtype(output_dtype if output_dtype is not None else header.dtype).itemsize
         parts = {
             "input_block_bytes": math.prod(read) * header.dtype.itemsize,
@@ -409,7 +409,7 @@ def preflight_check(
         scratch_dir=measured_at, forced=bool(force) and any(over),
     )
     if any(over) and not force:
-        lines = [text for text, bad in zip((report.ram_text(), report.disk_text()), over) if bad]
+        lines = [text for text, bad in zip((report.ram_text(), report.disk_text()), over, strict=False) if bad]
         message = "preflight refused the run: " + "\npreflight refused the run: ".join(lines)
         if over[0]:
             hint = _RAM_HINT + ("; " + _DISK_HINT if over[1] else "") + "; or pass force=True"

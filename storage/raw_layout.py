@@ -463,14 +463,14 @@ def discover_tasks(
         axis: sorted({(f.sample, f.channel, f.time_point)[i] for f in files})
         for i, axis in enumerate(_AXES)
     }
-    wanted = dict(zip(_AXES, (samples, channels, time_points)))
+    wanted = dict(zip(_AXES, (samples, channels, time_points), strict=False))
     requested = {
         axis: present[axis] if (chosen := _requested(wanted[axis], axis)) is None else chosen
         for axis in _AXES
     }
     skipped = [
         (f"{label} {value}", "requested but not present in RAW_DIR")
-        for axis, label in zip(_AXES, _LABELS)
+        for axis, label in zip(_AXES, _LABELS, strict=False)
         for value in requested[axis]
         if value not in present[axis]
     ]
@@ -486,7 +486,7 @@ def discover_tasks(
         values = (f.sample, f.channel, f.time_point)
         reasons = [
             f"{label} {value} not requested"
-            for axis, label, value in zip(_AXES, _LABELS, values)
+            for axis, label, value in zip(_AXES, _LABELS, values, strict=False)
             if value not in requested[axis]
         ]
         if reasons:

@@ -125,35 +125,37 @@ def plan_retention(session: Session, tiers: Mapping[str, Tier], rules: Retention
     )
     for artifact in live:
         tier = tiers.get(artifact.tier)
-        if tier is None or artifact.pinned:
-            continue
-        reason = None
-        if artifact.tier == "scratch":
-            if artifact.promoted_at is not None:
-                reason = "promoted"
-            elif artifact.id in consumed:
-                reason = "every derived artifact is promoted"
-            elif rules.scratch_max_age_days is not None and now - artifact.created_at > timedelta(days=rules.scratch_max_age_days):
-                reason = f"older than {rules.scratch_max_age_days:g} days"
-        elif artifact.promoted_at is not None and now - artifact.promoted_at > timedelta(days=rules.output_grace_days):
-            reason = f"promoted more than {rules.output_grace_days:g} days ago"
+        reason = None if tier is None or artifact.pinned else _reason(artifact, artifact.id in consumed, rules, now)
         if reason is None:
             continue
         key = tier.key_of(artifact.uri)
         plan.append(PlannedDeletion(artifact.tier, key, artifact.uri, _artifact_bytes(tier, key), reason, artifact_id=artifact.id))
-    ephemeral = tiers.get("ephemeral")
-    if ephemeral is not None and rules.ephemeral_max_age_days is not None:
-        cutoff = now - timedelta(days=rules.ephemeral_max_age_days)
-        for folder in EPHEMERAL_ROTATED:
-            for info in ephemeral.list(folder):
-                if info.mtime is not None and info.mtime < cutoff:
-                    plan.append(
-                        PlannedDeletion(
-                            "ephemeral", info.key, ephemeral.uri(info.key), info.size,
-                            f"older than {rules.ephemeral_max_age_days:g} days", action="rotated",
-                        )
-                    )
-    return plan
+    return plan + _rotated(tiers.get("ephemeral"), rules, now)
+
+
+def _reason(artifact: Artifact, consumed: bool, rules: RetentionRules, now: datetime) -> str | None:
+    """Why a live Tier 2/3 artifact goes now, or ``None`` if it stays."""
+    if artifact.tier != "scratch":
+        if artifact.promoted_at is not None and now - artifact.promoted_at > timedelta(days=rules.output_grace_days):
+            return f"promoted more than {rules.output_grace_days:g} days ago"
+        return None
+    if artifact.promoted_at is not None:
+        return "promoted"
+    if consumed:
+        return "every derived artifact is promoted"
+    if rules.scratch_max_age_days is not None and now - artifact.created_at > timedelta(days=rules.scratch_max_age_days):
+        return f"older than {rules.scratch_max_age_days:g} days"
+    return None
+
+
+def _rotated(ephemeral: Tier | None, rules: RetentionRules, now: datetime) -> list[PlannedDeletion]:
+    """Tier 4's logs and temporary files older than ``[retention].ephemeral_max_age_days``."""
+    if ephemeral is None or rules.ephemeral_max_age_days is None:
+        return []
+    cutoff = now - timedelta(days=rules.ephemeral_max_age_days)
+    return [PlannedDeletion("ephemeral", info.key, ephemeral.uri(info.key), info.size,
+                            f"older than {rules.ephemeral_max_age_days:g} days", action="rotated")
+            for folder in EPHEMERAL_ROTATED for info in ephemeral.list(folder) if info.mtime is not None and info.mtime < cutoff]
 
 
 def plan_leftovers(tiers: Mapping[str, Tier], now: datetime) -> list[PlannedDeletion]:

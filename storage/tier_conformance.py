@@ -211,7 +211,7 @@ class TierConformance:
             tier.put_bytes("left.bin", b"abc", expected_sha256="f" * 64)
         tier.put_bytes("ok.bin", b"abc")
         assert [info.key for info in tier.list("")] == ["ok.bin"]
-        if hasattr(tier, "root") and isinstance(getattr(tier, "root"), Path):
+        if hasattr(tier, "root") and isinstance(tier.root, Path):
             assert sorted(os.listdir(tier.root)) == ["ok.bin"]
 
     # -- promotion to a write-once tier, and reading it back -----------------------------------

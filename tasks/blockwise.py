@@ -40,8 +40,8 @@ from tierflow.storage.volumes import Volume, ZarrVolume, open_volume
 from tierflow.tasks.ops.registry import get_op
 from tierflow.tasks.retry import is_transient
 
-__all__ = ["BatchFailed", "BlockJob", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks", "open_source",
-           "plan_batches", "run_map_batch", "source_fingerprint"]
+__all__ = ["BatchFailed", "BlockJob", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks",
+           "open_source", "plan_batches", "run_map_batch", "source_fingerprint"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -129,7 +129,8 @@ def blocks_to_compute(done: dict[str, str | None], current: dict[str, str]) -> l
     return [block_id for block_id, fingerprint in current.items() if done.get(block_id, "\0") != fingerprint]
 
 
-def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1, target_voxels: int = 64 * 2**20) -> list[list[str]]:
+def plan_batches(grid: BlockGrid, block_ids: Sequence[str], *, max_batches: int, min_batches: int = 1,
+                 target_voxels: int = 64 * 2**20) -> list[list[str]]:
     """Group blocks into contiguous batches: few enough task runs, large enough to amortise the
     per-task overhead, and at least ``min_batches`` (to keep every worker busy)."""
     wanted = set(block_ids)

@@ -16,7 +16,9 @@ __all__ = ["histogram_blocks", "value_range_blocks"]
 
 
 @task(name="value-range-blocks", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient, cache_policy=NONE)
-def value_range_blocks(source: SourceRef, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str]) -> tuple[float, float]:
+def value_range_blocks(
+    source: SourceRef, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str]
+) -> tuple[float, float]:
     """The smallest and largest value of a batch of blocks (NaN if any block holds one)."""
     grid, volume = BlockGrid(shape, block_shape), open_source(source)
     lo, hi = np.inf, -np.inf
@@ -27,8 +29,14 @@ def value_range_blocks(source: SourceRef, shape: tuple[int, ...], block_shape: t
 
 
 @task(name="histogram-blocks", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient, cache_policy=NONE)
-def histogram_blocks(source: SourceRef, shape: tuple[int, ...], block_shape: tuple[int, ...], block_ids: list[str],
-                     bins: int | None = None, value_range: tuple[float, float] | None = None) -> list[int]:
+def histogram_blocks(
+    source: SourceRef,
+    shape: tuple[int, ...],
+    block_shape: tuple[int, ...],
+    block_ids: list[str],
+    bins: int | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> list[int]:
     """Summed histogram counts of a batch of blocks (see :func:`tasks.ops.filters.histogram_counts`:
     one bin per value for integer images, ``bins`` bins over ``value_range`` for float ones)."""
     grid, volume, total = BlockGrid(shape, block_shape), open_source(source), None

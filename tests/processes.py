@@ -47,8 +47,15 @@ def spawn(project: Path, *args: str, env: dict[str, str] | None = None, log: Pat
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | (env or {})
     out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child holds it
     try:
-        return subprocess.Popen([TIERFLOW, *args], cwd=project, env=full_env, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            [TIERFLOW, *args],
+            cwd=project,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     finally:
         if log is not None:
             out.close()
@@ -57,8 +64,9 @@ def spawn(project: Path, *args: str, env: dict[str, str] | None = None, log: Pat
 def running_run(db, flow: str = "op") -> int | None:
     """The id of a ``flow`` run whose row says running (raw SQL: no reader settles it)."""
     with db.session() as session:
-        return session.execute(text("SELECT id FROM runs WHERE flow_name = :f AND status = 'running' ORDER BY id LIMIT 1"),
-                               {"f": flow}).scalar()
+        return session.execute(
+            text("SELECT id FROM runs WHERE flow_name = :f AND status = 'running' ORDER BY id LIMIT 1"), {"f": flow}
+        ).scalar()
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -76,5 +84,9 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 def advisory_locks_held(db) -> int:
     """Advisory locks held on this database (run liveness and block locks)."""
     with db.session() as session:
-        return session.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                                    "database = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalar_one()
+        return session.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar_one()

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 import zarr
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from tierflow.configs import load_db_config
 from tierflow.flows.runtime.database import open_database
@@ -57,7 +57,9 @@ def test_resume_recomputes_only_the_failed_blocks_and_matches_an_uninterrupted_r
             raise RuntimeError(f"injected fault in block {block_id}")
 
     with pytest.raises(BlockFailuresError) as info:
-        run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs, fault=fault)
+        run_op(
+            "gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs, fault=fault
+        )
     assert set(info.value.block_ids) == broken
     assert f"tierflow resume {info.value.run_id}" in info.value.hint
     first = info.value.run_id
@@ -77,9 +79,11 @@ def _attempts(project, run_id, block_id):
     db = open_database(load_db_config(project / "configs"))
     try:
         with db.session() as session:
-            rows = session.execute(select(BlockRecord.attempt, BlockRecord.status)
-                                   .where(BlockRecord.run_id == run_id, BlockRecord.block_id == block_id)
-                                   .order_by(BlockRecord.attempt)).all()
+            rows = session.execute(
+                select(BlockRecord.attempt, BlockRecord.status)
+                .where(BlockRecord.run_id == run_id, BlockRecord.block_id == block_id)
+                .order_by(BlockRecord.attempt)
+            ).all()
         return [tuple(row) for row in rows]
     finally:
         db.dispose()
@@ -98,8 +102,16 @@ def test_a_deterministic_block_error_is_not_retried(project, source, tmp_path, p
             raise ValueError("injected deterministic fault")
 
     with pytest.raises(BlockFailuresError) as info:
-        run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2,
-               config_dir=str(project / "configs"), fault=fault)
+        run_op(
+            "gaussian",
+            source,
+            str(tmp_path / "out.zarr"),
+            {"sigma": 2.0},
+            block_shape=BLOCKS,
+            workers=2,
+            config_dir=str(project / "configs"),
+            fault=fault,
+        )
     assert info.value.block_ids == ["1.1.1"] and "ValueError" in info.value.first_error
     assert calls == ["1.1.1"]
     assert _attempts(project, info.value.run_id, "1.1.1") == [(1, "failed")]
@@ -122,8 +134,9 @@ def test_a_transient_block_error_is_retried_and_the_block_ends_done(project, sou
                 raise OSError(errno.EIO, "injected transient I/O error")
 
     configs = str(project / "configs")
-    result = run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs,
-                    fault=fault)
+    result = run_op(
+        "gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2, config_dir=configs, fault=fault
+    )
     assert calls == ["1.1.1", "1.1.1"]
     assert _attempts(project, result["run_id"], "1.1.1") == [(1, "failed"), (2, "done")]
     assert len({r.block_id for r in ledger(result["run_id"], "done")}) == 36
@@ -144,8 +157,16 @@ def test_label_resumes_after_the_merge_without_relabelling_everything(project, t
             raise RuntimeError("injected relabel fault")
 
     with pytest.raises(BlockFailuresError) as info:
-        run_op("label", str(tmp_path / "mask.zarr"), str(tmp_path / "labels.zarr"), {"connectivity": 26}, block_shape=BLOCKS,
-               workers=2, config_dir=str(project / "configs"), fault=fault)
+        run_op(
+            "label",
+            str(tmp_path / "mask.zarr"),
+            str(tmp_path / "labels.zarr"),
+            {"connectivity": 26},
+            block_shape=BLOCKS,
+            workers=2,
+            config_dir=str(project / "configs"),
+            fault=fault,
+        )
     assert info.value.block_ids == ["2.0.2"]
     resumed = resume_op(str(info.value.run_id), config_dir=str(project / "configs"))
     stages = sorted({(r.op, r.block_id) for r in ledger(resumed["run_id"])})
@@ -184,7 +205,9 @@ def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_
     data = zarr.open_array(source)[:]
 
     def expected(sigma):
-        return np.clip(np.rint(ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535).astype(np.uint16)
+        return np.clip(np.rint(ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535).astype(
+            np.uint16
+        )
 
     def run(sigma):
         return run_op("gaussian", source, out, {"sigma": sigma, "backend": "scipy"}, block_shape=BLOCKS, workers=2, config_dir=configs)
@@ -198,14 +221,24 @@ def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_
     np.testing.assert_array_equal(zarr.open_array(out)[:], expected(2.0))
     assert len(ledger(status="stale")) == 36 * 3
 
+
 def test_two_concurrent_runs_compute_each_block_once(project, source, tmp_path, ledger, prefect_api):
     from tierflow.flows.ops.flow import run_op
 
     results = []
 
     def run():
-        results.append(run_op("gaussian", source, str(tmp_path / "out.zarr"), {"sigma": 2.0}, block_shape=BLOCKS, workers=2,
-                              config_dir=str(project / "configs")))
+        results.append(
+            run_op(
+                "gaussian",
+                source,
+                str(tmp_path / "out.zarr"),
+                {"sigma": 2.0},
+                block_shape=BLOCKS,
+                workers=2,
+                config_dir=str(project / "configs"),
+            )
+        )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -221,17 +254,60 @@ def test_two_concurrent_runs_compute_each_block_once(project, source, tmp_path, 
 def test_op_status_and_resume_from_the_command_line(project, source, tmp_path, prefect_api):
     env = {"PREFECT_API_URL": prefect_api}
     out = tmp_path / "cli.zarr"
-    done = run_cli("op", "gaussian", "--input", source, "--output", str(out), "--param", "sigma=2",
-                   "--block-shape", "16,32,32", "--workers", "2", cwd=project, env=env)
+    done = run_cli(
+        "op",
+        "gaussian",
+        "--input",
+        source,
+        "--output",
+        str(out),
+        "--param",
+        "sigma=2",
+        "--block-shape",
+        "16,32,32",
+        "--workers",
+        "2",
+        cwd=project,
+        env=env,
+    )
     assert "36 of 36 blocks computed" in done.stdout and "blocks" in done.stderr
-    result = json.loads(run_cli("op", "gaussian", "-i", source, "-o", str(out), "-p", "sigma=2", "--block-shape", "16,32,32",
-                                "--json", cwd=project, env=env).stdout)
+    result = json.loads(
+        run_cli(
+            "op", "gaussian", "-i", source, "-o", str(out), "-p", "sigma=2", "--block-shape", "16,32,32", "--json", cwd=project, env=env
+        ).stdout
+    )
     assert result["computed"] == 0
     report = json.loads(run_cli("status", str(result["run_id"] - 1), "--json", cwd=project).stdout)
     assert report["stages"]["gaussian"] == {"done": 36, "failed": 0, "failed_blocks": []}
-    bad = run_cli("op", "gaussian", "-i", source, "-o", str(tmp_path / "x.zarr"), "-p", "sigma=2", "-p", "colour=red", cwd=project, env=env, check=False)
+    bad = run_cli(
+        "op",
+        "gaussian",
+        "-i",
+        source,
+        "-o",
+        str(tmp_path / "x.zarr"),
+        "-p",
+        "sigma=2",
+        "-p",
+        "colour=red",
+        cwd=project,
+        env=env,
+        check=False,
+    )
     assert bad.returncode == 1 and "colour" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run_cli("op", "gaussian", "-i", str(tmp_path / "nope.zarr"), "-o", str(tmp_path / "y.zarr"), "-p", "sigma=2", cwd=project, env=env, check=False)
+    missing = run_cli(
+        "op",
+        "gaussian",
+        "-i",
+        str(tmp_path / "nope.zarr"),
+        "-o",
+        str(tmp_path / "y.zarr"),
+        "-p",
+        "sigma=2",
+        cwd=project,
+        env=env,
+        check=False,
+    )
     assert missing.returncode == 1 and "nope.zarr does not exist" in missing.stderr
 
 
@@ -264,8 +340,11 @@ def test_repairing_one_input_chunk_recomputes_only_the_blocks_that_read_it(proje
     array[repaired.slices] = np.random.default_rng(11).integers(0, 4000, BLOCKS, dtype=np.uint16)
     halo = (int(3.0 * 2.0 + 0.5),) * 3  # the gaussian's kernel radius: blocks whose read ROI touches the chunk
     grid = BlockGrid(SHAPE, BLOCKS, halo)
-    readers = {b.block_id for b in grid
-               if all(r.offset[i] < b.read_roi.end[i] and b.read_roi.offset[i] < r.end[i] for r in [repaired] for i in range(3))}
+    readers = {
+        b.block_id
+        for b in grid
+        if all(r.offset[i] < b.read_roi.end[i] and b.read_roi.offset[i] < r.end[i] for r in [repaired] for i in range(3))
+    }
     assert 1 < len(readers) < 36
     again = run()
     assert again["computed"] == len(readers) and again["skipped"] == 36 - len(readers)

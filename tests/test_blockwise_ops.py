@@ -172,8 +172,16 @@ def test_mask_and_masked_gaussian(op, tmp_path, project):
     run_op("mask", source, str(tmp_path / "masked.zarr"), {}, block_shape=BLOCKS_3D, workers=2,
            config_dir=str(project / "configs"), inputs={"mask": mask_path})
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "masked.zarr"))[:], np.where(mask > 0, data, 0))
-    run_op("gaussian", source, str(tmp_path / "smooth_in_mask.zarr"), {"sigma": 1.0, "backend": "scipy", "mode": "reflect", "truncate": 4.0},
-           block_shape=BLOCKS_3D, workers=2, config_dir=str(project / "configs"), mask=mask_path)
+    run_op(
+        "gaussian",
+        source,
+        str(tmp_path / "smooth_in_mask.zarr"),
+        {"sigma": 1.0, "backend": "scipy", "mode": "reflect", "truncate": 4.0},
+        block_shape=BLOCKS_3D,
+        workers=2,
+        config_dir=str(project / "configs"),
+        mask=mask_path,
+    )
     reference = cast_output(ndimage.gaussian_filter(data.astype(np.float32), 1.0), "uint16")
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth_in_mask.zarr"))[:], np.where(mask > 0, reference, 0))
 
@@ -195,8 +203,16 @@ def test_seeded_watershed_agrees_with_the_whole_volume(op, tmp_path, project):
     source, markers = write(tmp_path / "in.zarr", intensity, BLOCKS_3D), write(tmp_path / "seeds.zarr", seeds, BLOCKS_3D)
     agreement = {}
     for name, params, mask in (("fg", {"halo": 8, "mask_above": 1200}, intensity > 1200), ("all", {"halo": 16}, None)):
-        run_op("watershed", source, str(tmp_path / f"{name}.zarr"), params, block_shape=BLOCKS_3D, workers=2,
-               config_dir=str(project / "configs"), inputs={"markers": markers})
+        run_op(
+            "watershed",
+            source,
+            str(tmp_path / f"{name}.zarr"),
+            params,
+            block_shape=BLOCKS_3D,
+            workers=2,
+            config_dir=str(project / "configs"),
+            inputs={"markers": markers},
+        )
         got = zarr.open_array(str(tmp_path / f"{name}.zarr"))[:]
         whole = watershed(-intensity, markers=seeds, mask=mask, connectivity=1)
         assert set(np.unique(got)) <= set(range(61))
@@ -218,7 +234,9 @@ def test_pyramid_matches_whole_volume_and_validates_as_ome_zarr(op, tmp_path, ki
         data, _ = ndimage.label(blobs(SHAPE_3D))
         data = data.astype(np.uint32)
     source = write(tmp_path / "in.zarr", data, BLOCKS_3D)
-    result = op("downsample", source, tmp_path / "pyramid.ome.zarr", {"levels": 3, "method": "mean" if kind == "intensity" else "mode"}, BLOCKS_3D)
+    result = op(
+        "downsample", source, tmp_path / "pyramid.ome.zarr", {"levels": 3, "method": "mean" if kind == "intensity" else "mode"}, BLOCKS_3D
+    )
     assert result["shapes"] == [[37, 101, 77], [19, 51, 39], [10, 26, 20]]
     group = zarr.open_group(str(tmp_path / "pyramid.ome.zarr"), mode="r")
     expected = data

@@ -16,7 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _exception_classes_outside_errors() -> list[str]:
     """Classes defined outside tierflow/errors.py whose bases name an exception class."""
-    names = set(errors.__all__) | {"Exception", "BaseException"} | {n for n in dir(builtins) if n.endswith(("Error", "Exception", "Warning"))}
+    names = (
+        set(errors.__all__) | {"Exception", "BaseException"} | {n for n in dir(builtins) if n.endswith(("Error", "Exception", "Warning"))}
+    )
     found = []
     for folder in ("flows", "tasks", "storage", "configs", "tierflow"):
         for path in sorted((REPO_ROOT / folder).rglob("*.py")):
@@ -48,8 +50,14 @@ def test_old_import_locations_give_the_same_classes() -> None:
     from tierflow.tasks.blockwise import BatchFailed
 
     assert (OutputBusyError, OutputPlacementError, BlockFailuresError, MemoryLimitError, SlurmError, InvalidOmeZarrError, BatchFailed) == (
-        errors.OutputBusyError, errors.OutputPlacementError, errors.BlockFailuresError, errors.MemoryLimitError, errors.SlurmError,
-        errors.InvalidOmeZarrError, errors.BatchFailed)
+        errors.OutputBusyError,
+        errors.OutputPlacementError,
+        errors.BlockFailuresError,
+        errors.MemoryLimitError,
+        errors.SlurmError,
+        errors.InvalidOmeZarrError,
+        errors.BatchFailed,
+    )
 
 
 def test_block_errors_pickle_with_their_fields() -> None:
@@ -83,13 +91,32 @@ def test_transient_and_deterministic_errors_are_told_apart() -> None:
     assert isinstance(db_down, OperationalError)
     slow_down = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
     no_such_bucket = ClientError({"Error": {"Code": "NoSuchBucket"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "PutObject")
-    transient = [ConnectionResetError(), TimeoutError(), OSError(errno.EIO, "I/O error"), db_down, slow_down,
-                 EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), errors.TransferError("cut short"),
-                 errors.DatabaseUnavailableError("down"), errors.BatchFailed("gaussian", ["0.0.0"], "OSError: EIO", True)]
-    deterministic = [ValueError("sigma"), TypeError(), KeyError("x"), numpy_dtype_error, no_such_bucket, FileNotFoundError(),
-                     PermissionError(), OSError(errno.ENOSPC, "full"), errors.InvalidParameterError("bad"),
-                     errors.InsufficientDiskError("full"), errors.IntegrityError("sha"), RuntimeError("kernel"),
-                     errors.BatchFailed("gaussian", ["0.0.0"], "ValueError: bad")]
+    transient = [
+        ConnectionResetError(),
+        TimeoutError(),
+        OSError(errno.EIO, "I/O error"),
+        db_down,
+        slow_down,
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        errors.TransferError("cut short"),
+        errors.DatabaseUnavailableError("down"),
+        errors.BatchFailed("gaussian", ["0.0.0"], "OSError: EIO", True),
+    ]
+    deterministic = [
+        ValueError("sigma"),
+        TypeError(),
+        KeyError("x"),
+        numpy_dtype_error,
+        no_such_bucket,
+        FileNotFoundError(),
+        PermissionError(),
+        OSError(errno.ENOSPC, "full"),
+        errors.InvalidParameterError("bad"),
+        errors.InsufficientDiskError("full"),
+        errors.IntegrityError("sha"),
+        RuntimeError("kernel"),
+        errors.BatchFailed("gaussian", ["0.0.0"], "ValueError: bad"),
+    ]
     assert [is_transient(e) for e in transient] == [True] * len(transient)
     assert [is_transient(e) for e in deterministic] == [False] * len(deterministic)
 

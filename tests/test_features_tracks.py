@@ -92,7 +92,9 @@ def test_tracks_recover_generated_trajectories_and_msd_is_stored(project, tmp_pa
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:
         points = session.execute(select(TrackPoint.track_id, TrackPoint.label).where(TrackPoint.run_id == result["run_id"])).all()
-        speeds = session.execute(select(TrackKinematics.track_id, TrackKinematics.mean_speed).where(TrackKinematics.run_id == result["run_id"])).all()
+        speeds = session.execute(
+            select(TrackKinematics.track_id, TrackKinematics.mean_speed).where(TrackKinematics.run_id == result["run_id"])
+        ).all()
         msd = session.execute(select(TrackMsd.track_id, TrackMsd.lag, TrackMsd.msd).where(TrackMsd.run_id == result["run_id"])).all()
     db.dispose()
     # linking accuracy: every track holds one ground-truth object (label = generator id)

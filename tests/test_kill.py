@@ -67,7 +67,20 @@ def test_a_stop_signal_inside_a_batch_stops_within_seconds_marks_the_run_and_res
     computes for seconds."""
     data = write_volume(project / "vol.zarr", (128, 256, 256), (32, 128, 128), seed=1)
     env = {"PREFECT_API_URL": prefect_api}
-    args = ("op", "threshold", "-i", "vol.zarr", "-o", "mask.zarr", "-p", f"value={THRESHOLD}", "--block-shape", "4,16,16", "--workers", "1")
+    args = (
+        "op",
+        "threshold",
+        "-i",
+        "vol.zarr",
+        "-o",
+        "mask.zarr",
+        "-p",
+        f"value={THRESHOLD}",
+        "--block-shape",
+        "4,16,16",
+        "--workers",
+        "1",
+    )
     db = project_db(project)
     process = spawn(project, *args, env=env)
     try:
@@ -102,5 +115,6 @@ def test_a_stop_signal_inside_a_batch_stops_within_seconds_marks_the_run_and_res
 
 def _block_rows(db, run_id: int, status: str) -> int:
     with db.session() as session:
-        return session.execute(text("SELECT count(*) FROM block_ledger WHERE run_id = :r AND status = :s"),
-                               {"r": run_id, "s": status}).scalar_one()
+        return session.execute(
+            text("SELECT count(*) FROM block_ledger WHERE run_id = :r AND status = :s"), {"r": run_id, "s": status}
+        ).scalar_one()

@@ -84,7 +84,9 @@ def recorded_run(db, flow: str, key: str, value: str) -> int | None:
                                {"f": flow, "v": value}).scalar()
 
 
-def kill_at(process, rng: random.Random, reference_seconds: float, recorded: Callable[[], object], rows: Callable[[], int], blocks: int) -> str:
+def kill_at(
+    process, rng: random.Random, reference_seconds: float, recorded: Callable[[], object], rows: Callable[[], int], blocks: int
+) -> str:
     """SIGKILL ``process`` at a random moment: a random delay after its start (often in
     start-up), a random delay after its run is recorded, or once a random number of ledger rows
     exist. Returns how the moment was chosen."""
@@ -119,10 +121,15 @@ def leftovers(db, name: str, output: str) -> list[str]:
 
     found = [f"process {p.pid}" for p in psutil.process_iter(["cmdline"]) if {name, output} & set(p.info["cmdline"] or [])]
     with db.session() as session:
-        family = session.execute(text(
-            "WITH RECURSIVE family AS (SELECT id FROM runs WHERE (flow_name = 'op' AND parameters->>'output' = :o) "
-            "OR (flow_name = 'pipeline' AND parameters->>'dataset' = :d) UNION SELECT r.id FROM runs r JOIN family f ON r.parent_id = f.id) "
-            "SELECT r.id, r.status FROM runs r JOIN family USING (id)"), {"o": output, "d": name}).all()
+        family = session.execute(
+            text(
+                "WITH RECURSIVE family AS (SELECT id FROM runs WHERE (flow_name = 'op' AND parameters->>'output' = :o) "
+                "OR (flow_name = 'pipeline' AND parameters->>'dataset' = :d) "
+                "UNION SELECT r.id FROM runs r JOIN family f ON r.parent_id = f.id) "
+                "SELECT r.id, r.status FROM runs r JOIN family USING (id)"
+            ),
+            {"o": output, "d": name},
+        ).all()
         found += [f"run {run_id} running" for run_id, status in family if status == "running"]
         found += [f"run {run_id} lock held" for run_id in held_run_locks(session, [run_id for run_id, _ in family])]
     return found
@@ -196,9 +203,11 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(pro
     with schedules.db.session() as session:
         running = session.execute(text("SELECT count(*) FROM runs WHERE status = 'running'")).scalar_one()
     schedules.db.dispose()
-    summary = (f"{len(outcomes)} kill -9 schedules (seed {SEED}): {sum(o[3] for o in outcomes)} identical to the uninterrupted run; "
-               f"{sum(o[2] == 'resumed' for o in outcomes)} resumed with `tierflow resume`, {sum(o[2] == 'started again' for o in outcomes)} "
-               f"killed before their run was recorded, {sum(o[2] == 'ran to the end first' for o in outcomes)} ended before the kill")
+    summary = (
+        f"{len(outcomes)} kill -9 schedules (seed {SEED}): {sum(o[3] for o in outcomes)} identical to the uninterrupted run; "
+        f"{sum(o[2] == 'resumed' for o in outcomes)} resumed with `tierflow resume`, {sum(o[2] == 'started again' for o in outcomes)} "
+        f"killed before their run was recorded, {sum(o[2] == 'ran to the end first' for o in outcomes)} ended before the kill"
+    )
     print(summary, *(f"  {o[0]}: killed {o[1]}, {o[2]}, identical={o[3]}, left {o[4]}" for o in outcomes), sep="\n")
     bad = [o for o in outcomes if not o[3] or o[4]]
     assert not bad and locks == 0 and running == 0, f"{summary}\n{bad}\nadvisory locks {locks}, running runs {running}"

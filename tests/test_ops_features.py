@@ -52,8 +52,8 @@ def block_partials(
 ) -> list[PartialFeatures]:
     """Partials of every block of a grid over `labels` (edge blocks are smaller)."""
     parts = []
-    for start in itertools.product(*(range(0, s, b) for s, b in zip(labels.shape, block))):
-        sl = tuple(slice(a, a + b) for a, b in zip(start, block))
+    for start in itertools.product(*(range(0, s, b) for s, b in zip(labels.shape, block, strict=False))):
+        sl = tuple(slice(a, a + b) for a, b in zip(start, block, strict=False))
         crops = {name: img[sl] for name, img in intensities.items()}
         parts.append(partial_features(labels[sl], crops, offset=start))
     return parts

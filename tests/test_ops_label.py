@@ -23,7 +23,9 @@ def _blockwise(mask: np.ndarray, block: tuple[int, ...], connectivity: int, id_b
     return grid, labels, faces, offsets, total
 
 
-@pytest.mark.parametrize(("shape", "block", "connectivity"), [((61, 90), (20, 32), 8), ((61, 90), (20, 32), 4), ((19, 40, 33), (8, 16, 16), 26)])
+@pytest.mark.parametrize(
+    ("shape", "block", "connectivity"), [((61, 90), (20, 32), 8), ((61, 90), (20, 32), 4), ((19, 40, 33), (8, 16, 16), 26)]
+)
 def test_merged_blocks_give_the_whole_volume_partition(shape, block, connectivity):
     mask = ndimage.binary_opening(np.random.default_rng(7).random(shape) > 0.55)
     grid, labels, faces, offsets, total = _blockwise(mask, block, connectivity)

@@ -57,7 +57,7 @@ def test_linking_recovers_ground_truth_with_division() -> None:
     # Tracks and true objects correspond one to one (the mother ends at the division).
     pairs = tracks[["truth", "track_id"]].drop_duplicates()
     assert len(pairs) == 8 and pairs["truth"].is_unique and pairs["track_id"].is_unique
-    track_of = dict(zip(pairs["truth"], pairs["track_id"]))
+    track_of = dict(zip(pairs["truth"], pairs["track_id"], strict=False))
     parents = tracks.drop_duplicates("track_id").set_index("truth")["parent_track_id"]
     assert parents[6] == track_of[5] and parents[7] == track_of[5]
     assert parents.drop([6, 7]).isna().all()
@@ -164,7 +164,7 @@ def test_msd_matches_double_loop_on_tracks_with_gaps() -> None:
     tracks = pd.concat(frames, ignore_index=True).sample(frac=1, random_state=2)
     spacing = (2.0, 0.5, 0.5)
     _, msd = kinematics(tracks, spacing=spacing)
-    scaled = tracks.assign(**{ax: tracks[ax] * s for ax, s in zip(AXES3, spacing)})
+    scaled = tracks.assign(**{ax: tracks[ax] * s for ax, s in zip(AXES3, spacing, strict=False)})
     ref = naive_msd(scaled, AXES3)
     got = {(int(r.track_id), int(r.lag)): (r.msd, int(r.n_pairs)) for r in msd.itertuples()}
     assert got.keys() == ref.keys()

@@ -21,7 +21,7 @@ import tifffile
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from conftest import REPO_ROOT, TIERFLOW, run_cli
 
@@ -141,7 +141,9 @@ def test_demo_tracks_match_the_ground_truth(demo):
 
 def test_a_rerun_with_the_same_snapshot_and_parameters_is_served_from_cache(demo):
     root, result, env = demo
-    again = json.loads(run_cli("run", "pipeline", "--dataset", "demo", "--snapshot", result["snapshot_id"], "--json", cwd=root, env=env).stdout)
+    again = json.loads(
+        run_cli("run", "pipeline", "--dataset", "demo", "--snapshot", result["snapshot_id"], "--json", cwd=root, env=env).stdout
+    )
     assert again["cached"] is True and again["served_from_run"] == result["run_id"]
     assert again["objects"] == result["objects"] and again["promoted"] == result["promoted"]
 
@@ -153,8 +155,9 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
         async with get_client() as client:
             # the REST filter directly: the 3.8 client sends empty flow/task-run filters that
             # leave out artifacts made by flows (not tasks)
-            response = await client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}, "limit": 5,
-                                                                            "sort": "CREATED_DESC"})
+            response = await client._client.post(
+                "/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}, "limit": 5, "sort": "CREATED_DESC"}
+            )
             response.raise_for_status()
             return response.json()
 
@@ -183,24 +186,36 @@ def small_raw(tmp_path):
 
 
 def _tables(result: dict) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_csv(Path(result["promoted"][f"tables/{name}.csv"][len("file://"):])) for name in ("objects", "tracks")}
+    return {name: pd.read_csv(Path(result["promoted"][f"tables/{name}.csv"][len("file://") :])) for name in ("objects", "tracks")}
 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_results(project, small_raw, prefect_api):
     env = {"PREFECT_API_URL": prefect_api}
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | env
-    reference = json.loads(run_cli("run", "pipeline", "--dataset", "whole", "--raw", str(small_raw), "--param", "sigma=1.5", "--json",
-                                   cwd=project, env=env).stdout)
-    process = subprocess.Popen([TIERFLOW, "run", "pipeline", "--dataset", "killed", "--raw", str(small_raw), "--param", "sigma=1.5"],
-                               cwd=project, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    reference = json.loads(
+        run_cli(
+            "run", "pipeline", "--dataset", "whole", "--raw", str(small_raw), "--param", "sigma=1.5", "--json", cwd=project, env=env
+        ).stdout
+    )
+    process = subprocess.Popen(
+        [TIERFLOW, "run", "pipeline", "--dataset", "killed", "--raw", str(small_raw), "--param", "sigma=1.5"],
+        cwd=project,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     db = _db(project)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill it once the threshold stage has started writing blocks
             with db.session() as session:
-                started = session.execute(text(
-                    "SELECT count(*) FROM block_ledger b JOIN runs r ON r.id = b.run_id JOIN runs p ON p.id = r.parent_id "
-                    "WHERE b.op = 'threshold' AND p.parameters->>'dataset' = 'killed'")).scalar_one()
+                started = session.execute(
+                    text(
+                        "SELECT count(*) FROM block_ledger b JOIN runs r ON r.id = b.run_id JOIN runs p ON p.id = r.parent_id "
+                        "WHERE b.op = 'threshold' AND p.parameters->>'dataset' = 'killed'"
+                    )
+                ).scalar_one()
             if started or process.poll() is not None:
                 break
             time.sleep(0.05)
@@ -209,19 +224,23 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_results(project, small_raw, 
     finally:
         process.wait(timeout=30)
     with db.session() as session:
-        killed_run, status = session.execute(text("SELECT id, status FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'killed'")).one()
+        killed_run, status = session.execute(
+            text("SELECT id, status FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'killed'")
+        ).one()
     assert status == "running"  # killed: nobody could record its end
     resumed = json.loads(run_cli("resume", str(killed_run), "--json", cwd=project, env=env).stdout)
     assert resumed["cached"] is False and resumed["objects"] == reference["objects"]
     for name, table in _tables(resumed).items():  # equal but for the dataset's name
-        pd.testing.assert_frame_equal(table.drop(columns=["dataset"], errors="ignore"),
-                                      _tables(reference)[name].drop(columns=["dataset"], errors="ignore"), obj=name)
+        pd.testing.assert_frame_equal(
+            table.drop(columns=["dataset"], errors="ignore"), _tables(reference)[name].drop(columns=["dataset"], errors="ignore"), obj=name
+        )
     with db.session() as session:
         assert session.execute(text("SELECT status FROM runs WHERE id = :r"), {"r": killed_run}).scalar_one() == "crashed"
         # the resumed run did not redo the smoothing the killed one had finished
-        redone = session.execute(text(
-            "SELECT count(*) FROM block_ledger b JOIN runs r ON r.id = b.run_id WHERE r.parent_id = :r AND b.op = 'gaussian'"),
-            {"r": resumed["run_id"]}).scalar_one()
+        redone = session.execute(
+            text("SELECT count(*) FROM block_ledger b JOIN runs r ON r.id = b.run_id WHERE r.parent_id = :r AND b.op = 'gaussian'"),
+            {"r": resumed["run_id"]},
+        ).scalar_one()
     assert redone == 0
 
 
@@ -231,13 +250,24 @@ def test_the_memory_guard_stops_a_run_cleanly_and_resume_goes_on(project, small_
     db = _db(project)
     with db.session() as session:
         snapshot = session.execute(text("SELECT snapshot_id FROM snapshots WHERE dataset = 'tight'")).scalar_one()
-    stopped = run_cli("run", "pipeline", "--dataset", "tight", "--snapshot", snapshot, cwd=project,
-                      env={**env, "TIERFLOW_EXECUTION__MEMORY_LIMIT_PERCENT": "0.5"}, check=False)
+    stopped = run_cli(
+        "run",
+        "pipeline",
+        "--dataset",
+        "tight",
+        "--snapshot",
+        snapshot,
+        cwd=project,
+        env={**env, "TIERFLOW_EXECUTION__MEMORY_LIMIT_PERCENT": "0.5"},
+        check=False,
+    )
     assert stopped.returncode == 1
     assert "error: stopped before stage 'stage'" in stopped.stderr and "memory_limit_percent" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     with db.session() as session:
-        run_id, status = session.execute(text("SELECT id, status FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'tight'")).one()
+        run_id, status = session.execute(
+            text("SELECT id, status FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'tight'")
+        ).one()
     assert status == "failed"
     finished = json.loads(run_cli("resume", str(run_id), "--json", cwd=project, env=env).stdout)
     assert finished["objects"] > 0

@@ -39,13 +39,16 @@ def test_a_truncated_download_in_tier_4_tmp_is_fetched_again(project, small_raw,
     config = load_config(project / "configs")
     key = pipeline_key("embryo", snapshot["snapshot_id"], PipelineParams.from_config(config))
     client = seaweedfs_http.boto3_client()
-    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"lab/snapshots/embryo/{snapshot['snapshot_id']}/manifest.json")["Body"].read())
+    manifest = json.loads(
+        client.get_object(Bucket=bucket, Key=f"lab/snapshots/embryo/{snapshot['snapshot_id']}/manifest.json")["Body"].read()
+    )
     first = manifest["files"][0]
     broken = Path(config.tier_root("ephemeral")) / "tmp" / f"pipeline-{key}" / first["relative_path"]
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"II*\0" + b"\0" * 28)  # the 32 bytes a cut-off download left behind
 
-    result = json.loads(run_cli("run", "pipeline", "--dataset", "embryo", "--snapshot", snapshot["snapshot_id"], "--json",
-                                cwd=project, env=env).stdout)
+    result = json.loads(
+        run_cli("run", "pipeline", "--dataset", "embryo", "--snapshot", snapshot["snapshot_id"], "--json", cwd=project, env=env).stdout
+    )
     assert hashlib.sha256(broken.read_bytes()).hexdigest() == first["sha256"] and broken.stat().st_size == first["bytes"]
     assert result["objects"] > 0

@@ -161,22 +161,35 @@ def test_object_centroids_and_track_rows(db: Database) -> None:
             {"track_id": 1, "parent_track_id": None, "time_point": 0, "label": 1, "centroid_z": 1.0, "centroid_y": 2.0, "centroid_x": 3.0},
             {"track_id": 1, "parent_track_id": None, "time_point": 1, "label": 2, "centroid_z": 4.0, "centroid_y": 5.0, "centroid_x": 6.0},
         ], run_id=track.id, dataset="d", sample="s1")
-        add_track_rows(session, "msd", [{"track_id": 1, "lag": 1, "lag_time": 0.5, "msd": 27.0, "n_pairs": 1}], run_id=track.id, sample="s1")
+        add_track_rows(session, "msd", [{"track_id": 1, "lag": 1, "lag_time": 0.5, "msd": 27.0, "n_pairs": 1}],
+                       run_id=track.id, sample="s1")
         ids = features.id, other.id, track.id
     with db.session() as session:
         assert sorted(object_centroids(session, [ids[0]])) == [
-            ObjectCentroid("d", "s1", 0, 1, 1.0, 2.0, 3.0), ObjectCentroid("d", "s1", 1, 2, 4.0, 5.0, 6.0)]
+            ObjectCentroid("d", "s1", 0, 1, 1.0, 2.0, 3.0),
+            ObjectCentroid("d", "s1", 1, 2, 4.0, 5.0, 6.0),
+        ]
         assert len(object_centroids(session, ids[:2])) == 3
         assert object_centroids(session, []) == []
         points = track_rows(session, "points", ids[2])
-        assert set(points.columns) == {"dataset", "sample", "track_id", "parent_track_id", "time_point", "label",
-                                       "centroid_z", "centroid_y", "centroid_x"}
-        assert sorted(dict(zip(points.columns, row))["label"] for row in points.rows) == [1, 2]
+        assert set(points.columns) == {
+            "dataset",
+            "sample",
+            "track_id",
+            "parent_track_id",
+            "time_point",
+            "label",
+            "centroid_z",
+            "centroid_y",
+            "centroid_x",
+        }
+        assert sorted(dict(zip(points.columns, row, strict=False))["label"] for row in points.rows) == [1, 2]
         chosen = track_rows(session, "points", ids[2], ["time_point", "track_id", "centroid_x"])
         assert chosen.columns == ("time_point", "track_id", "centroid_x") and sorted(chosen.rows) == [(0, 1, 3.0), (1, 1, 6.0)]
         msd = track_rows(session, "msd", ids[2])
-        assert [dict(zip(msd.columns, row)) for row in msd.rows] == [
-            {"sample": "s1", "track_id": 1, "lag": 1, "lag_time": 0.5, "msd": 27.0, "n_pairs": 1}]
+        assert [dict(zip(msd.columns, row, strict=False)) for row in msd.rows] == [
+            {"sample": "s1", "track_id": 1, "lag": 1, "lag_time": 0.5, "msd": 27.0, "n_pairs": 1}
+        ]
         assert track_rows(session, "kinematics", ids[2]).rows == []
         assert track_rows(session, "points", None).rows == []
 
@@ -184,5 +197,11 @@ def test_object_centroids_and_track_rows(db: Database) -> None:
 def test_postgres_url_holds_every_part_and_hides_the_password() -> None:
     url = postgres_url(user="u", password="s3cret", host="db.example", port=5433, dbname="results")
     assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
-        "postgresql+psycopg2", "u", "s3cret", "db.example", 5433, "results")
+        "postgresql+psycopg2",
+        "u",
+        "s3cret",
+        "db.example",
+        5433,
+        "results",
+    )
     assert "s3cret" not in Database(url).masked_url

@@ -77,9 +77,29 @@ def test_artifacts_lineage_promotion_and_deletion(db):
     with db.session() as session:
         run = start_run(session, flow_name="pipeline")
         snap = record_snapshot(session, dataset="d", snapshot_id="s", uri="u", manifest_sha256="m" * 64, files=[])
-        raw = add_artifact(session, kind="zarr", name="raw", tier="scratch", uri="file:///scratch/raw.zarr", bytes=100, run_id=run.id, input_snapshots=[snap.id])
-        labels = add_artifact(session, kind="zarr", name="labels", tier="scratch", uri="file:///scratch/labels.zarr", bytes=50, run_id=run.id, inputs=[raw.id])
-        table = add_artifact(session, kind="table", name="features", tier="output", uri="file:///out/f.parquet", sha256="c" * 64, run_id=run.id, inputs=[labels.id, raw.id])
+        raw = add_artifact(
+            session,
+            kind="zarr",
+            name="raw",
+            tier="scratch",
+            uri="file:///scratch/raw.zarr",
+            bytes=100,
+            run_id=run.id,
+            input_snapshots=[snap.id],
+        )
+        labels = add_artifact(
+            session, kind="zarr", name="labels", tier="scratch", uri="file:///scratch/labels.zarr", bytes=50, run_id=run.id, inputs=[raw.id]
+        )
+        table = add_artifact(
+            session,
+            kind="table",
+            name="features",
+            tier="output",
+            uri="file:///out/f.parquet",
+            sha256="c" * 64,
+            run_id=run.id,
+            inputs=[labels.id, raw.id],
+        )
         assert lineage_inputs(session, table.id) == {("artifact", labels.id), ("artifact", raw.id)}
         assert lineage_inputs(session, raw.id) == {("snapshot", snap.id)}
         mark_promoted(session, table, "file:///t1/promoted/d/s/run/f.parquet")
@@ -105,13 +125,16 @@ def test_block_ledger_done_failed_and_progress(db):
     with db.session() as session:
         run = start_run(session, flow_name="op")
         base = {"run_id": run.id, "op": "gaussian", "op_key": "k1", "array_uri": "file:///a.zarr"}
-        record_blocks(session, [
-            base | {"block_id": "0.0.0", "status": "done", "seconds": 0.5, "bytes": 1024, "host": "n1"},
-            base | {"block_id": "0.0.1", "status": "failed", "error": "boom"},
-            base | {"block_id": "0.0.2", "status": "failed", "error": "boom"},
-            base | {"block_id": "0.0.2", "status": "done", "attempt": 2},
-            base | {"block_id": "0.0.3", "status": "done", "op_key": "other-params"},
-        ])
+        record_blocks(
+            session,
+            [
+                base | {"block_id": "0.0.0", "status": "done", "seconds": 0.5, "bytes": 1024, "host": "n1"},
+                base | {"block_id": "0.0.1", "status": "failed", "error": "boom"},
+                base | {"block_id": "0.0.2", "status": "failed", "error": "boom"},
+                base | {"block_id": "0.0.2", "status": "done", "attempt": 2},
+                base | {"block_id": "0.0.3", "status": "done", "op_key": "other-params"},
+            ],
+        )
         with pytest.raises(ValueError, match="0.0.9"):
             record_blocks(session, [base | {"block_id": "0.0.9", "status": "maybe"}])
         run_id = run.id
@@ -123,9 +146,21 @@ def test_block_ledger_done_failed_and_progress(db):
 
 def test_object_features_with_intensities(db):
     rows = [
-        {"label": label, "time_point": 0, "area": 10 * label, "centroid_z": 1.0, "centroid_y": 2.0, "centroid_x": 3.0,
-         "bbox_min_z": 0, "bbox_min_y": 0, "bbox_min_x": 0, "bbox_max_z": 2, "bbox_max_y": 3, "bbox_max_x": 4,
-         "intensity": {"c0": {"min": 1, "max": 9, "mean": 5.0, "sum": 50.0 * label}, "c1": {"min": 0, "max": 1, "mean": 0.5, "sum": 5}}}
+        {
+            "label": label,
+            "time_point": 0,
+            "area": 10 * label,
+            "centroid_z": 1.0,
+            "centroid_y": 2.0,
+            "centroid_x": 3.0,
+            "bbox_min_z": 0,
+            "bbox_min_y": 0,
+            "bbox_min_x": 0,
+            "bbox_max_z": 2,
+            "bbox_max_y": 3,
+            "bbox_max_x": 4,
+            "intensity": {"c0": {"min": 1, "max": 9, "mean": 5.0, "sum": 50.0 * label}, "c1": {"min": 0, "max": 1, "mean": 0.5, "sum": 5}},
+        }
         for label in (1, 2, 3)
     ]
     with db.session() as session:
@@ -135,7 +170,11 @@ def test_object_features_with_intensities(db):
         run_id = run.id
     with db.session() as session:
         assert count_objects(session, run_id=run_id) == 3
-        sums = session.execute(select(ObjectIntensity.sum).where(ObjectIntensity.channel == "c0").order_by(ObjectIntensity.sum)).scalars().all()
+        sums = (
+            session.execute(select(ObjectIntensity.sum).where(ObjectIntensity.channel == "c0").order_by(ObjectIntensity.sum))
+            .scalars()
+            .all()
+        )
         assert sums == [50.0, 100.0, 150.0]
 
 

@@ -164,7 +164,13 @@ def test_retention_refuses_a_plan_that_names_tier_1(db, tmp_path):
     source = PosixTier("source", tmp_path / "t1", write_once=True)
     source.put_bytes("snapshots/x", b"1")
     with db.session() as session, pytest.raises(TierError, match="write-once"):
-        apply_retention(session, {"source": source}, [PlannedDeletion("source", "snapshots/x", source.uri("snapshots/x"), 1, "?")], run_id=None, now=datetime.now(UTC))
+        apply_retention(
+            session,
+            {"source": source},
+            [PlannedDeletion("source", "snapshots/x", source.uri("snapshots/x"), 1, "?")],
+            run_id=None,
+            now=datetime.now(UTC),
+        )
     assert source.exists("snapshots/x")
 
 
@@ -188,13 +194,14 @@ def test_label_merge_state_is_counted_and_reclaimed_with_its_array(backend, proj
         bucket = s3.new_bucket()
         (project / "configs" / "tierflow.user.toml").write_text(
             f'[tiers.scratch]\nbackend = "s3"\nroot = "s3://{bucket}/scratch"\nendpoint_url = "{s3.endpoint_url}"\n'
-            f'access_key_id = "{s3.access_key}"\nsecret_access_key = "{s3.secret_key}"\n')
+            f'access_key_id = "{s3.access_key}"\nsecret_access_key = "{s3.secret_key}"\n'
+        )
     blobs = (np.random.default_rng(3).random((16, 64, 64)) > 0.7).astype(np.uint8)
     zarr.create_array(str(project / "blobs.zarr"), shape=blobs.shape, chunks=(8, 32, 32), dtype="uint8")[:] = blobs
     tiers = open_tiers(load_config(project / "configs"))
     scratch, key = tiers.scratch, "run-1/labels.zarr"
     env = {"PREFECT_API_URL": prefect_api}
-    output = scratch.uri(key) if backend == "s3" else scratch.uri(key)[len("file://"):]
+    output = scratch.uri(key) if backend == "s3" else scratch.uri(key)[len("file://") :]
     run_cli("op", "label", "-i", "blobs.zarr", "-o", output, "--block-shape", "8,16,16", "--json", cwd=project, env=env)
     array_bytes, state_bytes = scratch.usage(key), scratch.usage(f"{key}.tierflow-label")
     assert array_bytes > 0 and state_bytes > 0
@@ -202,7 +209,9 @@ def test_label_merge_state_is_counted_and_reclaimed_with_its_array(backend, proj
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:
         run = start_run(session, flow_name="pipeline")
-        artifact = add_artifact(session, kind="zarr", name="labels.zarr", tier="scratch", uri=scratch.uri(key), bytes=array_bytes, run_id=run.id)
+        artifact = add_artifact(
+            session, kind="zarr", name="labels.zarr", tier="scratch", uri=scratch.uri(key), bytes=array_bytes, run_id=run.id
+        )
         mark_promoted(session, artifact, promoted_uri="file:///tier1/labels.zarr")
     db.dispose()
     dry = json.loads(run_cli("retention", "--dry-run", "--json", cwd=project, env=env).stdout)

@@ -82,16 +82,32 @@ def _produce(project, snapshot_id: str) -> int:
     tiers.output.put_bytes("run-x/blob.bin", blob)
     array = zarr.create_array(store=tiers.output.zarr_store("run-x/labels.zarr"), shape=(6, 8), chunks=(3, 4), dtype="uint32")
     array[:] = np.arange(48, dtype=np.uint32).reshape(6, 8)
-    zarr_sha = tree_digest([(i.key.removeprefix("run-x/labels.zarr/"), tiers.output.sha256(i.key)) for i in tiers.output.list("run-x/labels.zarr")])
+    zarr_sha = tree_digest(
+        [(i.key.removeprefix("run-x/labels.zarr/"), tiers.output.sha256(i.key)) for i in tiers.output.list("run-x/labels.zarr")]
+    )
     db = open_database(load_db_config(project / "configs"))
     with db.session() as session:
         snapshot = get_snapshot(session, "embryo", snapshot_id)
         run = start_run(session, flow_name="pipeline")
-        for kind, name, sha in (("table", "features.csv", hashlib.sha256(table).hexdigest()),
-                                ("table", "blob.bin", hashlib.sha256(blob).hexdigest()), ("zarr", "labels.zarr", zarr_sha)):
+        for kind, name, sha in (
+            ("table", "features.csv", hashlib.sha256(table).hexdigest()),
+            ("table", "blob.bin", hashlib.sha256(blob).hexdigest()),
+            ("zarr", "labels.zarr", zarr_sha),
+        ):
             uri = tiers.output.uri(f"run-x/{name}")
-            add_artifact(session, kind=kind, name=name, tier="output", uri=uri, bytes=tiers.output.usage(f"run-x/{name}"),
-                         sha256=sha, run_id=run.id, dataset="embryo", snapshot_pk=snapshot.id, input_snapshots=[snapshot.id])
+            add_artifact(
+                session,
+                kind=kind,
+                name=name,
+                tier="output",
+                uri=uri,
+                bytes=tiers.output.usage(f"run-x/{name}"),
+                sha256=sha,
+                run_id=run.id,
+                dataset="embryo",
+                snapshot_pk=snapshot.id,
+                input_snapshots=[snapshot.id],
+            )
         run_id = run.id
     db.dispose()
     return int(run_id)
@@ -121,7 +137,9 @@ def _check_promoted(project, client, bucket: str, objects: dict[str, bytes]) -> 
         for copy in copies:
             key = "lab/" + copy.uri.split("/lab/", 1)[1]
             if copy.kind == "zarr":
-                entries = [(k.removeprefix(key + "/"), hashlib.sha256(v).hexdigest()) for k, v in promoted.items() if k.startswith(key + "/")]
+                entries = [
+                    (k.removeprefix(key + "/"), hashlib.sha256(v).hexdigest()) for k, v in promoted.items() if k.startswith(key + "/")
+                ]
                 assert tree_digest(entries) == copy.sha256, copy.uri
             else:
                 assert hashlib.sha256(promoted[key]).hexdigest() == copy.sha256, copy.uri
@@ -150,9 +168,11 @@ def test_ingest_and_promote_through_a_faulty_network(seed, rate, project, big_ra
     _check_snapshot(client, bucket, ingested["snapshot_id"], objects)
     promoted_objects = _check_promoted(project, client, bucket, objects)
     TALLY[f"seed {seed}"] = [ingest_reruns, promote_reruns]
-    print(f"\nS3 fault run seed {seed} at {rate:.0%}: {proxy.counts['requests']} requests, {proxy.faults} faults {dict(proxy.counts)}; "
-          f"ingest re-runs {ingest_reruns}, promote re-runs {promote_reruns}; {len(objects)} objects verified "
-          f"({promoted_objects} promoted)")
+    print(
+        f"\nS3 fault run seed {seed} at {rate:.0%}: {proxy.counts['requests']} requests, {proxy.faults} faults {dict(proxy.counts)}; "
+        f"ingest re-runs {ingest_reruns}, promote re-runs {promote_reruns}; {len(objects)} objects verified "
+        f"({promoted_objects} promoted)"
+    )
     tried = 2 * len(TALLY)
     first = sum(r == 0 for runs in TALLY.values() for r in runs)
     print(f"S3 fault runs so far: tried {tried}, completed first time {first}, completed on a re-run {tried - first}")

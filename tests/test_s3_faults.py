@@ -79,7 +79,9 @@ def test_the_pipeline_fetch_verifies_against_the_snapshot_manifest(seaweedfs_htt
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"\0" * 32)
     with _proxy(seaweedfs_http, rate=1.0, modes=("truncate",), limit=2) as proxy:
-        fetched = fetch_snapshot_path(_tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True), manifest, "s1/emb_c0_t000.tif", local_root)
+        fetched = fetch_snapshot_path(
+            _tier(seaweedfs_http, stored["bucket"], proxy.url, write_once=True), manifest, "s1/emb_c0_t000.tif", local_root
+        )
     assert proxy.counts["truncate"] == 2 and fetched == stale
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == stored["sha256"]
 

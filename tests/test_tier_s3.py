@@ -66,7 +66,7 @@ class _S3Conformance(TierConformance):
     def test_multipart_claim_blocks_a_concurrent_writer_and_goes_stale(self, endpoint):
         tier = s3_tier(endpoint, write_once=True)
         # another tierflow process is (or was) uploading this key: its claim is there, the object is not
-        claim = f"tierflow/.tierflow-claims/big.bin"
+        claim = "tierflow/.tierflow-claims/big.bin"
         tier.client.put_object(Bucket=tier.bucket, Key=claim, Body=json.dumps({"at": time.time()}).encode())
         data = b"x" * MULTIPART_SIZE
         with pytest.raises(KeyClaimedError, match="claimed by another multipart upload"):

@@ -165,7 +165,8 @@ def promote(
     if not result["promoted"]:
         console.print("nothing to promote")
     for item in result["promoted"]:
-        console.print(f"promoted artifact {item['artifact']} -> {item['uri']} ({_size(item['bytes'])}, sha256 {item['sha256'][:12]}..., verified)")
+        console.print(f"promoted artifact {item['artifact']} -> {item['uri']} "
+                      f"({_size(item['bytes'])}, sha256 {item['sha256'][:12]}..., verified)")
 
 
 def retention(
@@ -212,12 +213,26 @@ def preflight(
     config = _config(ctx)
     shape = tuple(int(v) for v in block_shape.split(",")) if block_shape else tuple(config.execution.block_shape)
     count = workers or config.execution.max_workers or os.cpu_count() or 1
-    report = preflight_check(inputs, block_shape=shape, halo=halo, workers=count, scratch_dir=config.tier_root("scratch")
-                             if config.tiers.scratch.backend == "posix" else config.state_dir, force=force)
+    report = preflight_check(
+        inputs,
+        block_shape=shape,
+        halo=halo,
+        workers=count,
+        scratch_dir=config.tier_root("scratch") if config.tiers.scratch.backend == "posix" else config.state_dir,
+        force=force,
+    )
     if as_json:
-        print_json({"peak_ram_bytes": report.estimate.peak_ram_bytes, "disk_bytes": report.estimate.disk_bytes,
-                    "available_ram": report.available_ram, "available_disk": report.available_disk,
-                    "ram_level": report.ram_level, "disk_level": report.disk_level, "breakdown": report.estimate.breakdown})
+        print_json(
+            {
+                "peak_ram_bytes": report.estimate.peak_ram_bytes,
+                "disk_bytes": report.estimate.disk_bytes,
+                "available_ram": report.available_ram,
+                "available_disk": report.available_disk,
+                "ram_level": report.ram_level,
+                "disk_level": report.disk_level,
+                "breakdown": report.estimate.breakdown,
+            }
+        )
         return
     console.print(str(report))
 
@@ -231,8 +246,16 @@ def tiers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     rows = []
     for tier in opened:
         settings = getattr(config.tiers, tier.name)
-        rows.append({"tier": tier.name, "backend": settings.backend, "root": tier.uri(), "write_once": tier.write_once,
-                     "endpoint_url": settings.endpoint_url, "used_bytes": tier.usage("")})
+        rows.append(
+            {
+                "tier": tier.name,
+                "backend": settings.backend,
+                "root": tier.uri(),
+                "write_once": tier.write_once,
+                "endpoint_url": settings.endpoint_url,
+                "used_bytes": tier.usage(""),
+            }
+        )
     if as_json:
         print_json(rows)
         return

@@ -57,7 +57,18 @@ def worker(
     configure_prefect(config)
     pool, worker_type = pools[kind]
     env = dict(os.environ, PREFECT_API_URL=require_server(config), TIERFLOW_HOME=str(project_home(config)))
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", worker_type, *(["--run-once"] if run_once else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        worker_type,
+        *(["--run-once"] if run_once else []),
+    ]
     console.print(f"$ {' '.join(command[2:])}")
     os.chdir(project_home(config))
     os.execve(sys.executable, command, env)

@@ -140,7 +140,8 @@ def op(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
     block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
-    extra: Annotated[list[str] | None, typer.Option("--with", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
+    extra: Annotated[list[str] | None, typer.Option(
+        "--with", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="Restrict the op to this array's non-zero voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -177,7 +178,8 @@ def op(
                   f"{result['blocks'] - result['computed']} already done -> {result['output']} (run {result['run_id']})")
 
 
-def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
+def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")],
+           as_json: JsonOption = False) -> None:
     """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
     from tierflow.flows.cli.data import _database, _existing_run
     from tierflow.storage.db.repo import block_attempts
@@ -189,7 +191,7 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
         for op_name, block_id, block_status, error in block_attempts(session, row.id):
             latest[(op_name, block_id)] = (block_status, error)
         stages: dict[str, dict[str, Any]] = {}
-        for (op_name, block_id), (block_status, error) in latest.items():
+        for (op_name, block_id), (block_status, _error) in latest.items():
             stage = stages.setdefault(op_name, {"done": 0, "failed": 0, "failed_blocks": []})
             stage[block_status if block_status in ("done", "failed") else "done"] += 1
             if block_status == "failed":
@@ -241,7 +243,8 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
 def track(
     ctx: typer.Context,
     run: Annotated[list[int], typer.Option("--run", help="A features run (repeatable: one per time point).")],
-    max_distance: Annotated[float, typer.Option("--max-distance", help="Largest step between time points (voxels, or units of --spacing).")],
+    max_distance: Annotated[float, typer.Option(
+        "--max-distance", help="Largest step between time points (voxels, or units of --spacing).")],
     no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not detect dividing objects.")] = False,
     max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Time points a track may skip.")] = 0,
     frame_interval: Annotated[float, typer.Option("--frame-interval", help="Time between time points.")] = 1.0,

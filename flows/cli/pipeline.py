@@ -166,7 +166,8 @@ def runs_list(
     console.print(table)
 
 
-def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")], as_json: JsonOption = False) -> None:
+def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")],
+              as_json: JsonOption = False) -> None:
     """One run: parameters, result, child runs, artifacts and block progress."""
     from tierflow.flows.cli.data import _database, _existing_run
     from tierflow.storage.db.repo import block_counts, child_runs, list_artifacts
@@ -179,19 +180,42 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
         artifacts = list_artifacts(session, run_id=row.id, include_deleted=True)
         blocks = block_counts(session, family)
         report = {
-            "id": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "parameters": row.parameters,
-            "started_at": row.started_at, "ended_at": row.ended_at, "seconds": row.seconds, "host": row.host,
-            "code_version": row.code_version, "flow_run_id": str(row.flow_run_id) if row.flow_run_id else None, "parent": row.parent_id,
-            "result": row.result, "children": [{"id": c.id, "flow": c.flow_name, "status": c.status} for c in children],
-            "artifacts": [{"id": a.id, "tier": a.tier, "name": a.name, "uri": a.uri, "bytes": a.bytes, "promoted_uri": a.promoted_uri,
-                           "deleted": a.deleted_at is not None} for a in artifacts],
+            "id": row.id,
+            "flow": row.flow_name,
+            "status": row.status,
+            "message": row.message,
+            "parameters": row.parameters,
+            "started_at": row.started_at,
+            "ended_at": row.ended_at,
+            "seconds": row.seconds,
+            "host": row.host,
+            "code_version": row.code_version,
+            "flow_run_id": str(row.flow_run_id) if row.flow_run_id else None,
+            "parent": row.parent_id,
+            "result": row.result,
+            "children": [{"id": c.id, "flow": c.flow_name, "status": c.status} for c in children],
+            "artifacts": [
+                {
+                    "id": a.id,
+                    "tier": a.tier,
+                    "name": a.name,
+                    "uri": a.uri,
+                    "bytes": a.bytes,
+                    "promoted_uri": a.promoted_uri,
+                    "deleted": a.deleted_at is not None,
+                }
+                for a in artifacts
+            ],
             "blocks": blocks,
         }
     if as_json:
         print_json(report)
         return
-    console.print(f"[bold]run {report['id']}[/] {report['flow']}: {report['status']}"
-                  + (f" ({report['seconds']:.1f} s)" if report["seconds"] else "") + (f" - {report['message']}" if report["message"] else ""))
+    console.print(
+        f"[bold]run {report['id']}[/] {report['flow']}: {report['status']}"
+        + (f" ({report['seconds']:.1f} s)" if report["seconds"] else "")
+        + (f" - {report['message']}" if report["message"] else "")
+    )
     console.print(f"  parameters: {report['parameters']}")
     if report["children"]:
         counts: dict[str, int] = {}
@@ -226,8 +250,7 @@ def serve(
     from tierflow.flows.viewing.serve import tier_server
 
     config = _config(ctx)
-    server = tier_server(config, load_db_config(state(ctx).config_path), tier,
-                         port or urlparse(config.pipeline.data_url).port or 9000)
+    server = tier_server(config, load_db_config(state(ctx).config_path), tier, port or urlparse(config.pipeline.data_url).port or 9000)
     console.print(f"serving {server.root} (tier {tier}) at http://127.0.0.1:{server.server_address[1]} with CORS; Ctrl-C stops")
     try:
         server.serve_forever()

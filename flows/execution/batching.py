@@ -1,4 +1,6 @@
-"""Split work into batches so a flow run stays at a bounded number of task runs."""
+"""Batches of work: split file lists (blocks are planned by :func:`tasks.blockwise.plan_batches`),
+submit batch tasks and collect what they return, so a flow run stays at a bounded number of task
+runs."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["BatchOutcome", "LostBatchError", "OpContext", "collect_batches", "run_batches", "split_batches", "submit_batches"]
+__all__ = ["BatchOutcome", "LostBatchError", "collect_batches", "run_batches", "split_batches", "submit_batches"]
 
 T = TypeVar("T")
 
@@ -31,35 +33,6 @@ def split_batches(items: Sequence[T], max_batches: int, *, min_batch: int = 1) -
         result.append(list(items[start:end]))
         start = end
     return result
-
-
-@dataclass(frozen=True)
-class OpContext:
-    """What every multi-stage operation (label, downsample, features) is run with."""
-
-    db: Any
-    run_id: int
-    op_key: str
-    source: Any
-    target: Any
-    shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
-    params: dict[str, Any]
-    workers: int
-    max_batches: int
-    fault: Any = None
-    progress: Any = None
-    """``progress(n)``: told as batches finish how many blocks they completed (or None)."""
-    new_runner: Any = None
-    """``new_runner(extra_threads=0)``: a fresh task runner of the configured backend
-    (:func:`flows.execution.runners.block_task_runner`); default Prefect's thread pool."""
-
-    def runner(self, extra_threads: int = 0) -> Any:
-        if self.new_runner is not None:
-            return self.new_runner(extra_threads=extra_threads)
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=self.workers + extra_threads)
 
 
 @dataclass

@@ -62,7 +62,9 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
         paths = list_raw_files(raw)
         hashed = hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8))
         manifest = Manifest(dataset, tuple(entry for batch in hashed.result() for entry in batch))
-        logger.info("dataset %s: %d files, %d bytes -> snapshot %s", dataset, len(manifest.files), manifest.total_bytes, manifest.snapshot_id)
+        logger.info(
+            "dataset %s: %d files, %d bytes -> snapshot %s", dataset, len(manifest.files), manifest.total_bytes, manifest.snapshot_id
+        )
 
         committed = read_manifest(source, dataset, manifest.snapshot_id)
         totals = {"uploaded": 0, "present": len(manifest.files) if committed else 0, "bytes": 0}

@@ -61,7 +61,10 @@ def retention(
         chosen = set(artifact_ids)
         plan = [item for item in plan if item.artifact_id in chosen]
     if not dry_run:
-        with recorded_run(db, "retention", {"dry_run": False, "artifact_ids": artifact_ids}, parent_id=parent_run) as run_id, db.session() as session:
+        with (
+            recorded_run(db, "retention", {"dry_run": False, "artifact_ids": artifact_ids}, parent_id=parent_run) as run_id,
+            db.session() as session,
+        ):
             apply_retention(session, tiers, plan, run_id=run_id, now=now)
     with db.session() as session:  # what is reclaimable now (after a real run: what is left)
         later = datetime.now(UTC)

@@ -74,87 +74,107 @@ def _copyable_source(source: SourceRef, chunks: tuple[int, ...], dtype: np.dtype
 
 
 def _same_codecs(a: Any, b: Any) -> bool:
-    return (a.serializer, tuple(a.compressors), tuple(a.filters), a.fill_value) == (b.serializer, tuple(b.compressors), tuple(b.filters), b.fill_value)
+    return (a.serializer, tuple(a.compressors), tuple(a.filters), a.fill_value) == (
+        b.serializer,
+        tuple(b.compressors),
+        tuple(b.filters),
+        b.fill_value,
+    )
 
 
 def run_pyramid(ctx: OpContext) -> dict[str, Any]:
     """Write levels ``0 .. levels-1`` into the group at ``target`` and its OME-Zarr metadata."""
-    db, run_id, op_key, source, target = ctx.db, ctx.run_id, ctx.op_key, ctx.source, ctx.target
-    shape, block_shape, params, workers, max_batches, fault = (
-        ctx.shape, ctx.block_shape, ctx.params, ctx.workers, ctx.max_batches, ctx.fault)
-
-    dtype = ctx.dtype
-    levels = int(params.get("levels") or 3)
-    method = _method(str(params.get("method", "auto")), source)
-    ndim = len(shape)
-    axes = ("z", "y", "x")[-ndim:]
+    db, run_id, op_key, target, params = ctx.db, ctx.run_id, ctx.op_key, ctx.target, ctx.params
+    levels, ndim = int(params.get("levels") or 3), len(ctx.shape)
+    method = _method(str(params.get("method") or "auto"), ctx.source)
     voxel = [float(v) for v in str(params.get("voxel_size") or ",".join(["1"] * ndim)).split(",")]
-    factors = pyramid_factors(shape, levels, factor=2)
-    import zarr
-
-    shapes = [tuple(shape)]
+    factors = pyramid_factors(ctx.shape, levels, factor=2)
+    shapes = [tuple(ctx.shape)]
     for level_factors in factors[1:]:
         shapes.append(downsampled_shape(shapes[-1], level_factors))
-    group_holder: list[Any] = []
-
-    def open_stamped_group() -> None:
-        group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
-        stamp = {"op": "downsample", "version": ctx.spec.version, "op_key": op_key}
-        if group.attrs.get("tierflow") != stamp:
-            group.attrs["tierflow"] = stamp
-        group_holder.append(group)
-
-    claim_output(db, target, op_key, open_stamped_group,
-                 ledger_uris=[ArrayLocation(target.tier, f"{target.key}/{level}").uri for level in range(levels)])
-    group = group_holder[0]
-    summary: dict[str, Any] = {"levels": levels, "method": method, "shapes": [list(s) for s in shapes], "computed": 0, "blocks": 0}
-    previous: SourceRef = source
-    deferred_level0: tuple[LevelJob, list[list[str]]] | None = None
+    group = _claim_group(ctx, levels)
     with ctx.runner(extra_threads=1) as runner:
-        for level, (level_shape, level_factors) in enumerate(zip(shapes, factors, strict=True)):
-            chunks = tuple(min(b, s) for b, s in zip(block_shape, level_shape, strict=True))
-            location = ArrayLocation(target.tier, f"{target.key}/{level}")
-            copy_from = _copyable_source(source, chunks, dtype) if level == 0 else None
-            array = create_output_array(location, shape=level_shape, dtype=dtype, chunks=chunks,
-                                        codecs_like=copy_from.open() if copy_from is not None else None)
-            if copy_from is not None and not _same_codecs(array, copy_from.open()):
-                copy_from = None  # an earlier level 0 with other codecs: decode and re-encode
-            job = LevelJob(op_key=op_key, run_id=run_id, source=previous, target=location, db=db, fault=fault,
-                           in_shape=tuple(shapes[level - 1] if level else shape), shape=level_shape, block_shape=chunks,
-                           factors=tuple(level_factors), method=method, level=level, copy_from=copy_from)
-            with db.session() as session:
-                done = done_blocks(session, f"{op_key}:level{level}", location.uri)
-            remaining = [b.block_id for b in job.grid if b.block_id not in done]
-            summary["blocks"] += len(job.grid)
-            batches = plan_batches(job.grid, remaining, max_batches=max_batches, min_batches=2 * workers)
-            if 0 < len(batches) < workers:  # the top levels: too few blocks to keep every worker busy
-                job = dataclasses.replace(job, threads=workers // len(batches))
-            if level == 0 and levels > 1 and copy_from is not None:
+        deferred: tuple[LevelJob, list[list[str]]] | None = None
+        previous: SourceRef = ctx.source
+        for level in range(levels):
+            job, batches = _level(ctx, level, shapes, factors, previous, method)
+            if level == 0 and levels > 1 and job.copy_from is not None:
                 # level 0 holds the source's voxels, so level 1 reads the source while level 0's
                 # chunks are copied: their batches are submitted interleaved (copy is I/O,
                 # level 1 is CPU), on one more thread than there are workers
-                deferred_level0 = (job, batches)
+                deferred = (job, batches)
                 continue
-            if level == 1 and deferred_level0 is not None:
-                level0_job, level0_batches = deferred_level0
-                futures, level0_futures = [], []
-                for index in range(max(len(batches), len(level0_batches))):
-                    futures += submit_batches(runner, downsample_level, job, batches[index:index + 1])
-                    level0_futures += submit_batches(runner, downsample_level, level0_job, level0_batches[index:index + 1])
-            else:
-                futures, level0_futures = submit_batches(runner, downsample_level, job, batches), []
-            outcomes = [(0, collect_batches(level0_futures, ctx.progress))] if level0_futures else []
-            outcomes.append((level, collect_batches(futures, ctx.progress)))
-            for done_level, outcome in outcomes:
-                if outcome.failed:
-                    raise BlockFailuresError(f"downsample:level{done_level}", run_id, outcome.failed, outcome.first_error)
-            previous = location
+            _run_level(ctx, runner, (job, batches), deferred if level == 1 else None)
+            previous = job.target
     with db.session() as session:  # from the ledger: a retried batch still counts its blocks
-        summary["computed"] = done_count(session, run_id, [f"{op_key}:level{level}" for level in range(levels)])
+        computed = done_count(session, run_id, [f"{op_key}:level{level}" for level in range(levels)])
+    blocks = ctx.spec.block_count(ctx.shape, ctx.block_shape, params)
     scales, translations = pyramid_transforms(factors, base_scale=voxel, window_centered=method != "nearest")
-    attributes = multiscales_attributes(name=str(params.get("name", "image")), axes=axes, scales=scales,
-                                        paths=[str(level) for level in range(levels)], translations=translations)
-    write_multiscales_metadata(group, attributes)
+    write_multiscales_metadata(group, multiscales_attributes(
+        name=str(params.get("name") or "image"), axes=("z", "y", "x")[-ndim:], scales=scales,
+        paths=[str(level) for level in range(levels)], translations=translations))
     if target.tier.uri().startswith("file:"):
         validate_ome_zarr(target.tier.zarr_store(target.key, read_only=True))
-    return summary
+    return {"levels": levels, "method": method, "shapes": [list(s) for s in shapes], "computed": computed, "blocks": blocks}
+
+
+def _claim_group(ctx: OpContext, levels: int) -> Any:
+    """The output group, claimed for this op key (its levels' ledger rows with it) and stamped."""
+    import zarr
+
+    target, holder = ctx.target, []
+
+    def open_stamped_group() -> None:
+        group = zarr.open_group(store=target.tier.zarr_store(target.key), mode="a")
+        stamp = {"op": "downsample", "version": ctx.spec.version, "op_key": ctx.op_key}
+        if group.attrs.get("tierflow") != stamp:
+            group.attrs["tierflow"] = stamp
+        holder.append(group)
+
+    claim_output(ctx.db, target, ctx.op_key, open_stamped_group,
+                 ledger_uris=[ArrayLocation(target.tier, f"{target.key}/{level}").uri for level in range(levels)])
+    return holder[0]
+
+
+def _level(ctx: OpContext, level: int, shapes: list[tuple[int, ...]], factors: list[Any], previous: SourceRef,
+           method: str) -> tuple[LevelJob, list[list[str]]]:
+    """Level ``level``'s array (created), its job and its batches of blocks not yet done."""
+    level_shape = shapes[level]
+    chunks = tuple(min(b, s) for b, s in zip(ctx.block_shape, level_shape, strict=True))
+    location = ArrayLocation(ctx.target.tier, f"{ctx.target.key}/{level}")
+    copy_from = _copyable_source(ctx.source, chunks, ctx.dtype) if level == 0 else None
+    array = create_output_array(location, shape=level_shape, dtype=ctx.dtype, chunks=chunks,
+                                codecs_like=copy_from.open() if copy_from is not None else None)
+    if copy_from is not None and not _same_codecs(array, copy_from.open()):
+        copy_from = None  # an earlier level 0 with other codecs: decode and re-encode
+    job = LevelJob(op_key=ctx.op_key, run_id=ctx.run_id, source=previous, target=location, db=ctx.db, fault=ctx.fault,
+                   in_shape=tuple(shapes[level - 1] if level else ctx.shape), shape=level_shape, block_shape=chunks,
+                   factors=tuple(factors[level]), method=method, level=level, copy_from=copy_from)
+    with ctx.db.session() as session:
+        done = done_blocks(session, f"{ctx.op_key}:level{level}", location.uri)
+    remaining = [b.block_id for b in job.grid if b.block_id not in done]
+    batches = plan_batches(job.grid, remaining, max_batches=ctx.max_batches, min_batches=2 * ctx.workers)
+    if 0 < len(batches) < ctx.workers:  # the top levels: too few blocks to keep every worker busy
+        job = dataclasses.replace(job, threads=ctx.workers // len(batches))
+    return job, batches
+
+
+def _run_level(ctx: OpContext, runner: Any, current: tuple[LevelJob, list[list[str]]],
+               deferred: tuple[LevelJob, list[list[str]]] | None) -> None:
+    """Run a level's batches (interleaved with level 0's deferred copy, if any).
+
+    Raises
+    ------
+    BlockFailuresError
+        Listing the failed blocks of the level that failed.
+    """
+    job, batches = current
+    runs = [deferred, current] if deferred is not None else [current]
+    futures: list[list[Any]] = [[] for _ in runs]
+    for index in range(max(len(b) for _, b in runs)):
+        for slot, (level_job, level_batches) in enumerate(runs):
+            futures[slot] += submit_batches(runner, downsample_level, level_job, level_batches[index:index + 1])
+    for (level_job, _), level_futures in zip(runs, futures, strict=True):
+        outcome = collect_batches(level_futures, ctx.progress)
+        if outcome.failed:
+            raise BlockFailuresError(f"downsample:level{level_job.level}", ctx.run_id, outcome.failed, outcome.first_error)

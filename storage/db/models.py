@@ -266,7 +266,8 @@ class TrackPoint(Base):
     """One object of a track at one time point."""
 
     __tablename__ = "track_points"
-    __table_args__ = (UniqueConstraint("run_id", "sample", "time_point", "label"), Index("ix_track_points_run_id_track_id", "run_id", "track_id"))
+    __table_args__ = (UniqueConstraint("run_id", "sample", "time_point", "label"),
+                      Index("ix_track_points_run_id_track_id", "run_id", "track_id"))
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     dataset: Mapped[str | None] = mapped_column(Text)

@@ -324,19 +324,9 @@ class S3Tier(Tier):
 
         try:
             with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="s3-part") as pool:
-                buffer, number = first, 0
-                while True:  # until the stream is exhausted
-                    while len(buffer) < self.multipart_chunksize:
-                        more = stream.read(self.multipart_chunksize - len(buffer))
-                        if not more:
-                            break
-                        buffer += more
-                    body, buffer = buffer[: self.multipart_chunksize], buffer[self.multipart_chunksize :]
-                    if not body:
-                        break
+                for number, body in enumerate(self._bodies(first, stream), start=1):
                     digest.update(body)
                     size += len(body)
-                    number += 1
                     if len(pending) >= self.max_concurrency:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         parts.update(future.result() for future in done)
@@ -350,16 +340,35 @@ class S3Tier(Tier):
                 )
             self._complete(key, object_key, upload_id, parts, size, actual)
         except BaseException as exc:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
-            except Exception:  # noqa: BLE001 - best effort; the original error matters
-                pass
-            if isinstance(exc, (TierError, KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, Exception):
-                raise self._fail(exc, key, "writing") from None
+            self._abandon(exc, key, object_key, upload_id)
             raise
         return ObjectInfo(key, size, datetime.now(UTC), digest.hexdigest())
+
+    def _bodies(self, first: bytes, stream: IO[bytes]) -> Iterator[bytes]:
+        """``first`` then ``stream``, cut into parts of ``multipart_chunksize`` (the last shorter)."""
+        buffer, size = first, self.multipart_chunksize
+        while True:  # until the stream is exhausted
+            while len(buffer) < size:
+                more = stream.read(size - len(buffer))
+                if not more:
+                    break
+                buffer += more
+            body, buffer = buffer[:size], buffer[size:]
+            if not body:
+                return
+            yield body
+
+    def _abandon(self, exc: BaseException, key: str, object_key: str, upload_id: str) -> None:
+        """Abort a multipart upload that failed with ``exc``; raises it as a tier error (returns
+        only for what must propagate as it is: interrupts)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - best effort; the original error matters
+            pass
+        if isinstance(exc, TierError):
+            raise exc
+        if isinstance(exc, Exception):
+            raise self._fail(exc, key, "writing") from None
 
     def _complete(self, key: str, object_key: str, upload_id: str, parts: dict[int, str], size: int, sha256: str) -> None:
         """CompleteMultipartUpload; when its answer is lost and the client's retry is refused (the

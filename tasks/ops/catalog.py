@@ -102,7 +102,8 @@ class ConvertParams(OpParams):
 
 
 class WatershedParams(OpParams):
-    halo: int = Field(16, ge=0, le=4096, description="voxels of context around each block (basins wider than this may differ at block borders)")
+    halo: int = Field(16, ge=0, le=4096,
+                      description="voxels of context around each block (basins wider than this may differ at block borders)")
     invert: bool = Field(True, description="flood from maxima (intensities) instead of minima (distances/gradients)")
     mask_above: float | None = Field(None, description="only flood voxels brighter than this")
 

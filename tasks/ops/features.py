@@ -343,7 +343,7 @@ def merge_partials(parts: Iterable[PartialFeatures]) -> PartialFeatures:
 def _exact_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` as float64, correctly rounded also for Python-int sums."""
     if numerator.dtype == object:
-        return np.array([int(a) / int(b) for a, b in zip(numerator, denominator)], dtype=np.float64)
+        return np.array([int(a) / int(b) for a, b in zip(numerator, denominator, strict=False)], dtype=np.float64)
     return numerator / denominator
 
 

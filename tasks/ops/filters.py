@@ -26,7 +26,12 @@ OTSU_FLOAT_BINS = 256
 default ``nbins``, so the block-wise histogram is the one it builds on the whole volume."""
 
 GAUSSIAN_BACKENDS = ("opencv", "bioimage-cpp", "scipy")
-_OPENCV_BORDERS = {"mirror": "BORDER_REFLECT_101", "reflect": "BORDER_REFLECT", "nearest": "BORDER_REPLICATE", "constant": "BORDER_CONSTANT"}
+_OPENCV_BORDERS = {
+    "mirror": "BORDER_REFLECT_101",
+    "reflect": "BORDER_REFLECT",
+    "nearest": "BORDER_REPLICATE",
+    "constant": "BORDER_CONSTANT",
+}
 _OPENCV_SOURCE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 
 

@@ -15,8 +15,9 @@ defined on those voxels alone (never on zero padding). The output shape is there
 Dtype policy (:func:`downsample_mean`): window sums are exact (integer accumulators for integer
 data). The result is returned in the input dtype unless ``out_dtype`` says otherwise; an integer
 result is the mean rounded half to even (as ``np.rint`` of the float64 mean; for 8/16-bit data
-in full power-of-two windows it is computed with integer shifts, 2x faster, same values). Intensities are never rescaled: a uint16 mean of 40000 stays
-40000, and an ``out_dtype`` that cannot hold the rounded means raises instead of clipping.
+in full power-of-two windows it is computed with integer shifts, 2x faster, same values).
+Intensities are never rescaled: a uint16 mean of 40000 stays 40000, and an ``out_dtype`` that
+cannot hold the rounded means raises instead of clipping.
 Label kernels (:func:`downsample_labels`) always return the input dtype and only values that
 occur in the input.
 """
@@ -39,9 +40,7 @@ __all__ = [
 LabelMethod = Literal["mode", "nearest"]
 
 
-def _normalise_factors(
-    factors: int | Sequence[int], ndim: int, *, name: str = "factors"
-) -> tuple[int, ...]:
+def _normalise_factors(factors: int | Sequence[int], ndim: int, *, name: str = "factors") -> tuple[int, ...]:
     """``factors`` as one positive int per axis (an int applies to every axis)."""
     if isinstance(factors, (int, np.integer)) and not isinstance(factors, bool):
         out = (int(factors),) * ndim
@@ -191,8 +190,7 @@ def downsample_mean(
     accumulator = _sum_dtype(array.dtype, window)
     target = _mean_dtype(array.dtype, out_dtype)
     whole_windows = all(extent % k == 0 for extent, k in zip(array.shape, f, strict=True))
-    if (whole_windows and accumulator.itemsize == 4 and np.issubdtype(target, np.integer)
-            and window & (window - 1) == 0):
+    if whole_windows and accumulator.itemsize == 4 and np.issubdtype(target, np.integer) and window & (window - 1) == 0:
         sums = array
         for axis, k in enumerate(f):
             if k > 1:
@@ -239,6 +237,7 @@ def _rounded_shift_mean(sums: np.ndarray, window: int) -> np.ndarray:
 def _window_sums(array: np.ndarray, axis: int, k: int, accumulator: np.dtype) -> np.ndarray:
     """Sums of consecutive windows of ``k`` along ``axis`` (the last one may be shorter), as
     ``k`` strided additions."""
+
     def strided(start: int) -> tuple[slice, ...]:
         return tuple(slice(start, None, k) if a == axis else slice(None) for a in range(array.ndim))
 
@@ -417,8 +416,7 @@ def pyramid_factors(
     current = shape
     for _ in range(1, levels):
         level = tuple(
-            k if a not in skip and k > 1 and n // k >= m else 1
-            for a, (n, k, m) in enumerate(zip(current, step, smallest, strict=True))
+            k if a not in skip and k > 1 and n // k >= m else 1 for a, (n, k, m) in enumerate(zip(current, step, smallest, strict=True))
         )
         result.append(level)
         current = downsampled_shape(current, level)

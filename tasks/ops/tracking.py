@@ -142,7 +142,7 @@ def link_tracks(
     frames = t - t.min()
     rows = np.lexsort((np.arange(t.size), frames))
     starts = np.searchsorted(frames[rows], np.arange(frames.max() + 2))
-    coords = [pos[rows[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+    coords = [pos[rows[a:b]] for a, b in zip(starts[:-1], starts[1:], strict=False)]
     graph = tracker.predict(coords)
     edges = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 4)
     source = rows[starts[edges[:, 0]] + edges[:, 1]]

@@ -171,5 +171,6 @@ def settle_runs(session: Session, runs: list[Run], message: str = CRASHED_MESSAG
                 finish_run(session, run, "crashed", message=message)
                 dead.append(run)
         crashed.extend(dead)
-        suspects = list(session.scalars(select(Run).where(Run.parent_id.in_([run.id for run in dead]), Run.status == "running"))) if dead else []
+        suspects = list(session.scalars(
+            select(Run).where(Run.parent_id.in_([run.id for run in dead]), Run.status == "running"))) if dead else []
     return crashed
