@@ -207,7 +207,8 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 inside = block.read_roi.relative_to(region)
                 # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
                 block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if per_block else data[inside]
-                result = op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()})
+                result = op.check_block(op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()}),
+                                        block_data.shape, block.block_id)
                 if job.mask is not None:
                     result = np.where(mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
                 values = result[block.write_roi.relative_to(block.read_roi)]
