@@ -59,6 +59,7 @@ def _broken_distribution(root: Path) -> Path:
         "notspec = brokenlab_ops:NOT_AN_OP\n"  # not an OpSpec
         "gaussian = brokenlab_ops:gaussian\n"  # takes a built-in's name
         "badshape = brokenlab_ops:badshape\n"  # a valid op whose kernel returns the wrong shape
+        "serial = brokenlab_ops:serial\n"      # a valid op that takes one thread
     )
     (site / "brokenlab_missing.py").write_text("raise ImportError('brokenlab needs a library that is not installed')\n")
     (site / "brokenlab_ops.py").write_text(
@@ -70,6 +71,8 @@ def _broken_distribution(root: Path) -> Path:
         "def gaussian(block, params):\n    return block\n"
         "@block_op(name='badshape', version='1', params=P, out_dtype='uint16')\n"
         "def badshape(block, params):\n    '''drops a plane: the wrong shape'''\n    return block[1:]\n"
+        "@block_op(name='serial', version='1', params=P, resources={'threads': 1})\n"
+        "def serial(block, params):\n    return block + 1\n"
     )
     return site
 
@@ -144,6 +147,10 @@ def test_a_kernel_returning_the_wrong_shape_fails_its_blocks_naming_the_op(proje
         with pytest.raises(BlockFailuresError) as info:
             run_op("badshape", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), {}, block_shape=BLOCKS, workers=2,
                    config_dir=str(project / "configs"))
+        serial = run_op("serial", str(tmp_path / "in.zarr"), str(tmp_path / "serial.zarr"), {}, block_shape=BLOCKS, workers=2,
+                        config_dir=str(project / "configs"))
+        assert serial["workers"] == 1 and serial["computed"] == 36  # resources={"threads": 1}: one batch at a time
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "serial.zarr"))[:], volume + 1)
     finally:
         reload_ops()
     assert len(info.value.block_ids) == 36
@@ -210,3 +217,19 @@ def test_the_registry_has_the_builtins_first_and_the_plugin() -> None:
     assert names[:8] == ["convert", "gaussian", "threshold", "mask", "watershed", "label", "downsample", "features"]
     assert "tophat" in names and broken_plugins() == []
     assert get_op("tophat").package == "labops"
+
+
+def test_op_resources_cap_local_batches_and_are_asked_of_slurm_jobs(project: Path) -> None:
+    from tierflow.configs import load_config
+    from tierflow.flows.execution.runners import op_workers
+    from tierflow.flows.execution.slurm_cluster import slurm_cluster_kwargs
+
+    config = load_config(project / "configs")
+    assert config.execution.backend == "threads"
+    assert op_workers(config, {"gpu": 1, "memory": "8G"}, 8) == 1
+    assert op_workers(config, {"threads": 3}, 8) == 3 and op_workers(config, {}, 8) == 8
+    kwargs = slurm_cluster_kwargs(config, resources={"gpu": 2, "memory": "8G"})
+    assert kwargs["memory"] == "8G" and "--gpus=2" in kwargs["job_extra_directives"]
+    assert slurm_cluster_kwargs(config, resources={"memory": "8G"}, memory_factor=2.0)["memory"] == "16G"  # after an OOM
+    plain = slurm_cluster_kwargs(config)
+    assert plain["memory"] == config.slurm.memory_per_job and not any("--gpus" in d for d in plain["job_extra_directives"])
