@@ -37,6 +37,8 @@ __all__ = [
     "OutputPlacementError",
     "MemoryLimitError",
     "SlurmError",
+    "PluginError",
+    "KernelOutputError",
 ]
 
 
@@ -180,3 +182,14 @@ class MemoryLimitError(TierflowError, MemoryError):
 
 class SlurmError(TierflowError):
     """A SLURM command failed or is missing; the message carries the command and its stderr."""
+
+
+class PluginError(TierflowError):
+    """An op plugin (an entry point of group ``tierflow.ops``) cannot be used: it does not import,
+    does not give an op declared with ``tierflow.ops.block_op``, declares it wrongly, or takes a
+    name another op has; the message names the distribution, the entry point and the op."""
+
+
+class KernelOutputError(TierflowError, ValueError):
+    """An op's kernel returned something other than an array of its block's shape; the message
+    names the op, its plugin and the block."""

@@ -21,17 +21,41 @@ ops_app = typer.Typer(help="The operations tierflow can run (built in, and from 
 
 
 class _OpCommand(TyperCommand):
-    """``tierflow op --help`` lists the registered ops (read when help is asked for, so the
-    command line starts without importing them)."""
+    """``tierflow op --help`` lists the registered ops; ``tierflow op NAME --help`` adds that
+    op's own parameters (read when help is asked for, so the command line starts without
+    importing the ops)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["tierflow_op_args"] = list(args)  # --help is eager: the op name is read from here
+        return super().parse_args(ctx, args)
 
     def get_help(self, ctx: Any) -> str:
-        if not getattr(self, "_ops_listed", False):
-            from tierflow.tasks.ops.registry import all_ops
+        from tierflow.tasks.ops.registry import all_ops
 
-            lines = "\n\n".join(f"[bold]{spec.name}[/]: {_escape(spec.summary)}" for spec in all_ops())
-            self.help = f"{self.help or ''}\n\nOps (`tierflow ops show NAME` for their parameters):\n\n{lines}"
-            self._ops_listed = True
+        if not hasattr(self, "_base_help"):
+            self._base_help = self.help or ""
+        specs = {spec.name: spec for spec in all_ops()}
+        chosen = next((a for a in ctx.meta.get("tierflow_op_args", []) if a in specs), None)
+        if chosen is not None:
+            self.help = f"{self._base_help}\n\n{_op_help(specs[chosen])}"
+        else:
+            lines = "\n\n".join(f"[bold]{spec.name}[/]: {_escape(spec.summary)}" for spec in specs.values())
+            self.help = f"{self._base_help}\n\nOps (`tierflow ops show NAME` for their parameters):\n\n{lines}"
         return super().get_help(ctx)
+
+
+def _op_help(spec: Any) -> str:
+    """The help paragraphs of one op: what it does, where it comes from, each parameter."""
+    described = spec.describe()
+    head = f"[bold]{spec.name}[/] ({spec.kind} op, version {spec.version}, from {_escape(spec.origin)}): {_escape(spec.summary)}"
+    lines = [head, "Parameters (-p KEY=VALUE):"]
+    for param, info in described["params"].items():
+        default = "required" if info["required"] else f"default {info['default']!r}"
+        lines.append(f"[bold]{param}[/] ({_escape(default)}; {_escape(info['allowed'])}): {_escape(info['help'])}")
+    if spec.inputs:
+        lines.append(f"Extra inputs: {', '.join(spec.inputs)} (--with NAME=PATH)")
+    lines.append(f"More (JSON Schema, halo, resources): `tierflow ops show {spec.name}`")
+    return "\n\n".join(lines)
 
 
 def _escape(text: str) -> str:
@@ -66,36 +90,53 @@ def _check_op(name: str, params: dict[str, str]) -> dict[str, Any]:
 
 @ops_app.command("list")
 def ops_list(as_json: JsonOption = False) -> None:
-    """Every op: name, kind, version and what it does (``--json``: with its parameters' JSON Schema)."""
-    from tierflow.tasks.ops.registry import all_ops
+    """Every op: name, kind, version, the package it comes from and what it does (``--json``:
+    with its parameters' JSON Schema). A plugin that cannot be used is named below the list."""
+    from tierflow.tasks.ops.registry import all_ops, broken_plugins
 
     specs = all_ops()
+    broken = broken_plugins()
     if as_json:
         print_json([spec.describe() for spec in specs])
+        for plugin in broken:
+            err_console.print(f"[yellow]broken plugin:[/] {_escape(plugin.error().message)}", soft_wrap=True)
         return
-    table = Table("op", "kind", "version", "inputs", "what it does")
+    table = Table("op", "kind", "version", "package", "inputs", "what it does")
     for spec in specs:
-        table.add_row(spec.name, spec.kind, spec.version, ", ".join(spec.inputs), _escape(spec.summary))
+        table.add_row(spec.name, spec.kind, spec.version, spec.package, ", ".join(spec.inputs), _escape(spec.summary))
     console.print(table)
+    for plugin in broken:
+        console.print(f"[yellow]broken plugin:[/] {_escape(plugin.error().message)}", soft_wrap=True)
 
 
 @ops_app.command("show")
 def ops_show(name: Annotated[str, typer.Argument(help="An op (see `tierflow ops list`).")], as_json: JsonOption = False) -> None:
-    """One op's parameters: type, default, what is allowed, and what each means."""
+    """One op: its parameters (type, default, what is allowed, what each means, their JSON
+    Schema), halo with the default parameters, extra inputs, resources and package."""
     from tierflow.tasks.ops.registry import get_op
 
-    described = get_op(name).describe()
+    spec = get_op(name)
+    described = spec.describe()
     if as_json:
         print_json(described)
         return
-    console.print(f"[bold]{name}[/] ({described['kind']} op, version {described['version']}): {_escape(described['summary'])}")
+    console.print(f"[bold]{name}[/] ({described['kind']} op, version {described['version']}, from {_escape(spec.origin)}): "
+                  f"{_escape(described['summary'])}", soft_wrap=True)
     if described["inputs"]:
         console.print(f"extra inputs: {', '.join(described['inputs'])} (give them as --with NAME=PATH)")
+    if spec.kind == "map":
+        halo = described["halo"]
+        console.print("halo with the default parameters: " + (", ".join(f"{k} {tuple(v)}" for k, v in halo.items()) if halo
+                                                               else "depends on the parameters given"))
+    if described["resources"]:
+        console.print("resources: " + ", ".join(f"{k}={v}" for k, v in described["resources"].items()))
     table = Table("parameter", "default", "allowed", "meaning")
     for param, info in described["params"].items():
         default = "(required)" if info["required"] else repr(info["default"])
         table.add_row(param, _escape(default), _escape(info["allowed"]), _escape(info["help"]))
     console.print(table)
+    console.print("JSON Schema of the parameters:")
+    console.print_json(data=described["schema"])
 
 
 def _with_progress(total: int, output_uri: str, run: Any, config_path: str | None) -> Any:

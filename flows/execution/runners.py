@@ -14,17 +14,30 @@ block ids and picklable handles (:class:`storage.db.database.Database`, tiers) o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tierflow.configs import TierflowConfig
 
-__all__ = ["block_task_runner"]
+__all__ = ["block_task_runner", "op_workers"]
 
 
-def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: int = 0, memory_factor: float = 1.0) -> Any:
+def op_workers(config: TierflowConfig, resources: Mapping[str, Any], workers: int) -> int:
+    """The batches of an op that run at once: ``workers``, at most its ``resources["threads"]``
+    and its ``resources["gpu"]`` (one batch per GPU) on the threads and dask backends (on SLURM
+    each worker job asks for the op's resources instead, see :mod:`flows.execution.slurm_cluster`)."""
+    if config.execution.backend == "slurm":
+        return workers
+    caps = [int(resources[key]) for key in ("threads", "gpu") if resources.get(key)]
+    return max(1, min([workers, *caps]))
+
+
+def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: int = 0, memory_factor: float = 1.0,
+                      resources: Mapping[str, Any] | None = None) -> Any:
     """A fresh task runner for ``workers`` parallel batches (``extra_threads`` more threads on
     the thread backend, for I/O-bound batches submitted alongside; ``memory_factor`` times
-    ``[slurm].memory_per_job`` for SLURM worker jobs, for batches that ran out of memory)."""
+    ``[slurm].memory_per_job`` for SLURM worker jobs, for batches that ran out of memory;
+    ``resources``: the op's, which SLURM worker jobs ask for)."""
     backend = config.execution.backend
     if backend == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -44,4 +57,4 @@ def block_task_runner(config: TierflowConfig, workers: int, *, extra_threads: in
         )
     from tierflow.flows.execution.slurm_cluster import slurm_task_runner
 
-    return slurm_task_runner(config, workers, memory_factor=memory_factor)
+    return slurm_task_runner(config, workers, memory_factor=memory_factor, resources=resources)

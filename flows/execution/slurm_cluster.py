@@ -10,6 +10,7 @@ API the flow reports to, so their task runs show in the same flow run.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,16 @@ from tierflow.configs import TierflowConfig
 __all__ = ["slurm_cluster_kwargs", "slurm_task_runner"]
 
 
-def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, memory_factor: float = 1.0) -> dict[str, Any]:
+def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, memory_factor: float = 1.0,
+                         resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """SLURMCluster keyword arguments from ``[slurm]`` (job logs under Tier 4's ``logs/slurm``;
-    ``memory_factor`` times ``memory_per_job``)."""
+    ``memory_factor`` times ``memory_per_job``). An op's ``resources`` (``OpSpec.resources``)
+    ask each worker job for its ``memory`` instead of ``memory_per_job`` and for ``--gpus=N``."""
     from tierflow.flows.execution.slurm_retries import scale_memory
 
     settings = config.slurm
+    resources = resources or {}
+    memory = str(resources.get("memory") or settings.memory_per_job)
     logs = Path(config.tier_root("ephemeral")) / "logs" / "slurm"
     logs.mkdir(parents=True, exist_ok=True)
     prologue = [line for line in settings.preamble.splitlines() if line.strip()]
@@ -31,10 +36,11 @@ def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, 
     directives = list(settings.job_directives)
     directives += [f"--qos={settings.qos}"] if settings.qos else []
     directives += [f"--constraint={settings.constraint}"] if settings.constraint else []
+    directives += [f"--gpus={int(resources['gpu'])}"] if resources.get("gpu") else []
     return {
         "cores": settings.cores_per_job,
         "processes": 1,
-        "memory": scale_memory(settings.memory_per_job, memory_factor) if memory_factor != 1.0 else settings.memory_per_job,
+        "memory": scale_memory(memory, memory_factor) if memory_factor != 1.0 else memory,
         "walltime": settings.walltime,
         "queue": settings.partition or None,
         "account": settings.account or None,
@@ -47,7 +53,8 @@ def slurm_cluster_kwargs(config: TierflowConfig, *, api_url: str | None = None, 
     }
 
 
-def slurm_task_runner(config: TierflowConfig, workers: int, *, memory_factor: float = 1.0) -> Any:
+def slurm_task_runner(config: TierflowConfig, workers: int, *, memory_factor: float = 1.0,
+                      resources: Mapping[str, Any] | None = None) -> Any:
     """A DaskTaskRunner whose workers are SLURM jobs (1 to ``max_jobs`` or ``workers``)."""
     from prefect.settings import PREFECT_API_URL  # type: ignore[attr-defined]
     from prefect_dask import DaskTaskRunner
@@ -60,6 +67,7 @@ def slurm_task_runner(config: TierflowConfig, workers: int, *, memory_factor: fl
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
     return DaskTaskRunner(
         cluster_class="dask_jobqueue.SLURMCluster",
-        cluster_kwargs=slurm_cluster_kwargs(config, api_url=PREFECT_API_URL.value() or None, memory_factor=memory_factor),
+        cluster_kwargs=slurm_cluster_kwargs(config, api_url=PREFECT_API_URL.value() or None, memory_factor=memory_factor,
+                                             resources=resources),
         adapt_kwargs={"minimum": 1, "maximum": jobs},
     )

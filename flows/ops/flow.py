@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.execution.outputs import output_lease, stamped_op_key
 from tierflow.flows.execution.placement import check_output_placement, op_reads
-from tierflow.flows.execution.runners import block_task_runner
+from tierflow.flows.execution.runners import block_task_runner, op_workers
 from tierflow.flows.ops.features import run_features
 from tierflow.flows.ops.label import run_label
 from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu, run_map
@@ -185,7 +185,7 @@ def op_flow(
     source = locate_input(config, input)
     volume = open_source(source)
     shape_blocks = tuple(block_shape or config.execution.block_shape)[-len(volume.shape):]
-    workers = workers or config.execution.max_workers or os.cpu_count() or 1
+    workers = op_workers(config, spec.resources, workers or config.execution.max_workers or os.cpu_count() or 1)
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
                   "workers": workers, "inputs": dict(inputs or {}), "mask": mask}
@@ -195,7 +195,7 @@ def op_flow(
                         config=config, input=input, extras=extras, mask=locate_input(config, mask) if mask else None, fault=fault,
                         progress=progress, slurm_scheduler=slurm_scheduler,
                         new_runner=lambda extra_threads=0, memory_factor=1.0: block_task_runner(
-                            config, workers, extra_threads=extra_threads, memory_factor=memory_factor))
+                            config, workers, extra_threads=extra_threads, memory_factor=memory_factor, resources=spec.resources))
         ctx = _keyed(ctx)
         with output_lease(db, target, ctx.op_key):  # one op key writes this output at a time
             summary = STAGE_RUNNERS[spec.kind](ctx)

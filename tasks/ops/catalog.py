@@ -21,8 +21,8 @@ from tierflow.tasks.ops.params import otsu_or_number
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list
 
-__all__ = ["BUILTIN_OPS", "DownsampleParams", "FeaturesParams", "GaussianParams", "LabelParams", "ThresholdParams",
-           "WatershedParams"]
+__all__ = ["BUILTIN_OPS", "CONVERT", "DOWNSAMPLE", "FEATURES", "GAUSSIAN", "LABEL", "MASK", "THRESHOLD", "WATERSHED",
+           "DownsampleParams", "FeaturesParams", "GaussianParams", "LabelParams", "ThresholdParams", "WatershedParams"]
 
 
 def _dtype_problem(value: str) -> str | None:
@@ -148,24 +148,27 @@ def _pyramid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...], params
     return total
 
 
-BUILTIN_OPS: tuple[OpSpec, ...] = (
-    OpSpec("convert", "1", "map", ConvertParams, "copy an image into a new zarr array (re-chunked, re-compressed)",
-           kernel=lambda block, p: block),
-    OpSpec("gaussian", "1", "map", GaussianParams, "gaussian smoothing", kernel=_gaussian, halo=_gaussian_halo,
-           out_dtype=lambda p, dtype: np.dtype(p["out_dtype"] or dtype)),
-    OpSpec("threshold", "1", "map", ThresholdParams, "binary mask above (or below) a value or Otsu's threshold",
-           kernel=_threshold, out_dtype=lambda p, dtype: np.dtype(np.uint8)),
-    OpSpec("mask", "1", "map", OpParams, "keep the voxels where --with mask=... is non-zero (0 elsewhere)",
-           kernel=lambda block, p, *, mask: np.where(mask != 0, block, np.zeros((), dtype=block.dtype)), inputs=("mask",)),
-    OpSpec("watershed", "1", "map", WatershedParams, "seeded watershed; seeds (--with markers=...) keep their global ids",
-           kernel=_watershed, halo=_fixed_halo, out_dtype=lambda p, dtype: np.dtype(np.uint32), inputs=("markers",),
-           makes_labels=True),
-    OpSpec("label", "1", "label", LabelParams, "connected components, merged exactly across blocks",
-           block_count=lambda shape, blocks, p: 2 * len(BlockGrid(shape, blocks)), makes_labels=True),
-    OpSpec("downsample", "1", "pyramid", DownsampleParams, "a multiscale OME-Zarr pyramid (mean for images, mode for labels)",
-           block_count=_pyramid_blocks),
-    OpSpec("features", "1", "features", FeaturesParams,
-           "per-object features of a label image (with --with CHANNEL=image for intensities), to the database and a CSV",
-           inputs=("*",)),
-)
-"""tierflow's own ops. A new map op is one declaration here (and its kernel)."""
+CONVERT = OpSpec("convert", "1", "map", ConvertParams, "copy an image into a new zarr array (re-chunked, re-compressed)",
+                 kernel=lambda block, p: block)
+GAUSSIAN = OpSpec("gaussian", "1", "map", GaussianParams, "gaussian smoothing", kernel=_gaussian, halo=_gaussian_halo,
+                  out_dtype=lambda p, dtype: np.dtype(p["out_dtype"] or dtype))
+THRESHOLD = OpSpec("threshold", "1", "map", ThresholdParams, "binary mask above (or below) a value or Otsu's threshold",
+                   kernel=_threshold, out_dtype=lambda p, dtype: np.dtype(np.uint8))
+MASK = OpSpec("mask", "1", "map", OpParams, "keep the voxels where --with mask=... is non-zero (0 elsewhere)",
+              kernel=lambda block, p, *, mask: np.where(mask != 0, block, np.zeros((), dtype=block.dtype)), inputs=("mask",))
+WATERSHED = OpSpec("watershed", "1", "map", WatershedParams, "seeded watershed; seeds (--with markers=...) keep their global ids",
+                   kernel=_watershed, halo=_fixed_halo, out_dtype=lambda p, dtype: np.dtype(np.uint32), inputs=("markers",),
+                   makes_labels=True)
+LABEL = OpSpec("label", "1", "label", LabelParams, "connected components, merged exactly across blocks",
+               block_count=lambda shape, blocks, p: 2 * len(BlockGrid(shape, blocks)), makes_labels=True)
+DOWNSAMPLE = OpSpec("downsample", "1", "pyramid", DownsampleParams, "a multiscale OME-Zarr pyramid (mean for images, mode for labels)",
+                    block_count=_pyramid_blocks)
+FEATURES = OpSpec("features", "1", "features", FeaturesParams,
+                  "per-object features of a label image (with --with CHANNEL=image for intensities), to the database and a CSV",
+                  inputs=("*",))
+
+BUILTIN_OPS: tuple[OpSpec, ...] = (CONVERT, GAUSSIAN, THRESHOLD, MASK, WATERSHED, LABEL, DOWNSAMPLE, FEATURES)
+"""tierflow's own ops, in the order ``tierflow ops list`` shows them. A new built-in op is one
+declaration here (and its kernel) and its line under ``[project.entry-points."tierflow.ops"]`` in
+pyproject.toml (the registry also reads this tuple, for a checkout whose entry points are not
+installed)."""

@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tierflow.errors import InvalidParameterError
+from tierflow.errors import InvalidParameterError, KernelOutputError
 from tierflow.storage.geometry import BlockGrid
 
 __all__ = ["OpKind", "OpParams", "OpSpec", "describe_field", "finite_positive_list", "literal_choices", "no_halo", "same_dtype"]
@@ -75,7 +75,35 @@ class OpSpec:
     makes_labels: bool = False
     """The output is a label image (downsampled with ``mode``, shown as labels)."""
     resources: Mapping[str, Any] = field(default_factory=dict)
-    """Per-op resource hints, e.g. ``{"memory": "8G"}``."""
+    """Per-op resource hints, e.g. ``{"gpu": 1, "memory": "8G"}`` (``threads``/``gpu`` cap the
+    batches running at once; on SLURM ``memory`` and ``gpu`` are requested per worker job)."""
+    package: str = "tierflow"
+    """The distribution that gives the op (``tierflow`` for the built-ins)."""
+    entry_point: str = ""
+    """Where a plugin op comes from: ``NAME = module:attribute`` of group ``tierflow.ops``."""
+
+    @property
+    def origin(self) -> str:
+        """``tierflow`` or ``plugin DIST (entry point NAME = module:attribute)``: for messages."""
+        if not self.entry_point or self.package == "tierflow":
+            return self.package
+        return f"plugin {self.package} (entry point {self.entry_point})"
+
+    def check_block(self, result: Any, expected: tuple[int, ...], block_id: str) -> np.ndarray:
+        """``result`` if the kernel returned an array of its block's shape (read ROI).
+
+        Raises
+        ------
+        KernelOutputError
+            Naming the op, its origin, the block and the shapes.
+        """
+        shape = getattr(result, "shape", None)
+        if not isinstance(result, np.ndarray) or tuple(shape) != tuple(expected):
+            got = f"shape {tuple(shape)}" if shape is not None else f"a {type(result).__name__}"
+            raise KernelOutputError(f"op {self.name} ({self.origin}): its kernel returned {got} for block {block_id}, "
+                                    f"expected an array of shape {tuple(expected)} (the block with its halo)",
+                                    hint="the kernel must return an array of the shape of the block it is given")
+        return result
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and complete parameters (text from the CLI is converted).
@@ -120,11 +148,23 @@ class OpSpec:
     def describe(self) -> dict[str, Any]:
         """What ``tierflow ops list --json`` prints of this op."""
         return {"name": self.name, "version": self.version, "kind": self.kind, "summary": self.summary,
+                "package": self.package, "entry_point": self.entry_point,
                 "inputs": list(self.inputs), "makes_labels": self.makes_labels, "resources": dict(self.resources),
                 "params": {name: {"default": None if info.is_required() else info.default, "required": info.is_required(),
                                   "help": info.description or "", "allowed": describe_field(info)}
                            for name, info in self.params.model_fields.items()},
-                "schema": self.schema()}
+                "halo": self.default_halo(), "schema": self.schema()}
+
+    def default_halo(self) -> dict[str, list[int]] | None:
+        """The halo with the default parameters, per dimensionality (``{"3-D": [...], "2-D": [...]}``);
+        ``None`` for a staged op or when a parameter has no default (the halo depends on it)."""
+        if self.kind != "map":
+            return None
+        try:
+            params = self.resolve({})
+            return {f"{ndim}-D": [int(h) for h in self.halo(params, ndim)] for ndim in (3, 2)}
+        except Exception:  # noqa: BLE001 - a required parameter, or a halo rule that needs one
+            return None
 
 
 def _problem(error: Mapping[str, Any], value: Any) -> str:
