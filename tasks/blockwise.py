@@ -207,7 +207,8 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
                 inside = block.read_roi.relative_to(region)
                 # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
                 block_data = volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if per_block else data[inside]
-                result = op.kernel(block_data, job.params, **{name: array[inside] for name, array in extras.items()})
+                where = {"origin": block.read_roi.offset, "volume_shape": job.shape} if op.wants_offset else {}
+                result = op.kernel(block_data, job.params, **where, **{name: array[inside] for name, array in extras.items()})
                 if job.mask is not None:
                     result = np.where(mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
                 values = result[block.write_roi.relative_to(block.read_roi)]

@@ -76,6 +76,12 @@ class OpSpec:
     """The output is a label image (downsampled with ``mode``, shown as labels)."""
     resources: Mapping[str, Any] = field(default_factory=dict)
     """Per-op resource hints, e.g. ``{"memory": "8G"}``."""
+    wants_offset: bool = False
+    """Map ops: the kernel also gets ``origin=`` (its block's read ROI offset in the volume) and
+    ``volume_shape=``, for results that depend on where the block lies (global ids, the volume's
+    border)."""
+    max_voxels: int | None = None
+    """The largest input (in voxels) the op takes; a larger one is refused before any work."""
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and complete parameters (text from the CLI is converted).
