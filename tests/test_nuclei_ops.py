@@ -139,3 +139,16 @@ def test_nuclei_chain_beats_otsu_and_connected_components(op, tmp_path):
     baseline, split = match_instances(truth, cells), match_instances(truth, nuclei)
     print(f"F1 otsu+cc {baseline.f1:.3f}, nuclei chain {split.f1:.3f} ({split.predicted_objects} objects, {split.true_objects} true)")
     assert split.f1 > baseline.f1 and split.f1 >= 0.9
+
+
+def test_bad_parameters_are_refused_before_any_block(op, tmp_path):
+    from tierflow.errors import InvalidParameterError
+
+    source = write(tmp_path / "mask.zarr", blobs((20, 30, 30)), (10, 16, 16))
+    with pytest.raises(InvalidParameterError, match=r"voxel_size='1,1' has 2 values, the input 3 axes"):
+        op("distance_transform", source, "dist.zarr", {"voxel_size": "1,1"}, (10, 16, 16))
+    assert not (tmp_path / "dist.zarr").exists()
+    with pytest.raises(InvalidParameterError, match=r"peaks: parameter min_distance=0 is out of range"):
+        op("peaks", source, "seeds.zarr", {"min_distance": 0}, (10, 16, 16))
+    with pytest.raises(InvalidParameterError, match=r"binary_open has no parameter\(s\) \['size'\]"):
+        op("binary_open", source, "open.zarr", {"size": 2}, (10, 16, 16))
