@@ -285,7 +285,8 @@ class _MapBatch:
         # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
         data = (self.volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if self.per_block
                 else self.data[inside])
-        result = op.check_block(op.kernel(data, job.params, **{name: array[inside] for name, array in self.extras.items()}),
+        where = {"origin": block.read_roi.offset, "volume_shape": job.shape} if op.wants_offset else {}
+        result = op.check_block(op.kernel(data, job.params, **where, **{name: array[inside] for name, array in self.extras.items()}),
                                 data.shape, block.block_id)
         if self.mask is not None:
             result = np.where(self.mask[inside] != 0, result, np.zeros((), dtype=result.dtype))

@@ -65,7 +65,8 @@ def resolve_otsu(op: str, params: dict[str, Any], source: SourceRef, shape: tupl
 
 
 def check_extra_inputs(ctx: OpContext) -> None:
-    """The extra inputs are the ones the op takes, each of the main input's shape.
+    """The extra inputs are the ones the op takes, each of the main input's shape (and the input
+    not larger than the op takes).
 
     Raises
     ------
@@ -73,6 +74,10 @@ def check_extra_inputs(ctx: OpContext) -> None:
         Naming the inputs expected and given, or the input of the wrong shape.
     """
     spec, extras = ctx.spec, ctx.extras
+    if spec.max_voxels is not None and int(np.prod(ctx.shape, dtype=np.int64)) > spec.max_voxels:
+        raise TierflowError(f"{spec.name} takes at most {spec.max_voxels} voxels; "
+                            f"input {ctx.input or ctx.source_uri} has shape {ctx.shape}",
+                            hint="split the volume (e.g. per time point or region) and run the op on each part")
     if spec.inputs != ("*",) and sorted(spec.inputs) != sorted(extras):
         raise TierflowError(f"{spec.name} takes the extra input(s) {list(spec.inputs) or 'none'}, got {sorted(extras)}",
                             hint="give them as --with NAME=PATH")

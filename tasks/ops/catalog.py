@@ -17,12 +17,18 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.ops.filters import gaussian, gaussian_radius, threshold
+from tierflow.tasks.ops.morphology import (binary_close, binary_open, distance_halo, distance_transform, fill_holes,
+                                           remove_small_objects)
 from tierflow.tasks.ops.params import otsu_or_number
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
+from tierflow.tasks.ops.seeds import peaks
+from tierflow.errors import InvalidParameterError
 from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list
 
-__all__ = ["BUILTIN_OPS", "CONVERT", "DOWNSAMPLE", "FEATURES", "GAUSSIAN", "LABEL", "MASK", "THRESHOLD", "WATERSHED",
-           "DownsampleParams", "FeaturesParams", "GaussianParams", "LabelParams", "ThresholdParams", "WatershedParams"]
+__all__ = ["BINARY_CLOSE", "BINARY_OPEN", "BUILTIN_OPS", "CONVERT", "DISTANCE_TRANSFORM", "DOWNSAMPLE", "FEATURES", "FILL_HOLES",
+           "GAUSSIAN", "LABEL", "MASK", "PEAKS", "REMOVE_SMALL_OBJECTS", "THRESHOLD", "WATERSHED", "DistanceParams",
+           "DownsampleParams", "FeaturesParams", "FillHolesParams", "GaussianParams", "LabelParams", "MorphologyParams",
+           "PeaksParams", "SmallObjectsParams", "ThresholdParams", "WatershedParams"]
 
 
 def _dtype_problem(value: str) -> str | None:
@@ -139,6 +145,80 @@ class FeaturesParams(OpParams):
     sample: str | None = Field(None, description="sample name recorded with the features")
 
 
+class DistanceParams(OpParams):
+    max_distance: float = Field(16.0, gt=0, le=4096, description="distances are exact up to this value and clipped to it "
+                                "(the halo: max_distance / voxel size voxels per axis)")
+    voxel_size: str | None = Field(None, description="voxel size per axis, z,y,x (distances in these units)",
+                                   json_schema_extra={"allowed": "positive numbers separated by commas, e.g. 2,0.5,0.5"})
+
+    @field_validator("voxel_size", mode="before")
+    @classmethod
+    def _voxel_size(cls, value: Any) -> str | None:
+        return finite_positive_list(None if value is None else str(value))
+
+
+def _voxel_size(p: Mapping[str, Any], ndim: int) -> tuple[float, ...] | None:
+    if not p["voxel_size"]:
+        return None
+    sizes = tuple(float(v) for v in str(p["voxel_size"]).split(","))
+    if len(sizes) != ndim:
+        raise InvalidParameterError(f"distance_transform: parameter voxel_size={p['voxel_size']!r} has {len(sizes)} values, "
+                                    f"the input {ndim} axes", hint=f"give {ndim} sizes, one per axis")
+    return sizes
+
+
+def _distance(block: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    return distance_transform(block, max_distance=p["max_distance"], voxel_size=_voxel_size(p, block.ndim))
+
+
+def _distance_halo(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
+    return distance_halo(p["max_distance"], _voxel_size(p, ndim), ndim)
+
+
+class PeaksParams(OpParams):
+    min_distance: int = Field(3, ge=1, le=256, description="a peak is the maximum of the (2*min_distance+1) cube around it")
+    threshold_abs: float = Field(0.0, description="peaks must be above this value")
+    plateau: int = Field(4, ge=0, le=1024, description="extra voxels of context for seeds (connected peaks) "
+                         "crossing a block border; a seed reaching further beyond a border is split there")
+
+
+def _peaks(block: np.ndarray, p: Mapping[str, Any], *, origin: tuple[int, ...], volume_shape: tuple[int, ...]) -> np.ndarray:
+    return peaks(block, min_distance=p["min_distance"], threshold_abs=p["threshold_abs"], origin=origin, volume_shape=volume_shape)
+
+
+class MorphologyParams(OpParams):
+    radius: int = Field(1, ge=1, le=256, description="radius of the ball (3-D) or disk (2-D) footprint, in voxels")
+
+
+def _twice_radius(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
+    return (2 * int(p["radius"]),) * ndim
+
+
+class FillHolesParams(OpParams):
+    halo: int = Field(16, ge=0, le=4096, description="voxels of context: holes fitting in a box this wide per axis are "
+                      "filled exactly, larger ones may stay unfilled")
+
+
+class SmallObjectsParams(OpParams):
+    min_size: int = Field(64, ge=1, le=2**31, description="objects of fewer voxels are removed")
+    connectivity: Annotated[Literal[4, 8, 6, 18, 26] | None, BeforeValidator(_int_text)] = Field(
+        None, description="neighbours that connect voxels (default: 26 in 3-D, 8 in 2-D)")
+    halo: int | None = Field(None, ge=0, le=4096, description="voxels of context (default min_size - 1: exact; "
+                             "smaller: a small object reaching beyond it may be kept)")
+
+
+def _small_objects(block: np.ndarray, p: Mapping[str, Any], *, origin: tuple[int, ...], volume_shape: tuple[int, ...]) -> np.ndarray:
+    return remove_small_objects(block, min_size=p["min_size"], connectivity=p["connectivity"], origin=origin, volume_shape=volume_shape)
+
+
+def _small_objects_halo(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
+    return (int(p["min_size"]) - 1 if p["halo"] is None else int(p["halo"]),) * ndim
+
+
+def _mask_dtype(p: Mapping[str, Any], dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.uint8)
+
+
 def _pyramid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...], params: Mapping[str, Any]) -> int:
     """Blocks of every level of a pyramid (ceil division: odd extents keep their last voxel)."""
     total, level_shape = 0, tuple(shape)
@@ -159,6 +239,22 @@ MASK = OpSpec("mask", "1", "map", OpParams, "keep the voxels where --with mask=.
 WATERSHED = OpSpec("watershed", "1", "map", WatershedParams, "seeded watershed; seeds (--with markers=...) keep their global ids",
                    kernel=_watershed, halo=_fixed_halo, out_dtype=lambda p, dtype: np.dtype(np.uint32), inputs=("markers",),
                    makes_labels=True)
+DISTANCE_TRANSFORM = OpSpec("distance_transform", "1", "map", DistanceParams,
+                            "Euclidean distance of each foreground voxel to the background, exact up to max_distance (clipped to it)",
+                            kernel=_distance, halo=_distance_halo, out_dtype=lambda p, dtype: np.dtype(np.float32))
+PEAKS = OpSpec("peaks", "1", "map", PeaksParams,
+               "seeds: local maxima (e.g. of a distance transform), each with a global id (1 + its first voxel's linear index)",
+               kernel=_peaks, halo=lambda p, ndim: (int(p["min_distance"]) + int(p["plateau"]),) * ndim,
+               out_dtype=lambda p, dtype: np.dtype(np.uint32), makes_labels=True, wants_offset=True, max_voxels=2**32 - 2)
+BINARY_OPEN = OpSpec("binary_open", "1", "map", MorphologyParams, "binary opening by a ball/disk (removes thin bridges and specks)",
+                     kernel=lambda block, p: binary_open(block, radius=p["radius"]), halo=_twice_radius, out_dtype=_mask_dtype)
+BINARY_CLOSE = OpSpec("binary_close", "1", "map", MorphologyParams, "binary closing by a ball/disk (closes small gaps and pits)",
+                      kernel=lambda block, p: binary_close(block, radius=p["radius"]), halo=_twice_radius, out_dtype=_mask_dtype)
+FILL_HOLES = OpSpec("fill_holes", "1", "map", FillHolesParams, "fill background enclosed by foreground (holes up to halo voxels wide)",
+                    kernel=lambda block, p: fill_holes(block), halo=_fixed_halo, out_dtype=_mask_dtype)
+REMOVE_SMALL_OBJECTS = OpSpec("remove_small_objects", "1", "map", SmallObjectsParams,
+                              "remove objects of fewer than min_size voxels from a mask",
+                              kernel=_small_objects, halo=_small_objects_halo, out_dtype=_mask_dtype, wants_offset=True)
 LABEL = OpSpec("label", "1", "label", LabelParams, "connected components, merged exactly across blocks",
                block_count=lambda shape, blocks, p: 2 * len(BlockGrid(shape, blocks)), makes_labels=True)
 DOWNSAMPLE = OpSpec("downsample", "1", "pyramid", DownsampleParams, "a multiscale OME-Zarr pyramid (mean for images, mode for labels)",
@@ -167,7 +263,8 @@ FEATURES = OpSpec("features", "1", "features", FeaturesParams,
                   "per-object features of a label image (with --with CHANNEL=image for intensities), to the database and a CSV",
                   inputs=("*",))
 
-BUILTIN_OPS: tuple[OpSpec, ...] = (CONVERT, GAUSSIAN, THRESHOLD, MASK, WATERSHED, LABEL, DOWNSAMPLE, FEATURES)
+BUILTIN_OPS: tuple[OpSpec, ...] = (CONVERT, GAUSSIAN, THRESHOLD, MASK, WATERSHED, DISTANCE_TRANSFORM, PEAKS, BINARY_OPEN, BINARY_CLOSE,
+                                   FILL_HOLES, REMOVE_SMALL_OBJECTS, LABEL, DOWNSAMPLE, FEATURES)
 """tierflow's own ops, in the order ``tierflow ops list`` shows them. A new built-in op is one
 declaration here (and its kernel) and its line under ``[project.entry-points."tierflow.ops"]`` in
 pyproject.toml (the registry also reads this tuple, for a checkout whose entry points are not

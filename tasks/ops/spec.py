@@ -81,6 +81,12 @@ class OpSpec:
     """The distribution that gives the op (``tierflow`` for the built-ins)."""
     entry_point: str = ""
     """Where a plugin op comes from: ``NAME = module:attribute`` of group ``tierflow.ops``."""
+    wants_offset: bool = False
+    """Map ops: the kernel also gets ``origin=`` (its block's read ROI offset in the volume) and
+    ``volume_shape=``, for results that depend on where the block lies (global ids, the volume's
+    border)."""
+    max_voxels: int | None = None
+    """The largest input (in voxels) the op takes; a larger one is refused before any work."""
 
     @property
     def origin(self) -> str:
