@@ -53,7 +53,8 @@ def test_matching_on_a_toy_case_counted_by_hand():
     truth = np.concatenate([truth, [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]])
     predicted[1, 0] = 4
     t, p, iou = iou_pairs(truth, predicted)
-    assert dict(zip(zip(t.tolist(), p.tolist(), strict=False), iou.tolist(), strict=False)) == {(1, 5): 0.75, (2, 7): 2 / 3, (3, 8): 0.5, (3, 9): 0.5}
+    pairs = zip(t.tolist(), p.tolist(), strict=True)
+    assert dict(zip(pairs, iou.tolist(), strict=True)) == {(1, 5): 0.75, (2, 7): 2 / 3, (3, 8): 0.5, (3, 9): 0.5}
     score = match_instances(truth, predicted)
     assert (score.true_objects, score.predicted_objects, score.matched) == (3, 5, 3)
     assert score.precision == 3 / 5 and score.recall == 1.0 and score.f1 == 2 * 3 / (3 + 5)
