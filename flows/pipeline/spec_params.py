@@ -130,7 +130,7 @@ def check_params(spec: PipelineSpec) -> None:
     except (TypeError, ValueError) as exc:
         raise spec_error(spec.file, "[params]", "?", f"cannot be typed: {exc}", "give each parameter a plain default") from None
     try:
-        values = model().model_dump()
+        values = model(**{name: decl.default for name, decl in spec.params.items()}).model_dump()  # defaults checked
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else "?"
