@@ -1,10 +1,11 @@
-"""The main job: the ``pipeline`` flow, from a raw folder or a snapshot to promoted results.
+"""The main job: the ``pipeline`` flow, from a raw folder or a snapshot to promoted results,
+running any pipeline spec (:mod:`.spec`; default ``cells``).
 
 Stages, each a subflow in the Prefect UI with a progress artifact (blocks done / total)::
 
     ingest (or an existing snapshot) -> stage (TIFF -> zarr on scratch, every channel)
-    -> smooth (gaussian) -> threshold (fixed or Otsu) -> label (connected components)
-    -> features (per object, every channel, into PostgreSQL) -> track (+ kinematics, MSD)
+    -> the spec's stages (cells: smooth -> threshold -> label), in dependency order
+    -> features (per object, into PostgreSQL) -> track (+ kinematics, MSD)
     -> pyramid (OME-Zarr on the output tier) -> tables -> promote -> retention (this run's
     scratch) -> report (markdown in the UI and on Tier 1, with Neuroglancer links)
 
