@@ -126,15 +126,16 @@ class SlurmSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    """Defaults of the ``pipeline`` flow's parameters (``--param`` overrides them per run)."""
+    """Site defaults of pipeline runs: the block shape, report links, and (optional) overrides of
+    any pipeline's ``[params]`` of the same name (``--param`` overrides them per run)."""
 
-    segment_channel: int = Field(0, ge=0, description="Channel that is smoothed, thresholded and labelled")
-    sigma: float = Field(1.0, gt=0, le=50, description="Gaussian smoothing before the threshold, voxels")
-    threshold: str = Field("otsu", description='"otsu" or a number')
-    connectivity: Literal[6, 18, 26] = 26
-    max_distance: float = Field(15.0, gt=0, description="Tracking: largest move between time points, voxels")
-    frame_interval: float = Field(1.0, gt=0, description="Seconds (or any unit) between time points")
-    pyramid_levels: int = Field(3, ge=1, le=10)
+    segment_channel: int | None = Field(None, ge=0, description="Channel that is smoothed, thresholded and labelled")
+    sigma: float | None = Field(None, gt=0, le=50, description="Gaussian smoothing before the threshold, voxels")
+    threshold: str | None = Field(None, description='"otsu" or a number')
+    connectivity: Literal[6, 18, 26] | None = None
+    max_distance: float | None = Field(None, gt=0, description="Tracking: largest move between time points, voxels")
+    frame_interval: float | None = Field(None, gt=0, description="Seconds (or any unit) between time points")
+    pyramid_levels: int | None = Field(None, ge=1, le=10)
     block_shape: tuple[int, int, int] = (16, 128, 128)
     neuroglancer_url: str = Field("https://neuroglancer-demo.appspot.com", description="Neuroglancer app for report links")
     data_url: str = Field("http://127.0.0.1:9000", description="Where `tierflow serve` publishes Tier 1 for Neuroglancer")

@@ -1,5 +1,6 @@
 """The pipeline's plan (its jobs, as data) and its typed result, without running anything: the
-jobs chain stage -> smooth -> threshold -> label -> features on the segmentation channel, and a
+cells pipeline's jobs chain stage -> smooth -> threshold -> label -> features on the
+segmentation channel, and a
 :class:`PipelineResult` reads and serialises as the plain dict it replaced."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tierflow.flows.pipeline.library import find_spec
 from tierflow.flows.pipeline.params import PipelineParams
 from tierflow.flows.pipeline.plan import LocatedVolume, pipeline_key, plan_pipeline, raw_volumes, work_prefix
 from tierflow.flows.pipeline.report import PipelineResult, TierUsage, render_report
@@ -25,18 +27,22 @@ def test_raw_volumes_are_read_from_the_layout_in_sample_time_channel_order():
 
 def test_the_plan_chains_every_stage_on_the_segmentation_channel(tmp_path: Path):
     scratch, output = PosixTier("scratch", tmp_path / "t3"), PosixTier("output", tmp_path / "t2")
-    params = PipelineParams(segment_channel=1, block_shape=(16, 64, 64), pyramid_levels=2)
+    cells = find_spec("cells")
+    defaults = PipelineParams(values={name: decl.default for name, decl in cells.params.items()}, spec_digest=cells.digest)
+    params = PipelineParams(values={**defaults.values, "segment_channel": 1, "pyramid_levels": 2}, block_shape=(16, 64, 64),
+                            spec_digest=cells.digest)
     paths = [f"s1/s1_c{c}_t{t:03d}.tif" for c in (0, 1) for t in (0, 1)]
     located = [LocatedVolume(v, f"/raw/{v.path}", (20, 100, 64)) for v in raw_volumes(paths)]
     work = work_prefix("emb", "0123456789abcdef0123", pipeline_key("emb", "0123456789abcdef0123", params))
-    plan = plan_pipeline(located, params, dataset="emb", work=work, scratch=scratch, output=output)
+    plan = plan_pipeline(located, params, cells, dataset="emb", work=work, scratch=scratch, output=output)
 
     assert work.startswith("pipeline/emb/0123456789abcdef/") and plan.channels == (0, 1) and plan.points == [("s1", 0), ("s1", 1)]
     assert [job.name for job in plan.stage] == ["s1_c0_t000", "s1_c1_t000", "s1_c0_t001", "s1_c1_t001"]
     assert {job.blocks for job in plan.stage} == {2 * 2 * 1}
-    seg = plan.segmented("s1", 1)
+    seg = plan.staged("s1", 1, 1)
     assert seg.channel == 1 and seg.output == str(tmp_path / "t3" / work / "staged" / "s1_c1_t001.zarr")
-    smooth, mask, label, features = plan.smooth[1], plan.threshold[1], plan.label[1], plan.features[1]
+    assert [stage.name for stage in plan.stages] == ["smooth", "threshold", "label"]
+    smooth, mask, label, features = plan.of("smooth").jobs[1], plan.of("threshold").jobs[1], plan.of("label").jobs[1], plan.features[1]
     assert (smooth.input, mask.input, label.input, features.input) == (seg.output, smooth.output, mask.output, label.output)
     assert (smooth.params, mask.params, label.params) == ({"sigma": 1.0}, {"value": "otsu"}, {"connectivity": 26})
     assert features.inputs == {"c0": plan.staged("s1", 0, 1).output, "c1": seg.output}
@@ -44,8 +50,11 @@ def test_the_plan_chains_every_stage_on_the_segmentation_channel(tmp_path: Path)
     pyramid = plan.pyramid[1]
     assert pyramid.input == seg.output and pyramid.output == str(tmp_path / "t2" / work / "pyramids" / "s1_t001.ome.zarr")
     assert pyramid.blocks == 2 * 2 * 1 + 1 * 1 * 1  # level 0 (20, 100, 64), level 1 (10, 50, 32)
+    assert plan.staged("s2", 0, 0) is None
     with pytest.raises(KeyError):
-        plan.segmented("s2", 0)
+        plan.of("watershed")
+    # the key names the pipeline's content: another spec (or another default) works elsewhere
+    assert pipeline_key("emb", "0123456789abcdef0123", params) != pipeline_key("emb", "0123456789abcdef0123", defaults)
 
 
 def _result(**changes) -> PipelineResult:

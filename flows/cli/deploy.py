@@ -35,6 +35,11 @@ def deploy(
     deployed = [line.strip() for line in output.splitlines() if "Deployment '" in line and "successfully created" in line]
     for line in deployed:
         console.print(line)
+    if not name:
+        from tierflow.flows.pipeline.deployments import deploy_pipelines
+
+        for made in deploy_pipelines(state(ctx).config_path):
+            console.print(f"Deployment 'pipeline/{made.name}': pipeline {made.pipeline} with its parameters as a run form")
     console.print("Start a worker per pool: `tierflow worker local` and, on a SLURM login node, `tierflow worker slurm`.")
 
 

@@ -18,6 +18,7 @@ __all__ = ["register"]
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 run_app = typer.Typer(help="Run a flow: `tierflow run pipeline --snapshot ID`.", no_args_is_help=True)
+pipelines_app = typer.Typer(help="Pipelines (TOML specs in configs/pipelines/): `tierflow pipelines list`.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs recorded in the results database.", no_args_is_help=True)
 
 
@@ -36,15 +37,18 @@ def _pipeline_summary(result: PipelineResult) -> None:
 def run_pipeline(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")],
+    name: Annotated[str | None, typer.Argument(help="The pipeline: a name (`tierflow pipelines list`) or a .toml spec; default cells.",
+                                               show_default=False)] = None,
     snapshot: Annotated[str | None, typer.Option("--snapshot", help="Snapshot id (or a unique prefix).")] = None,
     raw: Annotated[Path | None, typer.Option("--raw", help="Or a raw folder to ingest first.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="Override a [pipeline] parameter: key=value (repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Set a parameter of the pipeline's \\[params] (or block_shape): key=value (repeatable).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches per operation.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the main job (stage, smooth, threshold, label, features, track, pyramid, promote,
-    retention, report) on a snapshot or a raw folder."""
+    """Run a pipeline (default cells: stage, smooth, threshold, label, features, track, pyramid,
+    promote, retention, report) on a snapshot or a raw folder."""
     from tierflow.flows.cli.data import _config
+    from tierflow.flows.pipeline.library import find_spec
     from tierflow.flows.pipeline.params import PipelineParams
     from tierflow.storage.raw_layout import check_raw_folder
     from tierflow.storage.tiers import check_name
@@ -52,19 +56,45 @@ def run_pipeline(
     config = _config(ctx)
     params = parse_params(param)
     check_name(dataset, "dataset")
-    PipelineParams.from_config(config, params)  # refuse bad parameters and inputs before any flow starts
+    spec = find_spec(name, config.meta.config_dir)
+    PipelineParams.from_config(config, params, spec)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:
         check_raw_folder(raw.expanduser())
     from tierflow.flows.pipeline.flow import pipeline
     from tierflow.flows.runtime.prefect_env import interactive_flows
 
     with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
-        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, params=params, workers=workers,
-                          config_dir=state(ctx).config_path)
+        result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, spec=spec.file, params=params,
+                          workers=workers, config_dir=state(ctx).config_path)
     if as_json:
         print_json(result.to_dict())
         return
     _pipeline_summary(result)
+
+
+def pipelines_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The pipelines this project can run: its own configs/pipelines/*.toml and tierflow's."""
+    from tierflow.flows.cli.data import _config
+    from tierflow.flows.pipeline.library import list_specs
+    from tierflow.flows.pipeline.spec_params import params_model
+    from tierflow.tasks.ops.spec import describe_field
+
+    config = _config(ctx)
+    rows = []
+    for spec in list_specs(config.meta.config_dir):
+        fields = params_model(spec).model_fields
+        rows.append({"name": spec.name, "description": spec.description, "file": spec.file,
+                     "stages": [{"name": s.name, "op": s.op} for s in spec.ordered()],
+                     "params": {name: {"default": info.default, "help": info.description or "", "allowed": describe_field(info)}
+                                for name, info in fields.items()}})
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("pipeline", "stages", "parameters (defaults)", "file")
+    for row in rows:
+        table.add_row(f"[bold]{row['name']}[/]\n{row['description']}", " -> ".join(s["name"] for s in row["stages"]),
+                      ", ".join(f"{k}={v['default']}" for k, v in row["params"].items()), row["file"])
+    console.print(table)
 
 
 class _null:
@@ -262,6 +292,8 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     run_app.command("pipeline")(run_pipeline)
+    pipelines_app.command("list")(pipelines_list)
+    app.add_typer(pipelines_app, name="pipelines")
     app.add_typer(run_app, name="run")
     runs_app.command("list")(runs_list)
     runs_app.command("show")(runs_show)

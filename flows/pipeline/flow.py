@@ -1,10 +1,11 @@
-"""The main job: the ``pipeline`` flow, from a raw folder or a snapshot to promoted results.
+"""The main job: the ``pipeline`` flow, from a raw folder or a snapshot to promoted results,
+running any pipeline spec (:mod:`.spec`; default ``cells``).
 
 Stages, each a subflow in the Prefect UI with a progress artifact (blocks done / total)::
 
     ingest (or an existing snapshot) -> stage (TIFF -> zarr on scratch, every channel)
-    -> smooth (gaussian) -> threshold (fixed or Otsu) -> label (connected components)
-    -> features (per object, every channel, into PostgreSQL) -> track (+ kinematics, MSD)
+    -> the spec's stages (cells: smooth -> threshold -> label), in dependency order
+    -> features (per object, into PostgreSQL) -> track (+ kinematics, MSD)
     -> pyramid (OME-Zarr on the output tier) -> tables -> promote -> retention (this run's
     scratch) -> report (markdown in the UI and on Tier 1, with Neuroglancer links)
 
@@ -43,10 +44,12 @@ from tierflow.flows.lifecycle.promote import promote
 from tierflow.flows.lifecycle.retention import retention
 from tierflow.flows.lifecycle.track import track
 from tierflow.flows.ops.flow import BlockFailuresError, op_flow
+from tierflow.flows.pipeline.library import find_spec
 from tierflow.flows.pipeline.params import PipelineParams
 from tierflow.flows.pipeline.plan import (
     PIPELINE_VERSION,
     PipelinePlan,
+    StagePlan,
     VolumeJob,
     locate_volume,
     pipeline_key,
@@ -54,6 +57,7 @@ from tierflow.flows.pipeline.plan import (
     raw_volumes,
     work_prefix,
 )
+from tierflow.flows.pipeline.spec import DEFAULT_PIPELINE, PipelineSpec, substitute
 from tierflow.flows.pipeline.report import PipelineResult, TierUsage, neuroglancer_links, publish_artifacts, render_report
 from tierflow.flows.pipeline.tables import write_tables
 from tierflow.flows.runtime.database import open_database
@@ -131,7 +135,7 @@ class StageResult:
 
 
 @flow(name="pipeline-stage", flow_run_name="{stage}")
-def op_stage(stage: str, op: str, jobs: list[VolumeJob], params: PipelineParams, workers: int | None, config_dir: str | None,
+def op_stage(stage: str, op: str, jobs: list[VolumeJob], block_shape: tuple[int, ...], workers: int | None, config_dir: str | None,
              parent_run: int) -> list[StageResult]:
     """One stage: ``op`` on every job (input, output, params, extra inputs), in this flow run,
     with a progress artifact over all the jobs' blocks."""
@@ -139,7 +143,7 @@ def op_stage(stage: str, op: str, jobs: list[VolumeJob], params: PipelineParams,
     progress = StageProgress(stage, total)
     results, reached = [], 0
     for job in jobs:
-        result = op_flow.fn(op, job.input, job.output, dict(job.params), block_shape=tuple(params.block_shape), workers=workers,
+        result = op_flow.fn(op, job.input, job.output, dict(job.params), block_shape=tuple(block_shape), workers=workers,
                             config_dir=config_dir, inputs=dict(job.inputs) if job.inputs is not None else None,
                             progress=progress.advance, parent_run=parent_run)
         reached += job.blocks
@@ -199,6 +203,7 @@ class _PipelineRun:
     snapshot_id: str
     snapshot_pk: int
     params: PipelineParams
+    spec: PipelineSpec
     tiers: Tiers
     guard: MemoryGuard
     workers: int | None
@@ -214,13 +219,13 @@ class _PipelineRun:
         self.written[tier_name].append(artifact_id)
         return artifact_id
 
-    def stage(self, name: str, op: str, jobs: Sequence[VolumeJob]) -> list[StageResult]:
-        """Run stage ``name`` (``op`` on every job) after a memory check; a failure says how to
-        resume this run."""
+    def stage(self, name: str, op: str, jobs: Sequence[VolumeJob], tier_name: str = "scratch") -> list[StageResult]:
+        """Run stage ``name`` (``op`` on every job, writing to the ``tier_name`` tier) after a
+        memory check; a failure says how to resume this run."""
         self.guard.check(name, run_id=self.run)
-        writes_to = (self.tiers.output if name == "pyramid" else self.tiers.scratch).uri("")
+        writes_to = (self.tiers.output if tier_name == "output" else self.tiers.scratch).uri("")
         with resume_this_run(self.run, name, writes_to):
-            return op_stage(name, op, list(jobs), self.params, self.workers, self.config_dir, self.run)
+            return op_stage(name, op, list(jobs), self.params.block_shape, self.workers, self.config_dir, self.run)
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -230,6 +235,7 @@ def pipeline(
     dataset: str,
     snapshot: str | None = None,
     raw_dir: str | None = None,
+    spec: str = DEFAULT_PIPELINE,
     params: dict[str, Any] | None = None,
     workers: int | None = None,
     config_dir: str | None = None,
@@ -243,8 +249,11 @@ def pipeline(
         Dataset name of the snapshot.
     snapshot, raw_dir
         Exactly one: an existing snapshot id, or a raw folder to ingest.
+    spec
+        The pipeline: a name (``tierflow pipelines list``; default ``cells``) or the path of a
+        TOML spec.
     params
-        Overrides of ``[pipeline]`` (see :class:`PipelineParams`).
+        Values of the pipeline's ``[params]`` (and ``block_shape``) for this run.
     workers
         Parallel batches per operation (default ``[execution].max_workers``).
     config_dir
@@ -261,7 +270,8 @@ def pipeline(
     if (snapshot is None) == (raw_dir is None):
         raise TierflowError("give exactly one of a snapshot id or a raw folder", hint="tierflow run pipeline --snapshot ID (or --raw DIR)")
     config = load_config(config_dir)
-    chosen = PipelineParams.from_config(config, params)
+    pipeline_spec = find_spec(spec, config.meta.config_dir)
+    chosen = PipelineParams.from_config(config, params, pipeline_spec)
     db = open_database(load_db_config(config_dir), migrate=True)
     tiers = open_tiers(config)
     guard = MemoryGuard(config.execution.memory_limit_percent)
@@ -271,16 +281,17 @@ def pipeline(
         snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
     snapshot_id, snapshot_pk = _find_snapshot(db, dataset, str(snapshot))
     key = pipeline_key(dataset, snapshot_id, chosen)
-    recorded = {"dataset": dataset, "snapshot": snapshot_id, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key}
+    recorded = {"dataset": dataset, "snapshot": snapshot_id, "pipeline": pipeline_spec.name, "spec": pipeline_spec.file,
+                "spec_digest": pipeline_spec.digest, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key}
 
     cached = _cached_result(db, key, tiers.source)
     if cached is not None:
         return _serve_cached(db, recorded, *cached)
 
     with recorded_run(db, "pipeline", recorded) as run_id, tee_run_log(config, f"pipeline-{int(run_id)}") as log_path:
-        run = _PipelineRun(db, int(run_id), dataset, snapshot_id, snapshot_pk, chosen, tiers, guard, workers, config_dir)
-        logger.info("pipeline run %d on %s/%s, parameters %s (work key %s); log %s", run.run, dataset, snapshot_id, recorded["params"],
-                    key, log_path)
+        run = _PipelineRun(db, int(run_id), dataset, snapshot_id, snapshot_pk, chosen, pipeline_spec, tiers, guard, workers, config_dir)
+        logger.info("pipeline %s run %d on %s/%s, parameters %s (work key %s); log %s", pipeline_spec.name, run.run, dataset,
+                    snapshot_id, recorded["params"], key, log_path)
         result = _execute(run, config, work_prefix(dataset, snapshot_id, key), key, str(log_path))
         run_id.result = result.to_dict()
         logger.info("pipeline run %d: %d objects, %d tracks; report %s", run.run, result.objects, result.tracks, result.report_uri)
@@ -290,17 +301,23 @@ def pipeline(
 def _execute(run: _PipelineRun, config: TierflowConfig, work: str, key: str, log: str) -> PipelineResult:
     """Every stage of the run, its tables, promotion, retention and report."""
     plan = _plan(run, config, work, key)
-    staged_ids = _stage(run, plan)
-    label_ids = _segment(run, plan, staged_ids)
-    features, feature_ids = _features(run, plan, staged_ids, label_ids)
+    ids = _stage(run, plan)
+    for stage in plan.stages:
+        _run_stage(run, plan, stage, ids)
+    features, feature_ids = _features(run, plan, ids)
 
-    run.guard.check("track", run_id=run.run)
-    tracked = track([r.run_id for r in features], run.params.max_distance, frame_interval=run.params.frame_interval,
-                    config_dir=run.config_dir, parent_run=run.run)
-    _pyramids(run, plan, staged_ids)
+    tracked: dict[str, Any] = {}
+    if run.spec.outputs.track is not None and features:
+        run.guard.check("track", run_id=run.run)
+        values = dict(run.params.values)
+        wanted = run.spec.outputs.track
+        tracked = track([r.run_id for r in features], float(substitute(wanted.max_distance, values)),
+                        frame_interval=float(substitute(wanted.frame_interval, values)), config_dir=run.config_dir, parent_run=run.run)
+    _pyramids(run, plan, ids)
 
     run.guard.check("tables", run_id=run.run)
-    tables = write_tables(run.db, [r.job for r in features], int(tracked["run_id"]), run.tiers.scratch, run.tiers.output, work)
+    track_run = int(tracked["run_id"]) if tracked else None
+    tables = write_tables(run.db, [r.job for r in features], track_run, run.tiers.scratch, run.tiers.output, work)
     table_ids = [run.artifact("table", f"tables/{name}.csv", "output", f"{work}/tables/{name}.csv", feature_ids) for name in tables]
 
     usage, promoted = _promote_and_reclaim(run)
@@ -320,65 +337,61 @@ def _plan(run: _PipelineRun, config: TierflowConfig, work: str, key: str) -> Pip
     volumes = raw_volumes(paths)
     if not volumes:
         raise TierflowError(f"snapshot {run.snapshot_id} holds no volumes in tierflow's raw layout")
-    channels = sorted({v.channel for v in volumes})
-    if run.params.segment_channel not in channels:
-        raise TierflowError(f"segment_channel {run.params.segment_channel} is not among the snapshot's channels {channels}")
     source = run.tiers.source
     manifest = read_manifest(source, run.dataset, run.snapshot_id)
     if manifest is None:
         raise TierflowError(f"snapshot {run.dataset}/{run.snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
     tmp = Path(config.tier_root("ephemeral")) / "tmp" / f"pipeline-{key}"
     located = [locate_volume(source, manifest, volume, tmp) for volume in volumes]
-    return plan_pipeline(located, run.params, dataset=run.dataset, work=work, scratch=run.tiers.scratch, output=run.tiers.output)
+    return plan_pipeline(located, run.params, run.spec, dataset=run.dataset, work=work, scratch=run.tiers.scratch,
+                         output=run.tiers.output)
 
 
-def _stage(run: _PipelineRun, plan: PipelinePlan) -> dict[tuple[str, int | None, int], int]:
-    """Raw TIFF -> zarr on scratch, every channel; the staged artifacts' ids by (sample, channel,
-    time point)."""
-    staged_ids = {}
+Ids = dict[tuple[str, str, int], int]
+"""Artifact ids of a run's volumes by (reference, sample, time point): ``raw.c0``, a stage."""
+
+
+def _stage(run: _PipelineRun, plan: PipelinePlan) -> Ids:
+    """Raw TIFF -> zarr on scratch, every channel; the staged artifacts' ids."""
+    ids: Ids = {}
     for result in run.stage("stage", "convert", plan.stage):
         job = result.job
-        staged_ids[(job.sample, job.channel, job.time_point)] = run.artifact(
+        ids[(f"raw.c{job.channel}", job.sample, job.time_point)] = run.artifact(
             "zarr", f"staged/{job.name}.zarr", "scratch", f"{plan.work}/staged/{job.name}.zarr", snapshots=[run.snapshot_pk])
-    return staged_ids
+    return ids
 
 
-def _segment(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int]) -> dict[tuple[str, int], int]:
-    """Smooth, threshold and label the segmentation channel; the labels' artifact ids by
-    (sample, time point)."""
-    run.stage("smooth", "gaussian", plan.smooth)
-    run.stage("threshold", "threshold", plan.threshold)
-    run.stage("label", "label", plan.label)
-    label_ids: dict[tuple[str, int], int] = {}
-    for sample, time_point in plan.points:
-        name, work = f"{sample}_t{time_point:03d}", plan.work
-        seg = staged_ids[(sample, plan.segment_channel, time_point)]
-        smooth_id = run.artifact("zarr", f"smooth/{name}.zarr", "scratch", f"{work}/smooth/{name}.zarr", [seg])
-        mask_id = run.artifact("zarr", f"mask/{name}.zarr", "scratch", f"{work}/mask/{name}.zarr", [smooth_id])
-        label_ids[(sample, time_point)] = run.artifact("zarr", f"labels/{name}.zarr", "scratch", f"{work}/labels/{name}.zarr", [mask_id])
-    return label_ids
+def _run_stage(run: _PipelineRun, plan: PipelinePlan, stage: StagePlan, ids: Ids) -> None:
+    """One stage of the spec on every volume; its outputs' artifacts (with their inputs)."""
+    run.stage(stage.name, stage.op, stage.jobs, stage.tier)
+    for job in stage.jobs:
+        inputs = [ids[(ref, job.sample, job.time_point)] for ref in job.reads]
+        ids[(stage.name, job.sample, job.time_point)] = run.artifact(
+            "zarr", f"{stage.name}/{job.name}.zarr", stage.tier, f"{plan.work}/{stage.name}/{job.name}.zarr", inputs)
 
 
-def _features(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int],
-              label_ids: dict[tuple[str, int], int]) -> tuple[list[StageResult], list[int]]:
-    """Per-object features of every label image over every channel; the stage's results and the
+def _features(run: _PipelineRun, plan: PipelinePlan, ids: Ids) -> tuple[list[StageResult], list[int]]:
+    """Per-object features of every label image over its channels; the stage's results and the
     features tables' artifact ids."""
+    if not plan.features:
+        return [], []
     features = run.stage("features", "features", plan.features)
     feature_ids = []
     for result in features:
         job = result.job
-        inputs = [label_ids[job.point],
-                  *(staged_ids[(job.sample, c, job.time_point)] for c in plan.channels if (job.sample, c, job.time_point) in staged_ids)]
+        inputs = [ids[(ref, job.sample, job.time_point)] for ref in job.reads]
         feature_ids.append(run.artifact("table", f"features/{job.name}.csv", "scratch", f"{plan.work}/features/{job.name}.csv", inputs))
     return features, feature_ids
 
 
-def _pyramids(run: _PipelineRun, plan: PipelinePlan, staged_ids: dict[tuple[str, int | None, int], int]) -> None:
-    """OME-Zarr pyramids of the segmentation channel on the output tier."""
-    run.stage("pyramid", "downsample", plan.pyramid)
+def _pyramids(run: _PipelineRun, plan: PipelinePlan, ids: Ids) -> None:
+    """OME-Zarr pyramids of [outputs] pyramid on the output tier."""
+    if not plan.pyramid:
+        return
+    run.stage("pyramid", "downsample", plan.pyramid, "output")
     for job in plan.pyramid:
         run.artifact("ome-zarr", f"pyramids/{job.name}.ome.zarr", "output", f"{plan.work}/pyramids/{job.name}.ome.zarr",
-                     [staged_ids[(job.sample, plan.segment_channel, job.time_point)]])
+                     [ids[(ref, job.sample, job.time_point)] for ref in job.reads])
 
 
 def _promote_and_reclaim(run: _PipelineRun) -> tuple[TierUsage, dict[str, str]]:
@@ -401,7 +414,7 @@ def _report(run: _PipelineRun, draft: PipelineResult, work: str, table_ids: list
     """Write the report (markdown and JSON) to the output tier, promote it, show it in the
     Prefect UI; the run's result, with the report's Tier 1 URIs."""
     output = run.tiers.output
-    markdown = render_report(draft)
+    markdown = render_report(draft, pipeline=run.spec.name, lineage=run.spec.lineage())
     output.put_bytes(f"{work}/report.md", markdown.encode())
     output.put_bytes(f"{work}/report.json", json.dumps(draft.to_dict(), indent=2, default=str).encode())
     report_ids = [run.artifact("report", "report.md", "output", f"{work}/report.md", table_ids),
@@ -425,5 +438,9 @@ def resume_pipeline(run: str, *, config_dir: str | None = None) -> PipelineResul
         If the run does not exist or is not a pipeline run.
     """
     recorded = run_to_resume(open_database(load_db_config(config_dir)), run, "pipeline")
-    return pipeline(recorded["dataset"], snapshot=recorded["snapshot"], params=recorded["params"], workers=recorded.get("workers"),
-                    config_dir=config_dir)
+    spec = recorded.get("spec") or DEFAULT_PIPELINE
+    if recorded.get("spec_digest") and find_spec(spec, config_dir).digest != recorded["spec_digest"]:
+        raise TierflowError(f"pipeline run {run} ran {spec}, which has changed since: resuming it would start over elsewhere",
+                            hint=f"restore the spec as it was, or start a new run: tierflow run pipeline {spec} ...")
+    return pipeline(recorded["dataset"], snapshot=recorded["snapshot"], spec=spec, params=recorded["params"],
+                    workers=recorded.get("workers"), config_dir=config_dir)

@@ -1,86 +1,71 @@
-"""The pipeline's parameters (``[pipeline]`` in ``configs/`` with ``--param`` overrides on top),
-validated on their own so that the CLI refuses a bad one before any flow starts."""
+"""A run's parameters: the typed values of its pipeline's ``[params]`` (defaults from the spec,
+``[pipeline]`` in ``configs/`` for a site, ``--param`` on top) and the run-level settings
+(``block_shape``), validated on their own so that the CLI refuses a bad one before any flow
+starts."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from tierflow.configs import TierflowConfig
-from tierflow.storage.errors import InvalidParameterError, TierflowError
+from tierflow.flows.pipeline.library import find_spec
+from tierflow.flows.pipeline.spec import PipelineSpec
+from tierflow.flows.pipeline.spec_params import resolve_values
+from tierflow.storage.errors import InvalidParameterError
 from tierflow.storage.geometry import parse_block_shape
-from tierflow.tasks.ops.params import otsu_or_number
 
-__all__ = ["PipelineParams"]
+__all__ = ["RUN_SETTINGS", "PipelineParams"]
 
-_ALLOWED = {"threshold": "'otsu' or a finite number", "block_shape": "3 positive integers z,y,x, e.g. 16,128,128",
-            "connectivity": "6, 18 or 26"}
+RUN_SETTINGS = ("block_shape",)
+"""Parameters of every run, whatever its pipeline (``--param block_shape=8,64,64``)."""
+
+_NOT_PARAMS = {"block_shape", "neuroglancer_url", "data_url"}
 
 
-class PipelineParams(BaseModel):
-    """The pipeline's parameters; defaults come from ``[pipeline]`` in ``configs/``."""
+@dataclass(frozen=True)
+class PipelineParams:
+    """A run's parameters: ``values`` by name (read also as attributes: ``params.sigma``) and
+    its ``block_shape``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    segment_channel: int = Field(0, ge=0)
-    sigma: float = Field(1.0, gt=0, le=50)
-    threshold: str = "otsu"
-    connectivity: Literal[6, 18, 26] = 26
-    max_distance: float = Field(15.0, gt=0)
-    frame_interval: float = Field(1.0, gt=0)
-    pyramid_levels: int = Field(3, ge=1, le=10)
+    values: Mapping[str, Any] = field(default_factory=dict)
     block_shape: tuple[int, int, int] = (16, 128, 128)
+    spec_digest: str = ""
+    """The content of the pipeline these are parameters of (:attr:`PipelineSpec.digest`)."""
 
-    @field_validator("threshold")
-    @classmethod
-    def _otsu_or_number(cls, value: str) -> str:
-        if problem := otsu_or_number(value):
-            raise ValueError(f"{value!r} {problem}; give 'otsu' or a finite number")
-        return "otsu" if str(value).strip().lower() == "otsu" else str(value)
-
-    @field_validator("block_shape", mode="before")
-    @classmethod
-    def _block_shape_from_text(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("values", "block_shape", "spec_digest"):
+            raise AttributeError(name)
         try:
-            return parse_block_shape(value, key="block_shape", ndim=3)
-        except InvalidParameterError as exc:
-            raise ValueError(exc.message) from None
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(f"the pipeline has no parameter {name!r}") from None
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        """The values and settings as one mapping (what the runs table records)."""
+        return {**self.values, "block_shape": list(self.block_shape) if mode == "json" else self.block_shape}
 
     @classmethod
-    def allowed(cls, name: str) -> str:
-        """The range of parameter ``name`` in words (from its field's bounds), e.g. ``> 0, <= 50``."""
-        field = cls.model_fields.get(name)
-        if field is None:
-            return "see [pipeline]"
-        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-        bounds = [f"{sign} {getattr(m, attr)}" for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)]
-        if bounds:
-            return ("a finite number " if field.annotation is float else "an integer ") + " and ".join(bounds)
-        return _ALLOWED.get(name, f"a {getattr(field.annotation, '__name__', field.annotation)}")
-
-    @classmethod
-    def from_config(cls, config: TierflowConfig, overrides: dict[str, Any] | None = None) -> PipelineParams:
-        """``[pipeline]`` defaults with ``overrides`` (e.g. from ``--param``) on top.
+    def from_config(cls, config: TierflowConfig, overrides: Mapping[str, Any] | None = None,
+                    spec: PipelineSpec | None = None) -> PipelineParams:
+        """``spec``'s parameters (default: the ``cells`` pipeline) from its defaults, ``[pipeline]``
+        in ``configs/`` and ``overrides`` (e.g. from ``--param``), and the run's block shape.
 
         Raises
         ------
         TierflowError
             Naming the parameter at fault and the accepted ones.
         """
+        spec = spec or find_spec(None, config.meta.config_dir)
         overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(cls.model_fields))
-        if unknown:
-            raise TierflowError(f"the pipeline has no parameter(s) {unknown}", hint=f"it takes {sorted(cls.model_fields)}")
-        base = config.pipeline.model_dump(include=set(cls.model_fields))
+        block_shape = overrides.pop("block_shape", config.pipeline.block_shape)
         try:
-            return cls(**{**base, **overrides})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = str(first["loc"][0]) if first["loc"] else "parameters"
-            raise InvalidParameterError(
-                f"pipeline parameter {where}={first.get('input')!r}: {first['msg'].removeprefix('Value error, ')}",
-                hint=f"{where} must be {cls.allowed(where)} (--param {where}=VALUE; defaults: [pipeline] in configs/tierflow.def.toml)",
-            ) from None
+            shape = parse_block_shape(block_shape, key="block_shape", ndim=3)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"pipeline parameter block_shape={block_shape!r}: {exc.message}",
+                                        hint="block_shape must be 3 positive integers z,y,x, e.g. 16,128,128 "
+                                             "(--param block_shape=VALUE; default: [pipeline] in configs/tierflow.def.toml)") from None
+        site = {k: v for k, v in config.pipeline.model_dump(exclude_none=True).items() if k not in _NOT_PARAMS}
+        values = resolve_values(spec, overrides, site)
+        return cls(values=values, block_shape=(int(shape[0]), int(shape[1]), int(shape[2])), spec_digest=spec.digest)

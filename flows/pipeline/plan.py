@@ -1,12 +1,13 @@
 """What a pipeline run does: its identity and its jobs, as frozen values.
 
-A run is keyed by its version, dataset, snapshot and parameters (:func:`pipeline_key`); it works
-under ``pipeline/<dataset>/<snapshot>/<key>`` (:func:`work_prefix`) on the scratch and output
-tiers. :func:`plan_pipeline` turns the snapshot's volumes and the parameters into one list of
-:class:`VolumeJob` per stage::
+A run is keyed by its version, dataset, snapshot, pipeline (its spec's content) and parameters
+(:func:`pipeline_key`); it works under ``pipeline/<dataset>/<snapshot>/<key>``
+(:func:`work_prefix`) on the scratch and output tiers. :func:`plan_pipeline` turns the
+snapshot's volumes, the pipeline's spec and the parameters into jobs::
 
-    stage (every channel of every volume: TIFF -> zarr) -> smooth -> threshold -> label
-    -> features (per sample and time point, every channel) ; stage -> pyramid
+    stage (every channel of every volume: TIFF -> zarr, referenced as raw.c0, raw.c1, ...)
+    -> the spec's stages in dependency order, each one op per sample and time point
+    -> features (per sample and time point) ; pyramids of [outputs] pyramid
 
 Nothing here talks to Prefect or the database; :func:`locate_volume` only reads a raw volume's
 shape (downloading an S3 object to local scratch first).
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
+from tierflow.errors import TierflowError
 from tierflow.flows.pipeline.params import PipelineParams
+from tierflow.flows.pipeline.spec import PipelineSpec, parse_ref, substitute
+from tierflow.flows.pipeline.spec_params import stage_params
 from tierflow.storage.raw_layout import parse_volume_name
 from tierflow.storage.snapshots import Manifest, fetch_snapshot_path
 from tierflow.storage.tiers import Tier
@@ -33,6 +36,7 @@ __all__ = [
     "LocatedVolume",
     "PipelinePlan",
     "RawVolume",
+    "StagePlan",
     "VolumeJob",
     "locate_volume",
     "pipeline_key",
@@ -41,13 +45,14 @@ __all__ = [
     "work_prefix",
 ]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 
 def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:
-    """Identity of a pipeline result: version, dataset, snapshot and parameters."""
-    text = json.dumps({"version": PIPELINE_VERSION, "dataset": dataset, "snapshot": snapshot_id, "params": params.model_dump(mode="json")},
-                      sort_keys=True)
+    """Identity of a pipeline result: version, dataset, snapshot, the pipeline's content (its
+    spec's digest) and parameters."""
+    text = json.dumps({"version": PIPELINE_VERSION, "dataset": dataset, "snapshot": snapshot_id, "pipeline": params.spec_digest,
+                       "params": params.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -110,9 +115,10 @@ class VolumeJob:
     """One operation on one volume: ``input`` -> ``output`` (what ``tierflow op`` takes: a local
     path or an ``s3://`` URI) with the op's ``params``, ``blocks`` blocks of work.
 
-    A stage job is one channel of one time point (``channel`` set); the later stages work per
-    sample and time point on the segmentation channel (``channel`` is None). ``shape`` is the
-    volume's; ``inputs`` are extra inputs by name (features: every channel)."""
+    A stage job is one channel of one time point (``channel`` set); the pipeline's stages work
+    per sample and time point (``channel`` is None). ``shape`` is the volume's; ``inputs`` are
+    extra inputs by name (watershed's markers, the features' channels); ``reads`` the
+    references (``raw.c0``, a stage) the job reads, input first (its lineage)."""
 
     name: str
     sample: str
@@ -124,6 +130,7 @@ class VolumeJob:
     channel: int | None = None
     shape: tuple[int, ...] = ()
     inputs: dict[str, str] | None = None
+    reads: tuple[str, ...] = ()
 
     @property
     def point(self) -> tuple[str, int]:
@@ -132,34 +139,49 @@ class VolumeJob:
 
 
 @dataclass(frozen=True)
+class StagePlan:
+    """One stage of the spec: ``op`` on every sample and time point; its outputs on ``tier``
+    (``scratch``, or ``output`` when [outputs] promote names it)."""
+
+    name: str
+    op: str
+    jobs: tuple[VolumeJob, ...]
+    tier: str = "scratch"
+
+
+@dataclass(frozen=True)
 class PipelinePlan:
-    """Every job of a run, stage by stage, under ``work``."""
+    """Every job of a run under ``work``: ``stage`` (raw -> zarr, every channel), the spec's
+    ``stages`` in dependency order, ``features`` and ``pyramid``."""
 
     work: str
     channels: tuple[int, ...]
-    segment_channel: int
     stage: tuple[VolumeJob, ...]
-    smooth: tuple[VolumeJob, ...]
-    threshold: tuple[VolumeJob, ...]
-    label: tuple[VolumeJob, ...]
+    stages: tuple[StagePlan, ...]
     features: tuple[VolumeJob, ...]
     pyramid: tuple[VolumeJob, ...]
 
     @property
     def points(self) -> list[tuple[str, int]]:
         """Every (sample, time point), sorted."""
-        return [job.point for job in self.label]
+        return sorted({job.point for job in self.stage})
 
     def staged(self, sample: str, channel: int, time_point: int) -> VolumeJob | None:
         """The stage job of one channel of one time point, if the snapshot has it."""
         return next((job for job in self.stage if (job.sample, job.channel, job.time_point) == (sample, channel, time_point)), None)
 
-    def segmented(self, sample: str, time_point: int) -> VolumeJob:
-        """The stage job of the segmentation channel at one time point."""
-        job = self.staged(sample, self.segment_channel, time_point)
-        if job is None:
-            raise KeyError((sample, self.segment_channel, time_point))
-        return job
+    def of(self, name: str) -> StagePlan:
+        """The stage called ``name``.
+
+        Raises
+        ------
+        KeyError
+            If the pipeline has no such stage.
+        """
+        found = next((stage for stage in self.stages if stage.name == name), None)
+        if found is None:
+            raise KeyError(name)
+        return found
 
 
 def _blocks(op: str, shape: Sequence[int], block_shape: Sequence[int], params: dict[str, Any]) -> int:
@@ -174,41 +196,96 @@ def _where(tier: Tier, key: str) -> str:
     return str(Path(uri[len("file://"):])) if uri.startswith("file://") else uri
 
 
-def plan_pipeline(located: Sequence[LocatedVolume], params: PipelineParams, *, dataset: str, work: str, scratch: Tier,
-                  output: Tier) -> PipelinePlan:
-    """Every job of a run on the volumes ``located`` (see :func:`locate_volume`) with ``params``,
-    intermediates on ``scratch`` and pyramids on ``output`` under ``work``."""
-    block_shape = params.block_shape
+def _channel_name(ref: str) -> str:
+    """A features channel's name: ``raw.c1`` -> ``c1``, a stage -> its name."""
+    return ref.removeprefix("raw.")
+
+
+def plan_pipeline(located: Sequence[LocatedVolume], params: PipelineParams, spec: PipelineSpec, *, dataset: str, work: str,
+                  scratch: Tier, output: Tier) -> PipelinePlan:
+    """Every job of a run of ``spec`` on the volumes ``located`` (see :func:`locate_volume`) with
+    ``params``, intermediates on ``scratch``, promoted stages and pyramids on ``output``, under
+    ``work``.
+
+    Raises
+    ------
+    TierflowError
+        If a stage reads a channel the snapshot lacks at some sample and time point.
+    """
+    block_shape, values = params.block_shape, dict(params.values)
     stage = tuple(_stage_job(item, scratch, work, block_shape) for item in located)
     channels = tuple(sorted({item.volume.channel for item in located}))
-    by_volume = {(job.sample, job.channel, job.time_point): job for job in stage}
-    segment = {(s, t): job for (s, c, t), job in by_volume.items() if c == params.segment_channel}
-    points = sorted({(item.volume.sample, item.volume.time_point) for item in located})
+    points = sorted({job.point for job in stage})
+    where = {(f"raw.c{job.channel}", job.sample, job.time_point): (job.output, job.shape) for job in stage}
 
-    def chain(op: str, previous: dict[tuple[str, int], str], folder: str, op_params: dict[str, Any]) -> tuple[VolumeJob, ...]:
-        return tuple(VolumeJob(name=f"{s}_t{t:03d}", sample=s, time_point=t, input=previous[(s, t)],
-                               output=_where(scratch, f"{work}/{folder}/{s}_t{t:03d}.zarr"), params=op_params,
-                               blocks=_blocks(op, segment[(s, t)].shape, block_shape, op_params)) for s, t in points)
+    def find(ref: str, sample: str, time_point: int, who: str) -> tuple[str, tuple[int, ...]]:
+        if (ref, sample, time_point) not in where:
+            raise TierflowError(f"{who} reads {ref}, and sample {sample} has no such volume at time point {time_point}",
+                                hint=f"the snapshot's channels are {list(channels)}: use one of raw.c{channels[0]}..."
+                                     f"{'raw.c' + str(channels[-1])} (or a --param that picks it)")
+        return where[(ref, sample, time_point)]
 
-    smooth = chain("gaussian", {point: job.output for point, job in segment.items()}, "smooth", {"sigma": params.sigma})
-    threshold = chain("threshold", {job.point: job.output for job in smooth}, "mask", {"value": params.threshold})
-    label = chain("label", {job.point: job.output for job in threshold}, "labels", {"connectivity": params.connectivity})
-    features = tuple(
-        VolumeJob(name=job.name, sample=job.sample, time_point=job.time_point, input=job.output,
-                  output=_where(scratch, f"{work}/features/{job.name}.csv"),
-                  params={"time_point": job.time_point, "dataset": dataset, "sample": job.sample},
-                  blocks=_blocks("features", segment[job.point].shape, block_shape, {}),
-                  inputs={f"c{c}": by_volume[(job.sample, c, job.time_point)].output for c in channels
-                          if (job.sample, c, job.time_point) in by_volume})
-        for job in label)
-    pyramid = tuple(
-        VolumeJob(name=f"{s}_t{t:03d}", sample=s, time_point=t, input=segment[(s, t)].output,
-                  output=_where(output, f"{work}/pyramids/{s}_t{t:03d}.ome.zarr"),
-                  params={"levels": params.pyramid_levels, "method": "mean", "name": f"{s}_t{t:03d}"},
-                  blocks=_blocks("downsample", segment[(s, t)].shape, block_shape, {"levels": params.pyramid_levels}))
-        for s, t in points)
-    return PipelinePlan(work=work, channels=channels, segment_channel=params.segment_channel, stage=stage, smooth=smooth,
-                        threshold=threshold, label=label, features=features, pyramid=pyramid)
+    stages = []
+    for decl in spec.ordered():
+        tier = output if decl.name in spec.outputs.promote else scratch
+        op_params = stage_params(spec, decl.name, values)
+        reads = (substitute(decl.input, values), *(substitute(ref, values) for ref in decl.with_.values()))
+        jobs = []
+        for sample, time_point in points:
+            name = f"{sample}_t{time_point:03d}"
+            source, shape = find(reads[0], sample, time_point, f"stage {decl.name!r}")
+            extras = {key: find(ref, sample, time_point, f"stage {decl.name!r}")[0] for key, ref in zip(decl.with_, reads[1:], strict=True)}
+            job = VolumeJob(name=name, sample=sample, time_point=time_point, input=source,
+                            output=_where(tier, f"{work}/{decl.name}/{name}.zarr"), params=op_params,
+                            blocks=_blocks(decl.op, shape, block_shape, op_params), shape=shape, inputs=extras or None, reads=reads)
+            where[(decl.name, sample, time_point)] = (job.output, shape)
+            jobs.append(job)
+        stages.append(StagePlan(decl.name, decl.op, tuple(jobs), "output" if tier is output else "scratch"))
+    return PipelinePlan(work=work, channels=channels, stage=stage, stages=tuple(stages),
+                        features=_features(spec, values, points, channels, find, where, dataset, work, scratch, block_shape),
+                        pyramid=_pyramids(spec, values, points, find, work, output, block_shape))
+
+
+def _features(spec: PipelineSpec, values: dict[str, Any], points: list[tuple[str, int]], channels: tuple[int, ...], find: Any,
+              where: dict[tuple[str, str, int], Any], dataset: str, work: str, scratch: Tier, block_shape: Sequence[int]) -> tuple[VolumeJob, ...]:
+    wanted = spec.outputs.features
+    if wanted is None:
+        return ()
+    labels = substitute(wanted.labels, values)
+    given = [wanted.channels] if isinstance(wanted.channels, str) else list(wanted.channels)
+    refs = [r for ref in given for r in ([f"raw.c{c}" for c in channels] if parse_ref(substitute(ref, values)) == ("raw", None)
+                                         else [substitute(ref, values)])]
+    jobs = []
+    for sample, time_point in points:
+        name = f"{sample}_t{time_point:03d}"
+        source, shape = find(labels, sample, time_point, "[outputs] features")
+        present = [ref for ref in refs if not ref.startswith("raw.") or (ref, sample, time_point) in where]  # a channel missing here is left out
+        jobs.append(VolumeJob(name=name, sample=sample, time_point=time_point, input=source,
+                              output=_where(scratch, f"{work}/features/{name}.csv"),
+                              params={"time_point": time_point, "dataset": dataset, "sample": sample},
+                              blocks=_blocks("features", shape, block_shape, {}), shape=shape,
+                              inputs={_channel_name(ref): find(ref, sample, time_point, "[outputs] features")[0] for ref in present},
+                              reads=(labels, *present)))
+    return tuple(jobs)
+
+
+def _pyramids(spec: PipelineSpec, values: dict[str, Any], points: list[tuple[str, int]], find: Any, work: str, output: Tier,
+              block_shape: Sequence[int]) -> tuple[VolumeJob, ...]:
+    wanted = spec.outputs.pyramid
+    if wanted is None:
+        return ()
+    refs = [substitute(ref, values) for ref in wanted.inputs]
+    levels = int(substitute(wanted.levels, values))
+    jobs = []
+    for ref in refs:
+        for sample, time_point in points:
+            name = f"{sample}_t{time_point:03d}" + ("" if len(refs) == 1 else f"_{_channel_name(ref).replace('.', '_')}")
+            source, shape = find(ref, sample, time_point, "[outputs] pyramid")
+            jobs.append(VolumeJob(name=name, sample=sample, time_point=time_point, input=source,
+                                  output=_where(output, f"{work}/pyramids/{name}.ome.zarr"),
+                                  params={"levels": levels, "method": wanted.method, "name": name},
+                                  blocks=_blocks("downsample", shape, block_shape, {"levels": levels}), shape=shape, reads=(ref,)))
+    return tuple(jobs)
 
 
 def _stage_job(item: LocatedVolume, scratch: Tier, work: str, block_shape: Sequence[int]) -> VolumeJob:

@@ -133,13 +133,13 @@ def neuroglancer_links(config: TierflowConfig, promoted: Mapping[str, str]) -> d
             for name, uri in promoted.items() if name.endswith(".ome.zarr")}
 
 
-def render_report(result: PipelineResult) -> str:
-    """The run's report in markdown: what ran on what, counts, tier usage, lineage, where the
-    outputs live on Tier 1 and Neuroglancer links."""
+def render_report(result: PipelineResult, *, pipeline: str = "cells", lineage: str | None = None) -> str:
+    """The run's report in markdown: what ran (``pipeline``, its stages as ``lineage``) on what,
+    counts, tier usage, lineage, where the outputs live on Tier 1 and Neuroglancer links."""
     usage = result.tier_usage
     lines = [
         f"# tierflow pipeline run {result.run_id}", "",
-        f"- **dataset** `{result.dataset}`, **snapshot** `{result.snapshot_id}`",
+        f"- **pipeline** `{pipeline}`, **dataset** `{result.dataset}`, **snapshot** `{result.snapshot_id}`",
         f"- **parameters** `{json.dumps(result.params, sort_keys=True)}`",
         f"- **objects** {result.objects} in {result.volumes} volume(s); **tracks** {result.tracks} "
         f"({result.divisions} division(s))",
@@ -150,8 +150,9 @@ def render_report(result: PipelineResult) -> str:
         f"| promoted to Tier 1 | {usage.promoted:,} |",
         f"| reclaimed (this run's scratch) | {usage.reclaimed:,} |", "",
         "## Lineage", "",
-        "raw snapshot -> stage (zarr, every channel) -> smooth -> threshold -> label -> features -> tracks; "
-        "stage -> pyramid. Every artifact's inputs are in `artifact_lineage` (`tierflow artifacts list`).", "",
+        "raw snapshot -> stage (zarr, every channel: raw.c0, raw.c1, ...); "
+        + (lineage or "the pipeline's stages") + "; then features, tracks and pyramids as its [outputs] say. "
+        "Every artifact's inputs are in `artifact_lineage` (`tierflow artifacts list`).", "",
         "## Where the outputs live", "", "| output | Tier 1 |", "|---|---|",
     ]
     lines += [f"| {name} | `{uri}` |" for name, uri in sorted(result.promoted.items())]

@@ -17,10 +17,10 @@ from tierflow.storage.tiers import Tier
 __all__ = ["write_tables"]
 
 
-def write_tables(db: Database, feature_jobs: Sequence[VolumeJob], track_run: int, scratch: Tier, output: Tier,
+def write_tables(db: Database, feature_jobs: Sequence[VolumeJob], track_run: int | None, scratch: Tier, output: Tier,
                  work: str) -> dict[str, pd.DataFrame]:
     """``objects`` (the features tables of ``feature_jobs`` with sample, time point and track
-    id), ``tracks``, ``kinematics`` and ``msd`` (of the track run ``track_run``), each written to
+    id), ``tracks``, ``kinematics`` and ``msd`` (of the track run ``track_run``; empty without one), each written to
     ``<work>/tables/<name>.csv`` on ``output``; returns them by name."""
     frames = []
     for job in feature_jobs:
