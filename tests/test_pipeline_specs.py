@@ -121,7 +121,8 @@ def test_pipelines_list_shows_tierflows_and_the_projects_own(project: Path) -> N
     by_name = {p["name"]: p for p in listed}
     assert list(by_name)[0] == "cells" and {"cells", "blobs"} <= set(by_name)
     cells = by_name["cells"]
-    assert cells["file"].endswith("configs/pipelines/cells.toml") and [s["name"] for s in cells["stages"]] == ["smooth", "threshold", "label"]
+    assert cells["file"].endswith("configs/pipelines/cells.toml")
+    assert [s["name"] for s in cells["stages"]] == ["smooth", "threshold", "label"]
     assert cells["params"]["sigma"] == {"default": 1.0, "help": "gaussian smoothing before the threshold, voxels",
                                         "allowed": "a finite number > 0 and <= 50"}
     assert cells["params"]["connectivity"]["allowed"] == "6, 18 or 26"
@@ -208,7 +209,8 @@ def test_a_custom_spec_runs_end_to_end_from_cache_and_resumed(project: Path, raw
     finally:
         process.wait(timeout=30)
     with db.session() as session:
-        killed = session.execute(text("SELECT id FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'killed'")).scalar_one()
+        killed = session.execute(
+            text("SELECT id FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'killed'")).scalar_one()
     resumed = json.loads(run_cli("resume", str(killed), "--json", cwd=project, env=env).stdout)
     assert resumed["cached"] is False and resumed["objects"] == result["objects"]
     pd.testing.assert_frame_equal(pd.read_csv(_local(resumed["promoted"]["tables/objects.csv"])).drop(columns=["dataset"], errors="ignore"),

@@ -41,7 +41,8 @@ def run_pipeline(
                                                show_default=False)] = None,
     snapshot: Annotated[str | None, typer.Option("--snapshot", help="Snapshot id (or a unique prefix).")] = None,
     raw: Annotated[Path | None, typer.Option("--raw", help="Or a raw folder to ingest first.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", help="Set a parameter of the pipeline's \\[params] (or block_shape): key=value (repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="Set a parameter of the pipeline's \\[params] (or block_shape): key=value (repeatable).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches per operation.")] = None,
     as_json: JsonOption = False,
 ) -> None:

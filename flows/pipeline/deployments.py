@@ -55,7 +55,8 @@ def run_form_schema(spec: PipelineSpec) -> dict[str, Any]:
     properties["spec"] = {**properties.get("spec", {}), "title": "pipeline", "type": "string", "enum": [spec.name], "default": spec.name,
                           "description": spec.description or spec.name}
     properties["params"] = {"title": title, "description": f"the parameters of {spec.name} ([params] in {spec.file.rsplit('/', 1)[-1]})",
-                            "allOf": [{"$ref": f"#/definitions/{key}"}], "default": {}, "position": properties.get("params", {}).get("position", 4)}
+                            "allOf": [{"$ref": f"#/definitions/{key}"}], "default": {},
+                            "position": properties.get("params", {}).get("position", 4)}
     return {**schema, "properties": properties, "definitions": definitions}
 
 

@@ -247,7 +247,8 @@ def plan_pipeline(located: Sequence[LocatedVolume], params: PipelineParams, spec
 
 
 def _features(spec: PipelineSpec, values: dict[str, Any], points: list[tuple[str, int]], channels: tuple[int, ...], find: Any,
-              where: dict[tuple[str, str, int], Any], dataset: str, work: str, scratch: Tier, block_shape: Sequence[int]) -> tuple[VolumeJob, ...]:
+              where: dict[tuple[str, str, int], Any], dataset: str, work: str, scratch: Tier,
+              block_shape: Sequence[int]) -> tuple[VolumeJob, ...]:
     wanted = spec.outputs.features
     if wanted is None:
         return ()
@@ -259,7 +260,8 @@ def _features(spec: PipelineSpec, values: dict[str, Any], points: list[tuple[str
     for sample, time_point in points:
         name = f"{sample}_t{time_point:03d}"
         source, shape = find(labels, sample, time_point, "[outputs] features")
-        present = [ref for ref in refs if not ref.startswith("raw.") or (ref, sample, time_point) in where]  # a channel missing here is left out
+        # a channel missing here is left out
+        present = [ref for ref in refs if not ref.startswith("raw.") or (ref, sample, time_point) in where]
         jobs.append(VolumeJob(name=name, sample=sample, time_point=time_point, input=source,
                               output=_where(scratch, f"{work}/features/{name}.csv"),
                               params={"time_point": time_point, "dataset": dataset, "sample": sample},

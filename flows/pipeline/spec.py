@@ -32,7 +32,6 @@ import hashlib
 import json
 import re
 from graphlib import CycleError, TopologicalSorter
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
