@@ -6,11 +6,28 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["OpResult"]
+__all__ = ["OpResult", "ResultMapping"]
+
+
+class ResultMapping(Mapping[str, Any]):
+    """A typed result that also reads as the dict it replaced: ``result["key"]``, ``.get``,
+    ``in``, ``keys()`` and iteration over :meth:`to_dict` (what ``--json`` prints)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
 
 
 @dataclass(frozen=True)
-class OpResult(Mapping[str, Any]):
+class OpResult(ResultMapping):
     """One op run's outcome: its run, key, output and block counts (plus what its kind adds in
     ``details``: a label's object count, a pyramid's levels, a feature table's URI...).
 
@@ -49,12 +66,3 @@ class OpResult(Mapping[str, Any]):
         if not self.up_to_date:
             data.pop("up_to_date")
         return {**data, **details}
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())

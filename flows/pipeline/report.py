@@ -4,13 +4,14 @@ runs table keeps), its markdown report, its Neuroglancer links and its Prefect U
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
 from tierflow.configs import TierflowConfig
+from tierflow.flows.ops.result import ResultMapping
 from tierflow.flows.viewing.neuroglancer import neuroglancer_url, zarr_source
 
 __all__ = ["PipelineResult", "TierUsage", "neuroglancer_links", "publish_artifacts", "render_report"]
@@ -32,7 +33,7 @@ class TierUsage:
 
 
 @dataclass(frozen=True)
-class PipelineResult(Mapping[str, Any]):
+class PipelineResult(ResultMapping):
     """What a ``pipeline`` run returns: its run, snapshot and parameters, counts, where its
     outputs went on Tier 1 (``promoted``: name -> URI, ``report_uri``), tier usage and
     Neuroglancer ``links``; ``cached`` (with ``served_from_run``) when an earlier run with the
@@ -94,15 +95,6 @@ class PipelineResult(Mapping[str, Any]):
         if self.served_from_run is None:
             return data
         return {**_jsonb_order(data), "served_from_run": self.served_from_run}
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
 
 def _copy(value: Any) -> Any:
