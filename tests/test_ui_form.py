@@ -29,7 +29,7 @@ from PIL import Image
 from conftest import TIERFLOW, require_service
 from prefect_servers import clean_env, make_checkout, prefect_server
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
