@@ -13,9 +13,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,21 +23,10 @@ import pytest
 from sqlalchemy import select
 
 from conftest import REPO_ROOT, TIERFLOW, require_service, run_cli
+from prefect_servers import PREFECT, clean_env, make_checkout
+from prefect_servers import prefect_server as start_prefect_server
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -53,48 +40,17 @@ def slurm() -> None:
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`prefect server start` on a free port (its own SQLite database), as a lab would run it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=_clean_env(PREFECT_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-    yield url
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory, prefect_server: str, slurm: None) -> Iterator[Path]:
     """A checkout (the code linked in, configs copied) with a user overlay for the server and
     small SLURM jobs, deployed with `tierflow deploy`."""
-    root = tmp_path_factory.mktemp("lab") / "tierflow"
-    (root / "configs").mkdir(parents=True)
-    for part in ("flows", "tasks", "storage", "deployments"):
-        (root / part).symlink_to(REPO_ROOT / part)
-    for default in (REPO_ROOT / "configs").glob("*.def.toml"):
-        shutil.copy(default, root / "configs" / default.name)
-    for module in (REPO_ROOT / "configs").glob("*.py"):  # a checkout's configs/ is also the loader's package
-        (root / "configs" / module.name).symlink_to(module)
-    (root / "configs" / "tierflow.user.toml").write_text(
-        f'[prefect]\napi_url = "{prefect_server}"\n\n'
-        '[slurm]\nflow_run_mem = "1G"\nflow_run_time = "00:15:00"\npool_concurrency = 4\n'
-        'cores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\n'
-    )
+    root = make_checkout(tmp_path_factory.mktemp("lab") / "tierflow", prefect_server,
+                         '[slurm]\nflow_run_mem = "1G"\nflow_run_time = "00:15:00"\npool_concurrency = 4\n'
+                         'cores_per_job = 1\nmemory_per_job = "1GB"\nwalltime = "00:15:00"\nmax_jobs = 2\n')
     run_cli("db", "upgrade", cwd=root)  # the embedded server belongs to the test, not to a job
     deployed = run_cli("deploy", cwd=root)
     assert "tierflow-slurm" in deployed.stdout
@@ -112,7 +68,7 @@ class Worker:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen([TIERFLOW, "worker", "slurm"], cwd=self.root, env=_clean_env(PREFECT_WORKER_QUERY_SECONDS="2"),
+        self.process = subprocess.Popen([TIERFLOW, "worker", "slurm"], cwd=self.root, env=clean_env(PREFECT_WORKER_QUERY_SECONDS="2"),
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started_before = self.log().count("started!")
         deadline = time.monotonic() + 60
@@ -148,7 +104,7 @@ def worker(checkout: Path) -> Iterator[Worker]:
 def deployment_run(root: Path, deployment: str, *args: str) -> str:
     """`prefect deployment run NAME ...` (stock Prefect); returns the flow run id."""
     done = subprocess.run([PREFECT, "deployment", "run", deployment, *args], cwd=root, capture_output=True, text=True,
-                          env=_clean_env(PREFECT_API_URL=_api(root)), timeout=120)
+                          env=clean_env(PREFECT_API_URL=_api(root)), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout).group(1)
 
@@ -216,7 +172,7 @@ def test_deploy_creates_both_pools_every_deployment_and_the_nightly_schedule(che
     assert nightly and nightly[0]["schedule"]["cron"] == "30 2 * * *" and nightly[0]["active"]
     # stock Prefect applies the same file
     stock = subprocess.run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], cwd=checkout,
-                           env=_clean_env(PREFECT_API_URL=api, TIERFLOW_HOME=str(checkout)), capture_output=True, text=True, timeout=300)
+                           env=clean_env(PREFECT_API_URL=api, TIERFLOW_HOME=str(checkout)), capture_output=True, text=True, timeout=300)
     assert stock.returncode == 0, stock.stdout[-2000:] + stock.stderr[-2000:]
 
 
@@ -256,7 +212,7 @@ def test_cancelling_a_running_or_a_queued_run_removes_its_job(checkout, worker):
     assert scontrol(queued_job)["JobState"] == "PENDING"
     for run_id in (running, queued):
         done = subprocess.run([PREFECT, "flow-run", "cancel", run_id], capture_output=True, text=True,
-                              env=_clean_env(PREFECT_API_URL=_api(checkout)), timeout=60)
+                              env=clean_env(PREFECT_API_URL=_api(checkout)), timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
     for run_id, job_id in ((running, running_job), (queued, queued_job)):
         final = wait_for(checkout, run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout=120)

@@ -78,7 +78,7 @@ def deploy_pipelines(config_dir: str | None = None) -> list[PipelineDeployment]:
             for spec in list_specs(config_dir):
                 name = deployment_name(spec, pool)
                 client.create_deployment(
-                    flow_id=template.flow_id, name=name, description=f"{spec.name}: {spec.description}", tags=list(template.tags),
+                    flow_id=template.flow_id, name=name, description=spec.description or spec.name, tags=list(template.tags),
                     work_pool_name=template.work_pool_name, work_queue_name=template.work_queue_name, path=template.path,
                     entrypoint=template.entrypoint, pull_steps=template.pull_steps, job_variables=dict(template.job_variables or {}),
                     parameters={"spec": spec.name}, parameter_openapi_schema=run_form_schema(spec), enforce_parameter_schema=True)
