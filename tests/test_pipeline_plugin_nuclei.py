@@ -24,8 +24,6 @@ from sqlalchemy import text
 from conftest import REPO_ROOT, TIERFLOW, run_cli
 from test_pipeline_specs import _local, _same_partition
 
-pytest.importorskip("labops", reason="the example plugin: pip install -e examples/labops")
-
 SPOTS = """
 name = "spots"
 description = "bright spots of channel 0: smoothed, background removed by a white top-hat (labops), thresholded, labelled"
@@ -121,6 +119,13 @@ def _kill_once(process: subprocess.Popen, db, dataset: str, op: str) -> int:
 
 
 def test_a_spec_with_a_plugin_op_runs_from_cache_and_resumed(project: Path, raw_folder: Path, prefect_api: str) -> None:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("labops")
+    except PackageNotFoundError:
+        pytest.fail("the example plugin examples/labops is not installed in this venv: run `make venv` "
+                    "(or `.venv/bin/pip install -e examples/labops`)")
     env = {"PREFECT_API_URL": prefect_api}
     (project / "configs" / "pipelines").mkdir()
     (project / "configs" / "pipelines" / "spots.toml").write_text(SPOTS)
