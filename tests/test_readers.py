@@ -213,6 +213,8 @@ def test_downsample_auto_keeps_a_foreign_label_array_to_its_ids(op, tmp_path):
     level0, level1 = (zarr.open_array(str(tmp_path / "seg_pyr.zarr" / str(i)))[:] for i in (0, 1))
     np.testing.assert_array_equal(level0, labels)
     assert set(np.unique(level1)) <= set(np.unique(level0))
+    pyramid = open_volume(tmp_path / "seg_pyr.zarr")  # tierflow's OME-Zarr 0.5 output is an input too: level 0
+    assert (pyramid.axes, pyramid.shape) == ("zyx", labels.shape)
     # a 16-bit image is averaged (mean), as before
     image = rng.integers(0, 4000, (8, 16, 16), dtype=np.uint16)
     zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(8, 16, 16))
