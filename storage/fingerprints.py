@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tierflow.storage.geometry import Roi
-from tierflow.storage.volumes import TiffSlicesVolume, TiffStackVolume, Volume, ZarrVolume, fingerprint_path
+from tierflow.storage.volumes import TiffSlicesVolume, TiffVolume, Volume, ZarrVolume, fingerprint_path
 
 __all__ = ["InputFingerprint", "combined_block_fingerprint", "input_fingerprint", "snapshot_content_id"]
 
@@ -180,7 +180,7 @@ def input_fingerprint(volume: Volume, *, location: Any = None) -> InputFingerpri
     if isinstance(volume, ZarrVolume):
         root = Path(volume.uri.removeprefix("file://"))
         return ZarrFingerprint(volume.uri, volume.array, lambda key: _stat_text(root / key))
-    if isinstance(volume, TiffSlicesVolume | TiffStackVolume):
+    if isinstance(volume, TiffSlicesVolume | TiffVolume):
         path = volume.folder if isinstance(volume, TiffSlicesVolume) else volume.path
         content = snapshot_content_id(path)
         if content is not None:

@@ -15,7 +15,7 @@ from itertools import product
 
 from tierflow.storage.errors import InvalidParameterError, TierflowError
 
-__all__ = ["Block", "BlockGrid", "Roi", "normalise_halo", "parse_block_shape"]
+__all__ = ["Block", "BlockGrid", "Roi", "fit_block_shape", "normalise_halo", "parse_block_shape"]
 
 
 def parse_block_shape(text: str | Sequence[int], *, key: str = "--block-shape", ndim: int | None = None) -> tuple[int, ...]:
@@ -37,6 +37,30 @@ def parse_block_shape(text: str | Sequence[int], *, key: str = "--block-shape", 
         raise InvalidParameterError(f"{key} {shown!r} is not a block shape",
                                     hint=f"give {allowed} separated by commas, one per axis (z,y,x), e.g. 64,256,256")
     return shape
+
+
+def fit_block_shape(block_shape: Sequence[int], shape: Sequence[int], *, leading: int = 0, axes: str = "",
+                    key: str = "block shape") -> tuple[int, ...]:
+    """A block shape for an array of ``shape`` whose first ``leading`` axes are not spatial
+    (time, channel): one given per axis is kept; more are cut to the last ones (a z,y,x default
+    for a 2-D image); one per spatial axis gets block side 1 on the leading axes (each block
+    holds one time point and channel).
+
+    Raises
+    ------
+    InvalidParameterError
+        If fewer sides are given than the array has spatial axes.
+    """
+    given, ndim = tuple(int(b) for b in block_shape), len(shape)
+    if len(given) >= ndim:
+        return given[len(given) - ndim:]
+    spatial = ndim - leading
+    if len(given) >= spatial:
+        return (1,) * (ndim - len(given)) + given
+    named = f" (axes {axes})" if axes else ""
+    also = f" (or {spatial}, one per spatial axis)" if spatial != ndim else ""
+    raise InvalidParameterError(f"{key} {','.join(map(str, given))!r} has {len(given)} axes but the input has {ndim}{named}",
+                                hint=f"give {ndim} positive integers{also} separated by commas, one per axis")
 
 
 @dataclass(frozen=True)

@@ -58,21 +58,27 @@ def _tifffile_warnings() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-def _series_problem(path: Path, tif: object) -> None:
+def _series_problem(path: Path, tif: object, index: int | None) -> None:
     series = tif.series  # type: ignore[attr-defined]
     if not series or not series[0].shape:
         raise InvalidInputError(f"{path} holds no image pages", hint=_DAMAGED_HINT)
+    if index is not None:
+        if not 0 <= index < len(series):
+            raise InvalidInputError(f"{path} has no series {index}: it holds {len(series)} (0 to {len(series) - 1})",
+                                    hint=f"give {path.name}#series=N with N from 0 to {len(series) - 1}")
+        return
     if len(series) > 1:
         shapes = "; ".join(f"series {i}: {tuple(s.shape)} ({len(s.pages)} page(s))" for i, s in enumerate(series[:8]))
         raise InvalidInputError(
-            f"{path} holds {len(series)} series whose pages differ in shape or layout ({shapes}); "
-            "tierflow reads one (z, y, x) stack of equal pages per file",
-            hint="save the stack with every z-slice the same shape and dtype (crop or pad them), or split it into one file per shape",
+            f"{path} holds {len(series)} series ({shapes}); "
+            "tierflow reads one series at a time",
+            hint=f"read one series (position) with {path.name}#series=N (N from 0 to {len(series) - 1}); or save the stack with "
+                 "every z-slice the same shape and dtype (crop or pad them), or split it into one file per shape",
         )
 
 
-def _page_problem(path: Path, tif: object, size: int, warnings: list[str]) -> None:
-    series = tif.series[0]  # type: ignore[attr-defined]
+def _page_problem(path: Path, tif: object, size: int, warnings: list[str], chosen: int) -> None:
+    series = tif.series[chosen]  # type: ignore[attr-defined]
     plane = math.prod(series.keyframe.shape) or 1
     expected = math.prod(series.shape) // plane
     if series.dataoffset is not None and series.dataoffset + series.nbytes > size:  # contiguous data: one extent
@@ -88,18 +94,20 @@ def _page_problem(path: Path, tif: object, size: int, warnings: list[str]) -> No
         if page is None or any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)):
             raise InvalidInputError(f"{path} is truncated: the data of page {index} of {expected} lies beyond the file's "
                                     f"{size} bytes", hint=_DAMAGED_HINT)
-    if warnings:  # the IFD chain breaks off: the pages after the last readable one are lost
+    if warnings and chosen == 0:  # the IFD chain breaks off: the pages after the last readable one are lost
         raise InvalidInputError(f"{path} is damaged: page {len(tif.pages)} cannot be read ({warnings[0]}); "  # type: ignore[attr-defined]
                                 f"pages 0 to {len(tif.pages) - 1} are readable", hint=_DAMAGED_HINT)  # type: ignore[attr-defined]
 
 
-def check_tiff(path: str | os.PathLike[str]) -> TiffHeader:
-    """Check a TIFF stack from its headers; return its first (and only) series' header.
+def check_tiff(path: str | os.PathLike[str], series: int | None = None) -> TiffHeader:
+    """Check a TIFF stack from its headers; return its only series' header (or series ``series``).
 
     Parameters
     ----------
     path
         A TIFF file.
+    series
+        The series (OME-TIFF image, position) to check; default: the file must hold one.
 
     Returns
     -------
@@ -121,19 +129,19 @@ def check_tiff(path: str | os.PathLike[str]) -> TiffHeader:
         try:
             with tifffile.TiffFile(file) as tif:
                 len(tif.pages)  # reads every IFD: a broken chain is logged as a warning
-                _series_problem(file, tif)
-                _page_problem(file, tif, size, [w for w in warnings if "offset" in w or "corrupt" in w])
-                series = tif.series[0]
-                return TiffHeader(tuple(int(n) for n in series.shape), series.axes, np.dtype(series.dtype), len(series.pages))
+                _series_problem(file, tif, series)
+                _page_problem(file, tif, size, [w for w in warnings if "offset" in w or "corrupt" in w], series or 0)
+                chosen = tif.series[series or 0]
+                return TiffHeader(tuple(int(n) for n in chosen.shape), chosen.axes, np.dtype(chosen.dtype), len(chosen.pages))
         except InvalidInputError:
             raise
         except Exception as exc:  # tifffile raises many types for damaged files
             raise InvalidInputError(f"{file} cannot be opened as TIFF ({type(exc).__name__}: {exc})", hint=_DAMAGED_HINT) from None
 
 
-def read_tiff_page(tif: object, path: Path, index: int) -> np.ndarray:
-    """Page ``index`` of an open TIFF's first series, or an error naming the file and page."""
+def read_tiff_page(tif: object, path: Path, index: int, series: int = 0) -> np.ndarray:
+    """Page ``index`` of an open TIFF's series ``series``, or an error naming the file and page."""
     try:
-        return np.asarray(tif.series[0].pages[index].asarray())  # type: ignore[attr-defined]
+        return np.asarray(tif.series[series].pages[index].asarray())  # type: ignore[attr-defined]
     except Exception as exc:  # tifffile raises many types for damaged files
         raise InvalidInputError(f"{path}: page {index} cannot be read ({type(exc).__name__}: {exc})", hint=_DAMAGED_HINT) from None

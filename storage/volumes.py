@@ -1,12 +1,19 @@
 """Reading volumes block by block, whatever they are stored as: one loader registry.
 
-A :class:`Volume` is a lazily read array: ``shape``, ``dtype``, native ``chunks`` and
+A :class:`Volume` is a lazily read array: ``shape``, ``dtype``, native ``chunks``, ``axes`` (an
+ordered subset of ``tczyx``: ``yx`` for a 2-D image, ``zyx`` for a stack, ``tczyx`` for a
+hyperstack), physical ``metadata`` (:class:`~tierflow.storage.image_meta.ImageMetadata`) and
 ``read(roi)``, which reads only that region. Loaders are chosen by data type:
 
 ``zarr``
-    a zarr v3 array on any tier (local path, or a store from ``Tier.zarr_store``);
-``tiff-stack``
-    one multi-page TIFF (z-slices as pages), read page by page: a block reads only its pages;
+    a zarr v2 or v3 array, or an OME-Zarr 0.4/0.5 image (its full-resolution level), local or
+    (arrays) on any tier (see :mod:`storage.zarr_volumes`);
+``tiff``
+    one TIFF: plain 2-D, a multi-page stack, an OME-TIFF or ImageJ hyperstack, through
+    tifffile's series and axes, read page by page: a block reads only its pages
+    (``file.tif#series=N`` picks one series of several; see :mod:`storage.tiff_volumes`);
+``vendor``
+    CZI, ND2, LIF through bioio, with the ``formats`` extra (see :mod:`storage.vendor_volumes`);
 ``tiff-slices``
     a folder of 2-D TIFFs sorted by name (z order), read slice by slice;
 ``read-function``
@@ -19,22 +26,26 @@ Register more with :func:`register_loader` or :func:`register_read_function`.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import os
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from tierflow.storage.errors import InvalidInputError, TierflowError
 from tierflow.storage.geometry import Roi
+from tierflow.storage.image_meta import ImageMetadata, default_axes
 from tierflow.storage.tiff_check import check_tiff, read_tiff_page
+from tierflow.storage.tiff_volumes import TiffVolume, split_series
+from tierflow.storage.vendor_volumes import VENDOR_SUFFIXES, open_vendor
+from tierflow.storage.zarr_volumes import ZarrVolume, damaged_chunks, is_zarr_path, open_zarr_path
 
 __all__ = [
+    "ImageMetadata",
+    "TiffVolume",
     "Volume",
     "ZarrVolume",
     "damaged_chunks",
@@ -46,102 +57,18 @@ __all__ = [
 
 
 class Volume(Protocol):
-    """A lazily read array."""
+    """A lazily read array, its axes (an ordered subset of ``tczyx``) and physical metadata."""
 
     uri: str
     shape: tuple[int, ...]
     dtype: np.dtype
     chunks: tuple[int, ...]
+    axes: str
+    metadata: ImageMetadata
 
     def read(self, roi: Roi) -> np.ndarray:
         """The voxels of ``roi`` (a copy, C-ordered)."""
         ...
-
-
-@dataclass
-class ZarrVolume:
-    """A zarr v3 array."""
-
-    array: Any
-    uri: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        shards = getattr(self.array, "shards", None)
-        return tuple(shards or self.array.chunks)
-
-    def read(self, roi: Roi, *, cache: Any = None, cache_key: Any = None) -> np.ndarray:
-        """The voxels of ``roi``; with a :class:`storage.chunk_cache.ChunkCache`, chunk by chunk
-        through it (for halo reads shared between neighbouring batches)."""
-        try:
-            if cache is not None:
-                from tierflow.storage.chunk_cache import read_through_cache
-
-                return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
-            return np.asarray(self.array[roi.slices])
-        except _DECODE_ERRORS as exc:
-            bad = damaged_chunks(self.array, roi)
-            if not bad:
-                raise
-            raise InvalidInputError(
-                f"input {self.uri}: chunk(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} cannot be decoded "
-                f"({type(exc).__name__}: {exc}): the input is damaged, repair or re-create it",
-                hint=f"the input array is damaged: repair or re-create {self.uri} (chunk {bad[0]}), then run again",
-            ) from None
-
-
-_DECODE_ERRORS = (RuntimeError, ValueError, EOFError, zlib.error)
-"""What codecs raise for damaged bytes (not ``OSError``: an unreachable store is not a damaged chunk)."""
-
-
-def damaged_chunks(array: Any, roi: Roi) -> list[str]:
-    """The store keys of the chunks (shards) of a zarr ``array`` under ``roi`` that cannot be decoded."""
-    grid = tuple(getattr(array, "shards", None) or array.chunks)
-    encoding = getattr(array.metadata, "chunk_key_encoding", None)
-    bad = []
-    for index in itertools.product(*(range(o // c, (e - 1) // c + 1) for o, e, c in zip(roi.offset, roi.end, grid, strict=True))):
-        try:
-            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, grid, strict=True))]
-        except _DECODE_ERRORS:
-            bad.append(encoding.encode_chunk_key(index) if encoding is not None else ".".join(map(str, index)))
-    return bad
-
-
-@dataclass
-class TiffStackVolume:
-    """A multi-page TIFF read page by page (never the whole file)."""
-
-    path: Path
-    uri: str
-
-    def __post_init__(self) -> None:
-        header = check_tiff(self.path)
-        shape, self.dtype = header.shape, header.dtype
-        if len(shape) == 2:
-            shape = (1, *shape)
-        if len(shape) != 3:
-            raise TierflowError(f"{self.path}: TIFF series has shape {shape} (axes {header.axes!r}); tierflow reads (z, y, x) stacks",
-                                hint="save one channel and time point per file, z-slices as pages")
-        self.shape = shape
-        self.chunks = (1, *shape[1:])
-
-    def read(self, roi: Roi) -> np.ndarray:
-        import tifffile
-
-        z, y, x = roi.slices
-        out = np.empty(roi.shape, dtype=self.dtype)
-        with tifffile.TiffFile(self.path) as tif:
-            for i, page in enumerate(range(z.start, z.stop)):
-                out[i] = read_tiff_page(tif, self.path, page)[y, x]
-        return out
 
 
 @dataclass
@@ -150,6 +77,8 @@ class TiffSlicesVolume:
 
     folder: Path
     uri: str
+    axes: str = "zyx"
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
 
     def __post_init__(self) -> None:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith("."))
@@ -184,6 +113,11 @@ class InMemoryVolume:
 
     data: np.ndarray
     uri: str
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
+
+    @property
+    def axes(self) -> str:
+        return default_axes(self.data.ndim)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -222,17 +156,8 @@ def register_read_function(read: Callable[[str], np.ndarray], extensions: Sequen
     )
 
 
-def _is_zarr(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "zarr.json"))
-
-
-def _open_zarr(path: str) -> Volume:
-    import zarr
-
-    return ZarrVolume(zarr.open_array(path, mode="r"), Path(path).resolve().as_uri())
-
-
-def _is_tiff(path: str) -> bool:
+def _is_tiff(text: str) -> bool:
+    path, _ = split_series(text)
     return path.lower().endswith((".tif", ".tiff")) and os.path.isfile(path)
 
 
@@ -240,8 +165,19 @@ def _is_slices(path: str) -> bool:
     return os.path.isdir(path) and any(name.lower().endswith((".tif", ".tiff")) for name in os.listdir(path))
 
 
-register_loader("zarr", _is_zarr, _open_zarr)
-register_loader("tiff-stack", _is_tiff, lambda p: TiffStackVolume(Path(p), Path(p).resolve().as_uri()))
+def _open_tiff(text: str) -> Volume:
+    path, series = split_series(text)
+    return TiffVolume(Path(path), Path(path).resolve().as_uri(), series)
+
+
+def _is_vendor(text: str) -> bool:
+    path, _ = split_series(text)
+    return path.lower().endswith(VENDOR_SUFFIXES) and os.path.exists(path)
+
+
+register_loader("zarr", is_zarr_path, open_zarr_path)
+register_loader("tiff", _is_tiff, _open_tiff)
+register_loader("vendor", _is_vendor, open_vendor)
 register_loader("tiff-slices", _is_slices, lambda p: TiffSlicesVolume(Path(p), Path(p).resolve().as_uri()))
 register_read_function(np.load, (".npy",), name="numpy")
 
@@ -262,7 +198,7 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
         If the path does not exist or no loader handles it.
     """
     path = os.fspath(source)
-    if not os.path.exists(path):
+    if not os.path.exists(split_series(path)[0]):
         raise TierflowError(f"input {path} does not exist", hint="check the path (relative paths start at the current folder)")
     for name, matches, opener in _LOADERS:
         if (loader is None and matches(path)) or loader == name:
@@ -270,7 +206,8 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
     known = ", ".join(name for name, _, _ in _LOADERS)
     raise TierflowError(
         f"no loader reads {path}",
-        hint=f"give a zarr array folder, a .tif stack or a folder of .tif slices (loaders: {known})",
+        hint=f"give a zarr array or OME-Zarr image folder, a .tif file, a folder of .tif slices, or a .czi/.nd2/.lif file "
+             f"(loaders: {known})",
     )
 
 

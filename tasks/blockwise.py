@@ -41,7 +41,7 @@ from tierflow.tasks.ops.registry import get_op
 from tierflow.tasks.retry import is_transient
 
 __all__ = ["BatchFailed", "BlockJob", "MapJob", "block_fingerprints", "blocks_to_compute", "describe_failure", "ledgered_blocks",
-           "open_source", "plan_batches", "run_map_batch", "source_fingerprint"]
+           "open_source", "plan_batches", "run_map_batch", "source_fingerprint", "spatial_kernel"]
 
 SourceRef = str | ArrayLocation
 FaultHook = Callable[[str], None]
@@ -105,6 +105,9 @@ class MapJob(BlockJob):
     halo: tuple[int, ...]
     extras: dict[str, SourceRef] = field(default_factory=dict)
     mask: SourceRef | None = None
+    leading: int = 0
+    """Leading axes that are not spatial (time, channel): the kernel runs once per index of
+    them, on the spatial block."""
 
     @property
     def grid(self) -> BlockGrid:
@@ -251,6 +254,24 @@ def run_map_batch(job: MapJob, block_ids: Sequence[str]) -> dict[str, Any]:
     return result | {"read_seconds": batch.read_seconds, "compute_seconds": batch.compute_seconds}
 
 
+def spatial_kernel(kernel: Callable[..., np.ndarray], data: np.ndarray, params: dict[str, Any], extras: dict[str, np.ndarray],
+                   leading: int = 0, keywords: Mapping[str, Any] | None = None) -> np.ndarray:
+    """``kernel`` on ``data``, once per index of its ``leading`` (time, channel) axes: a map op
+    sees only spatial blocks, so it never smooths or thresholds across time points or channels.
+    ``keywords`` (e.g. the block's spatial origin) go to every call as they are."""
+    keywords = dict(keywords or {})
+    if not leading:
+        return kernel(data, params, **keywords, **extras)
+    out: np.ndarray | None = None
+    for index in np.ndindex(*data.shape[:leading]):
+        part = kernel(data[index], params, **keywords, **{name: array[index] for name, array in extras.items()})
+        if out is None:
+            out = np.empty(data.shape[:leading] + part.shape, dtype=part.dtype)
+        out[index] = part
+    assert out is not None
+    return out
+
+
 class _MapBatch:
     """A map batch's shared read and per-block compute (see the module docstring)."""
 
@@ -285,9 +306,9 @@ class _MapBatch:
         # decoded chunks are shared by the batches of one run (a later run may read a repaired input)
         data = (self.volume.read(block.read_roi, cache=_HALO_CACHE, cache_key=(job.op_key, job.run_id)) if self.per_block
                 else self.data[inside])
-        where = {"origin": block.read_roi.offset, "volume_shape": job.shape} if op.wants_offset else {}
-        result = op.check_block(op.kernel(data, job.params, **where, **{name: array[inside] for name, array in self.extras.items()}),
-                                data.shape, block.block_id)
+        where = {"origin": block.read_roi.offset[job.leading:], "volume_shape": job.shape[job.leading:]} if op.wants_offset else {}
+        extras = {name: array[inside] for name, array in self.extras.items()}
+        result = op.check_block(spatial_kernel(op.kernel, data, job.params, extras, job.leading, where), data.shape, block.block_id)
         if self.mask is not None:
             result = np.where(self.mask[inside] != 0, result, np.zeros((), dtype=result.dtype))
         values = result[block.write_roi.relative_to(block.read_roi)]

@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,3 +154,49 @@ def test_serve_refuses_tiers_that_overlap_the_ephemeral_tier(project: Path, layo
     done = run_cli("serve", "--port", str(_free_port()), cwd=project, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "overlap" in done.stderr and "tiers.ephemeral" in done.stderr and "tiers.source" in done.stderr and "hint:" in done.stderr
+
+
+def test_serve_with_no_options_answers_ranges_and_preflights(project: Path) -> None:
+    """``tierflow serve`` as the README shows it (no options): Tier 1 on [pipeline].data_url's
+    port; a byte range gets 206 with those bytes, an OPTIONS preflight the CORS headers."""
+    port = _free_port()
+    (project / "configs" / "tierflow.user.toml").write_text(f'[pipeline]\ndata_url = "http://127.0.0.1:{port}"\n')
+    shard = project / "var" / "tier1-source" / "promoted" / "img.zarr" / "c" / "0"
+    shard.parent.mkdir(parents=True)
+    payload = bytes(range(256)) * 40
+    shard.write_bytes(payload)
+    process = subprocess.Popen([TIERFLOW, "serve"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"serve did not start: {process.communicate()}") from None
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/promoted/img.zarr/c/0"
+        for header, (start, stop) in (("bytes=100-1099", (100, 1100)), ("bytes=10000-", (10000, 10240)), ("bytes=-16", (10224, 10240))):
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": header}), timeout=30) as response:
+                assert response.status == 206
+                assert response.read() == payload[start:stop]
+                assert response.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{len(payload)}"
+                assert response.headers["Access-Control-Allow-Origin"] == "*"
+                assert "Content-Range" in response.headers["Access-Control-Expose-Headers"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=20000-"}), timeout=30)
+        assert refused.value.code == 416 and refused.value.headers["Content-Range"] == f"bytes */{len(payload)}"
+        preflight = urllib.request.Request(url, method="OPTIONS", headers={
+            "Origin": "https://neuroglancer-demo.appspot.com", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "range"})
+        with urllib.request.urlopen(preflight, timeout=30) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            assert "GET" in response.headers["Access-Control-Allow-Methods"]
+            assert "range" in response.headers["Access-Control-Allow-Headers"].lower()
+        with urllib.request.urlopen(url, timeout=30) as response:  # and a whole file, as before
+            assert (response.status, response.read()) == (200, payload)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -192,7 +192,8 @@ def op(
     from tierflow.flows.cli.data import _config
     from tierflow.flows.ops.flow import locate_input, output_location, run_op
     from tierflow.flows.execution.placement import check_output_placement, op_reads
-    from tierflow.storage.geometry import parse_block_shape
+    from tierflow.storage.geometry import fit_block_shape, parse_block_shape
+    from tierflow.storage.image_meta import leading_axes
     from tierflow.tasks.blockwise import open_source
 
     config = _config(ctx)
@@ -200,8 +201,12 @@ def op(
     check_output_placement(config, output, op_reads(input, extras, mask))
     target_uri = output_location(config, output).uri  # refused here if its tier takes no writes
     volume = open_source(locate_input(config, input))
-    shape = parse_block_shape(block_shape, ndim=len(volume.shape)) if block_shape else None
-    blocks = shape or tuple(config.execution.block_shape)[-len(volume.shape):]
+    shape = parse_block_shape(block_shape) if block_shape else None
+    if shape is not None and len(shape) > len(volume.shape):
+        parse_block_shape(block_shape, ndim=len(volume.shape))  # refused: one side per axis
+    blocks = fit_block_shape(shape or config.execution.block_shape, volume.shape, leading=leading_axes(volume.axes), axes=volume.axes,
+                             key="--block-shape")
+    shape = blocks if shape is not None else None
     total = _total_blocks(name, tuple(volume.shape), blocks, resolved)
 
     def run() -> dict[str, Any]:

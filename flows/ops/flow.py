@@ -36,7 +36,8 @@ from tierflow.storage.db.database import Database
 from tierflow.storage.arrays import check_chunks_align
 from tierflow.storage.db.repo.ledger import done_fingerprints
 from tierflow.errors import BlockFailuresError, TierflowError
-from tierflow.storage.geometry import BlockGrid
+from tierflow.storage.geometry import BlockGrid, fit_block_shape
+from tierflow.storage.image_meta import leading_axes
 from tierflow.tasks.blockwise import FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source
 from tierflow.tasks.ops.registry import get_op
 
@@ -70,13 +71,15 @@ def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None,
     key = op_key(op, spec.version, resolved, inputs_identity(source, extras, mask_ref))
     if stamped_op_key(target) != key:
         return None
-    shape = tuple(open_source(source).shape)
-    grid = BlockGrid(shape, tuple(block_shape or config.execution.block_shape)[-len(shape):], spec.halo(resolved, len(shape)))
+    volume = open_source(source)
+    shape = tuple(volume.shape)
+    grid = BlockGrid(shape, fit_block_shape(block_shape or config.execution.block_shape, shape, leading=leading_axes(volume.axes)),
+                     spec.halo_over(resolved, len(shape), volume.axes))
     db = open_database(load_db_config(config_dir), migrate=True)
     with db.session() as session:
         done = done_fingerprints(session, key, target.uri)
     job = MapJob(op=op, params=resolved, op_key=key, run_id=0, source=source, target=target, shape=shape, block_shape=grid.block_shape,
-                 halo=grid.halo, db=db, extras=extras, mask=mask_ref)
+                 halo=grid.halo, db=db, extras=extras, mask=mask_ref, leading=leading_axes(volume.axes))
     if blocks_to_compute(done, block_fingerprints(job)):
         return None
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(grid.block_shape),
@@ -184,7 +187,9 @@ def op_flow(
     target = output_location(config, output)
     source = locate_input(config, input)
     volume = open_source(source)
-    shape_blocks = tuple(block_shape or config.execution.block_shape)[-len(volume.shape):]
+    _check_axes(spec, input, volume)
+    shape_blocks = fit_block_shape(block_shape or config.execution.block_shape, volume.shape, leading=leading_axes(volume.axes),
+                                   axes=volume.axes)
     workers = op_workers(config, spec.resources, workers or config.execution.max_workers or os.cpu_count() or 1)
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
@@ -195,7 +200,8 @@ def op_flow(
                         config=config, input=input, extras=extras, mask=locate_input(config, mask) if mask else None, fault=fault,
                         progress=progress, slurm_scheduler=slurm_scheduler,
                         new_runner=lambda extra_threads=0, memory_factor=1.0: block_task_runner(
-                            config, workers, extra_threads=extra_threads, memory_factor=memory_factor, resources=spec.resources))
+                            config, workers, extra_threads=extra_threads, memory_factor=memory_factor, resources=spec.resources),
+                        axes=volume.axes)
         ctx = _keyed(ctx)
         with output_lease(db, target, ctx.op_key):  # one op key writes this output at a time
             summary = STAGE_RUNNERS[spec.kind](ctx)
@@ -203,6 +209,21 @@ def op_flow(
         result = _result(ctx, summary)
         run_id.result = result.to_dict()
         return result
+
+
+def _check_axes(spec: Any, input: str, volume: Any) -> None:
+    """Staged ops (label, downsample, features) take spatial images only.
+
+    Raises
+    ------
+    TierflowError
+        Naming the input, its axes and what to do.
+    """
+    if spec.kind != "map" and leading_axes(volume.axes):
+        raise TierflowError(f"{spec.name} takes a 2-D (y, x) or 3-D (z, y, x) image; {input} has axes {volume.axes!r} "
+                            f"(shape {tuple(volume.shape)})",
+                            hint="run it on one time point and channel (an array of that one's spatial axes); map ops "
+                                 "(gaussian, threshold...) run on every time point and channel")
 
 
 def _keyed(ctx: OpContext) -> OpContext:

@@ -15,6 +15,7 @@ from tierflow.flows.ops.request import OpContext
 from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_count, done_fingerprints
 from tierflow.storage.geometry import BlockGrid
+from tierflow.storage.image_meta import default_axes
 from tierflow.tasks.blockwise import MapJob, SourceRef, block_fingerprints, blocks_to_compute, open_source, plan_batches
 from tierflow.tasks.histogram_blocks import histogram_blocks, value_range_blocks
 from tierflow.tasks.map_blocks import map_blocks
@@ -90,16 +91,20 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     """Compute the output block-wise (see the module docstring); returns the block counts."""
     logger = get_run_logger()
     spec, db, target, key = ctx.spec, ctx.db, ctx.target, ctx.op_key
-    halo = spec.halo(ctx.params, len(ctx.shape))
+    halo = spec.halo_over(ctx.params, len(ctx.shape), ctx.axes)
     out_dtype = spec.out_dtype(ctx.params, ctx.dtype)
+    made = {"op": spec.name, "version": spec.version, "params": ctx.params, "op_key": key, "input": ctx.input}
+    if ctx.axes and ctx.axes != default_axes(len(ctx.shape)):
+        made["axes"] = ctx.axes  # what the next op reads the output's axes from
     stale = claim_output(db, target, key, lambda: create_output_array(
         target, shape=ctx.shape, dtype=out_dtype, chunks=ctx.block_shape, compression=ctx.params.get("compression", "lz4"),
-        attributes={"tierflow": {"op": spec.name, "version": spec.version, "params": ctx.params, "op_key": key, "input": ctx.input}}))
+        attributes={"tierflow": made}))
     if stale:
         logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)
     grid = BlockGrid(ctx.shape, ctx.block_shape, halo)
     job = MapJob(op=spec.name, params=ctx.params, op_key=key, run_id=ctx.run_id, source=ctx.source, target=target, shape=ctx.shape,
-                 block_shape=ctx.block_shape, halo=halo, db=db, extras=ctx.extras, mask=ctx.mask, fault=ctx.fault)
+                 block_shape=ctx.block_shape, halo=halo, db=db, extras=ctx.extras, mask=ctx.mask, fault=ctx.fault,
+                 leading=ctx.leading)
     with db.session() as session:
         done = done_fingerprints(session, key, target.uri)
     remaining = blocks_to_compute(done, block_fingerprints(job))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import get_run_logger
 
 from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, done_count
@@ -33,15 +34,35 @@ __all__ = ["run_pyramid"]
 METHODS = literal_choices(DownsampleParams.model_fields["method"].annotation)
 
 
+LABEL_DTYPES = ("int32", "uint32", "int64", "uint64")
+"""Integer types that ``method=auto`` takes for labels: cameras write 8- and 16-bit images,
+segmentation tools 32- and 64-bit label images."""
+
+
+def auto_method(volume: Any) -> tuple[str, str]:
+    """What ``method=auto`` downsamples ``volume`` with, and why: ``mode`` (never an id that is
+    not in the level above) for a label image — one written by a tierflow label op, one whose
+    metadata says so (OME-Zarr ``image-label``), or a 32/64-bit integer array (see
+    :data:`LABEL_DTYPES`) — else ``mean``. A 16-bit label image needs ``method=mode``."""
+    attributes = getattr(getattr(volume, "array", None), "attrs", {}) or {}
+    made_by = (attributes.get("tierflow") or {}).get("op") if isinstance(attributes.get("tierflow"), dict) else None
+    if made_by and _makes_labels(made_by):
+        return "mode", f"written by tierflow's {made_by} op"
+    if getattr(getattr(volume, "metadata", None), "labels", False) or "image-label" in attributes:
+        return "mode", "its metadata marks it as labels (image-label)"
+    if np.dtype(volume.dtype).name in LABEL_DTYPES:
+        return "mode", f"{np.dtype(volume.dtype)} arrays are taken for labels (pass method=mean to average one)"
+    return "mean", f"a {np.dtype(volume.dtype)} image (pass method=mode for a label image)"
+
+
 def _method(requested: str, source: SourceRef) -> str:
     if requested not in METHODS:
         raise TierflowError(f"downsample: method {requested!r} is not one of {METHODS}")
     if requested != "auto":
         return requested
-    volume = open_source(source)
-    attributes = getattr(getattr(volume, "array", None), "attrs", {}) or {}
-    made_by = (attributes.get("tierflow") or {}).get("op")
-    return "mode" if made_by and _makes_labels(made_by) else "mean"
+    method, why = auto_method(open_source(source))
+    get_run_logger().info("downsample method=auto: %s (%s)", method, why)
+    return method
 
 
 def _makes_labels(op: str) -> bool:

@@ -17,6 +17,7 @@ from tierflow.configs import TierflowConfig
 from tierflow.flows.runtime.tiers import s3_tier_of
 from tierflow.storage.arrays import ArrayLocation, check_writable
 from tierflow.storage.db.database import Database
+from tierflow.storage.image_meta import leading_axes
 from tierflow.storage.local_copy import local_copy
 from tierflow.storage.tiers import PosixTier
 from tierflow.tasks.blockwise import FaultHook, SourceRef, source_fingerprint
@@ -109,6 +110,13 @@ class OpContext:
     backend (:func:`flows.execution.runners.block_task_runner`); default Prefect's thread pool."""
     slurm_scheduler: Any = None
     """Test-only: answers how a lost batch's SLURM job ended (default: SLURM's own tools)."""
+    axes: str = ""
+    """The input's axes (``yx``, ``zyx``, ``tczyx``...; '' = all spatial)."""
+
+    @property
+    def leading(self) -> int:
+        """Leading axes of the input that are not spatial (time, channel)."""
+        return leading_axes(self.axes) if self.axes else 0
 
     @property
     def source_uri(self) -> str:

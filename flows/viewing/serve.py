@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from tierflow.configs import DatabaseConfig, TierflowConfig
 from tierflow.storage.errors import TierflowError
 
-__all__ = ["SERVABLE_TIERS", "TierHTTPServer", "published_file", "serve_roots", "tier_server"]
+__all__ = ["SERVABLE_TIERS", "TierHTTPServer", "byte_range", "published_file", "serve_roots", "tier_server"]
 
 SERVABLE_TIERS = ("source", "output")
 ZARR_V2_METADATA = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata"})
@@ -79,17 +79,77 @@ def published_file(root: Path, url: str, never: tuple[Path, ...] = ()) -> Path |
     return target if target.is_file() else None
 
 
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The ``(start, stop)`` of a single ``Range: bytes=...`` header over a file of ``size``
+    bytes (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``), or None when it is not satisfiable."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            count = int(last)
+            return (max(0, size - count), size) if count > 0 and size else None
+        start = int(first)
+        stop = min(size, int(last) + 1) if last else size
+    except ValueError:
+        return None
+    return (start, stop) if 0 <= start < stop else None
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """GET/HEAD of published files with CORS; every other request is refused."""
+    """GET/HEAD of published files (single byte ranges: ``206``) with CORS, and CORS
+    preflights (OPTIONS); every other request is refused."""
 
     server: TierHTTPServer
+    _range: tuple[int, int] | None = None
 
     def send_head(self) -> Any:
-        self._target = published_file(self.server.root, self.path, self.server.never)
+        self._target, self._range = published_file(self.server.root, self.path, self.server.never), None
         if self._target is None:
             self.send_error(HTTPStatus.NOT_FOUND, "not published")
             return None
-        return super().send_head()
+        header = self.headers.get("Range")
+        if header is None:
+            return super().send_head()
+        size = self._target.stat().st_size
+        wanted = byte_range(header, size)
+        if wanted is None:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        file = open(self._target, "rb")  # noqa: SIM115 - closed by the base class after copyfile
+        file.seek(wanted[0])
+        self._range = wanted
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Content-Type", self.guess_type(str(self._target)))
+        self.send_header("Content-Range", f"bytes {wanted[0]}-{wanted[1] - 1}/{size}")
+        self.send_header("Content-Length", str(wanted[1] - wanted[0]))
+        self.end_headers()
+        return file
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        if self._range is None:
+            super().copyfile(source, outputfile)
+            return
+        left = self._range[1] - self._range[0]
+        while left > 0:
+            chunk = source.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            outputfile.write(chunk)
+            left -= len(chunk)
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
+        """A CORS preflight: which methods and request headers a browser may use."""
+        self.send_response(HTTPStatus.NO_CONTENT)
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Content-Type")
+        self.send_header("Access-Control-Max-Age", "86400")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def translate_path(self, path: str) -> str:
         return str(self._target)
@@ -99,6 +159,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag")
+        self.send_header("Accept-Ranges", "bytes")
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tierflow.errors import InvalidParameterError, KernelOutputError
 from tierflow.storage.geometry import BlockGrid
+from tierflow.storage.image_meta import leading_axes
 
 __all__ = ["OpKind", "OpParams", "OpSpec", "describe_field", "finite_positive_list", "literal_choices", "no_halo", "same_dtype"]
 
@@ -142,6 +143,12 @@ class OpSpec:
         problem = _problem(error, value)
         return InvalidParameterError(f"{self.name}: parameter {name}={value!r} {problem}",
                                      hint=f"{name} ({info.description}) must be {describe_field(info)}")
+
+    def halo_over(self, params: Mapping[str, Any], ndim: int, axes: str = "") -> tuple[int, ...]:
+        """The halo over an array with ``axes``: the op's halo on the spatial axes, none on
+        time and channel (a map op runs on each time point's and channel's spatial block)."""
+        lead = leading_axes(axes) if axes else 0
+        return (0,) * lead + tuple(self.halo(params, ndim - lead))
 
     def defaults(self) -> dict[str, Any]:
         """Each parameter's default (``...`` for a required one)."""
