@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tierflow.storage.geometry import Roi
+from tierflow.storage.volume_select import SelectedVolume
 from tierflow.storage.volumes import TiffSlicesVolume, TiffVolume, Volume, ZarrVolume, fingerprint_path
 
 __all__ = ["InputFingerprint", "combined_block_fingerprint", "input_fingerprint", "snapshot_content_id"]
@@ -124,6 +125,25 @@ class PathFingerprint:
         return fingerprint_path(self.path)
 
 
+@dataclass
+class SelectedFingerprint:
+    """One time point and channel of a file (``file#t=1&c=0``): the file's fingerprint, and the
+    selector in the identity (so two volumes of one file never share a cache key)."""
+
+    inner: Any
+    volume: SelectedVolume
+
+    @property
+    def identity(self) -> str:
+        return f"{self.inner.identity}{self.volume.selector.suffix()}"
+
+    def block(self, roi: Roi) -> str:
+        return self.inner.block(self.volume.full_roi(roi))
+
+    def whole(self) -> str:
+        return f"{self.inner.whole()}{self.volume.selector.suffix()}"
+
+
 def _stat_text(path: str | os.PathLike[str]) -> str:
     """``size:mtime`` of a local file, '' when it is absent (an empty chunk)."""
     try:
@@ -173,6 +193,8 @@ def input_fingerprint(volume: Volume, *, location: Any = None) -> InputFingerpri
         Its :class:`storage.arrays.ArrayLocation` when it lives on a tier (S3): its stored
         objects are then read from one listing of the tier.
     """
+    if isinstance(volume, SelectedVolume):
+        return SelectedFingerprint(input_fingerprint(volume.inner, location=location), volume)
     if location is not None and isinstance(volume, ZarrVolume):
         listing = {info.key[len(location.key) + 1:]: f"{info.size}:{info.sha256 or info.mtime}"
                    for info in location.tier.list(location.key)}
@@ -183,10 +205,11 @@ def input_fingerprint(volume: Volume, *, location: Any = None) -> InputFingerpri
     if isinstance(volume, TiffSlicesVolume | TiffVolume):
         path = volume.folder if isinstance(volume, TiffSlicesVolume) else volume.path
         content = snapshot_content_id(path)
+        series = "" if isinstance(volume, TiffSlicesVolume) or volume.series is None else f"#series={volume.series}"
         if content is not None:
-            return ContentFingerprint(content)
+            return ContentFingerprint(content + series)  # one position of a file is not another
         files = list(volume.files) if isinstance(volume, TiffSlicesVolume) else [volume.path]
-        return FilesFingerprint(volume.uri, files, per_z=isinstance(volume, TiffSlicesVolume))
+        return FilesFingerprint(volume.uri + series, files, per_z=isinstance(volume, TiffSlicesVolume))
     return PathFingerprint(volume.uri, volume.uri.removeprefix("file://"))
 
 

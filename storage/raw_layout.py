@@ -1,12 +1,21 @@
 """tierflow's raw layout, and the intake checks that hold a raw folder to it.
 
 One folder per sample; in it one volume per channel and time point, as a multi-page TIFF stack
-or a folder of 2-D slices (see :data:`RAW_LAYOUT_PICTURE`)::
+or a folder of 2-D slices, or one multi-dimensional file holding them all (see
+:data:`RAW_LAYOUT_PICTURE`)::
 
     RAW_DIR/
       <sample>/                             one folder per sample (letters, digits, . _ -)
         <prefix>_c<channel>_t<time>.tif     a TIFF stack, z as pages (.tiff, .ome.tif too)
         <prefix>_c<channel>_t<time>/        or a folder of 2-D slices (*.tif, name order = z)
+        <name>.ome.tif                      or one file with every channel and time point (an
+                                            OME-TIFF or ImageJ hyperstack with T and C axes;
+                                            several series = positions; .czi/.lif/.nd2 too)
+        <name>_p<N>.ome.tif                 or one such file per position N
+
+A file whose name has no ``_c<N>_t<N>`` is multi-dimensional when it is an OME-TIFF, a vendor
+file, is named ``_p<N>``, or holds T/C axes or several series (see :mod:`storage.raw_files`);
+its volumes are addressed as ``file#series=S&t=T&c=C``.
 
 Channel and time point are non-negative integers; ``c<N>`` and ``t<N>`` come in either order,
 separated by ``_`` or ``-``, in any case, the prefix optional (``embryo1_c0_t12.tif``,
@@ -29,6 +38,7 @@ from typing import Literal
 
 import numpy as np
 from tierflow.storage.errors import InvalidInputError, InvalidNameError, RawLayoutError, TierflowError
+from tierflow.storage.raw_files import file_volumes, is_multi_dim_name
 from tierflow.storage.tiers.names import check_name
 from tierflow.storage.tiff_check import check_tiff
 
@@ -43,15 +53,22 @@ Expected layout:
     <sample>/                              one folder per sample (letters, digits, . _ -)
       <prefix>_c<channel>_t<time>.tif      a TIFF stack, z-slices as pages (.tiff, .ome.tif too)
       <prefix>_c<channel>_t<time>/         or a folder of 2-D slices (*.tif, name order = z)
-  e.g. RAW_DIR/embryo1/embryo1_c0_t000.tif, RAW_DIR/embryo1/embryo1_c1_t000/z0000.tif"""
+      <name>.ome.tif                       or ONE file with every channel and time point (OME-TIFF or
+                                           ImageJ hyperstack with T/C axes; several series = positions;
+                                           .czi/.lif/.nd2 with the formats extra)
+      <name>_p<N>.ome.tif                  or one such file per position N
+  e.g. RAW_DIR/embryo1/embryo1_c0_t000.tif, RAW_DIR/embryo1/embryo1_c1_t000/z0000.tif,
+       RAW_DIR/embryo2/embryo2.ome.tif, RAW_DIR/plate1/well_p0.ome.tif"""
 
 EXPECTED_NAME = (
     "expected <prefix>_c<channel>_t<time> with a .tif/.tiff/.ome.tif suffix for a stack or none "
     "for a slice folder (c and t in either order, '_' or '-' between, prefix optional), "
-    "e.g. embryo1_c0_t12.tif"
+    "e.g. embryo1_c0_t12.tif; or a multi-dimensional file (.ome.tif, a _p<N> name, T/C axes "
+    "or several series) holding every channel and time point of its sample"
 )
 
 _TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+_VENDOR_SUFFIXES = (".czi", ".lif", ".nd2")
 _JUNK = frozenset({"thumbs.db", ".ds_store", "desktop.ini"})
 _MAX_LISTED = 10
 _VOLUME_NAME = re.compile(
@@ -63,19 +80,41 @@ _VOLUME_NAME = re.compile(
 
 @dataclass(frozen=True)
 class RawFile:
-    """One raw volume: a TIFF stack or a slice folder for one sample, channel and time point."""
+    """One raw volume: a TIFF stack or a slice folder for one sample, channel and time point,
+    or (``kind="multi"``) one volume of a multi-dimensional file, picked by ``selector``
+    (``"t=1&c=0"``), at ``position`` (None: the sample has one), with its ``shape``, ``dtype``,
+    ``voxel_size`` (z, y, x or y, x; None where unknown), ``unit`` and ``channel_name``."""
 
     sample: str
     channel: int
     time_point: int
     path: Path
-    kind: Literal["stack", "slices"]
+    kind: Literal["stack", "slices", "multi"]
     n_files: int
+    position: int | None = None
+    selector: str = ""
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    voxel_size: tuple[float | None, ...] = ()
+    unit: str | None = None
+    channel_name: str | None = None
 
     @property
     def label(self) -> str:
-        """``"<sample> c<channel> t<time_point>"``, as used in messages."""
-        return f"{self.sample} c{self.channel} t{self.time_point}"
+        """``"<sample> c<channel> t<time_point>"`` (``"<sample> p<position> c.. t.."``), as used
+        in messages."""
+        where = self.sample if self.position is None else f"{self.sample} p{self.position}"
+        return f"{where} c{self.channel} t{self.time_point}"
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        """(sample, position (-1: none), channel, time point): one volume of the raw folder."""
+        return self.sample, -1 if self.position is None else self.position, self.channel, self.time_point
+
+    @property
+    def address(self) -> str:
+        """The path a loader opens: ``.../a.ome.tif#t=1&c=0`` for a volume of a file."""
+        return f"{self.path}#{self.selector}" if self.selector else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -94,6 +133,10 @@ def _entries(folder: Path) -> list[Path]:
 
 def _is_tiff(path: Path) -> bool:
     return path.name.lower().endswith(_TIFF_SUFFIXES)
+
+
+def _is_image(path: Path) -> bool:
+    return path.name.lower().endswith((*_TIFF_SUFFIXES, *_VENDOR_SUFFIXES))
 
 
 def _slices(folder: Path) -> list[Path]:
@@ -187,7 +230,7 @@ def diagnose_raw_layout(raw_dir: str | Path) -> list[str]:
         for folder in (p for p in entries if p.is_dir()):
             if problem := _name_problem(folder.name):
                 problems.append(f"{folder.name}/: {problem}")
-            elif not any(p.is_dir() or _is_tiff(p) for p in _entries(folder)):
+            elif not any(p.is_dir() or _is_image(p) for p in _entries(folder)):
                 problems.append(
                     f"sample folder {folder.name}/ is empty: no TIFF stacks or slice folders inside"
                 )
@@ -218,7 +261,8 @@ def check_raw_folder(raw_dir: str | Path) -> list[str]:
     for sample in samples:
         for entry in _entries(raw / sample):
             for file in _slices(entry) if entry.is_dir() else [entry] if _is_tiff(entry) else []:
-                if problem := _tiff_problem(file):
+                multi = not entry.is_dir() and parse_volume_name(file.name) is None
+                if problem := _tiff_problem(file, every_series=multi):
                     damaged.append(f"{file.relative_to(raw).as_posix()} {problem}")
     if damaged:
         raise InvalidInputError(
@@ -229,19 +273,53 @@ def check_raw_folder(raw_dir: str | Path) -> list[str]:
     return samples
 
 
-def _tiff_problem(path: Path) -> str | None:
-    """Open a TIFF's header only; return why it cannot be used, or ``None``."""
+def _tiff_problem(path: Path, *, every_series: bool = False) -> str | None:
+    """Open a TIFF's header only; return why it cannot be used, or ``None``. With
+    ``every_series`` (a multi-dimensional file) each of several series is checked."""
     try:
-        check_tiff(path)
+        if not every_series:
+            check_tiff(path)
+        else:
+            import tifffile
+
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    count = len(tif.series)
+            except Exception:  # noqa: BLE001 - check_tiff names the problem
+                count = 1
+            for index in range(count) if count > 1 else [None]:
+                check_tiff(path, index)
     except InvalidInputError as exc:
         return exc.message.removeprefix(f"{path} ").removeprefix(f"{path}: ")
     return None
 
 
-def _classify_entry(raw: Path, sample: str, entry: Path, warnings: list[str]) -> RawFile | None:
+def _classify_multi(raw: Path, sample: str, entry: Path, warnings: list[str]) -> list[RawFile] | None:
+    """The volumes of a file whose name has no ``_c<N>_t<N>``: a multi-dimensional file's, or
+    None if it is a plain single volume (its name is then the problem)."""
+    rel = entry.relative_to(raw).as_posix()
+    try:
+        volumes = file_volumes(entry)
+    except TierflowError as exc:
+        if not is_multi_dim_name(entry.name) and not _is_tiff(entry):
+            return None
+        message = exc.message.removeprefix(f"{entry} ").removeprefix(f"{entry}: ")
+        warnings.append(f"{rel}: {message}" + (f" ({exc.hint})" if exc.hint else "") + "; skipped")
+        return []
+    single = len(volumes) == 1 and not volumes[0].leading and volumes[0].position is None
+    if single and not is_multi_dim_name(entry.name):
+        return None
+    return [RawFile(sample, v.channel, v.time_point, entry, "multi", 1, position=v.position, selector=v.selector.text,
+                    shape=v.shape, dtype=v.dtype, voxel_size=v.voxel_size, unit=v.unit, channel_name=v.channel_name)
+            for v in volumes]
+
+
+def _classify_entry(raw: Path, sample: str, entry: Path, warnings: list[str]) -> list[RawFile]:
     rel = entry.relative_to(raw).as_posix()
     parsed = parse_volume_name(entry.name)
     if not entry.is_dir():
+        if parsed is None and _is_image(entry) and (multi := _classify_multi(raw, sample, entry, warnings)) is not None:
+            return multi
         if not _is_tiff(entry):
             warnings.append(f"{rel}: not a TIFF (.tif, .tiff, .ome.tif); ignored")
         elif parsed is None:
@@ -249,21 +327,21 @@ def _classify_entry(raw: Path, sample: str, entry: Path, warnings: list[str]) ->
         elif problem := _tiff_problem(entry):
             warnings.append(f"{rel}: {problem}; skipped")
         else:
-            return RawFile(sample, *parsed, path=entry, kind="stack", n_files=1)
-        return None
+            return [RawFile(sample, *parsed, path=entry, kind="stack", n_files=1)]
+        return []
     if parsed is None:
         warnings.append(f"{rel}/: folder name not parseable; {EXPECTED_NAME}")
-        return None
+        return []
     slices = _slices(entry)
     if not slices:
         warnings.append(f"{rel}/: slice folder holds no TIFF slices (*.tif); skipped")
-        return None
+        return []
     if others := [p.name for p in _entries(entry) if p not in slices]:
         warnings.append(f"{rel}/: slice folder holds non-TIFF entries, ignored: {_listing(others)}")
     if problem := _tiff_problem(slices[0]):
         warnings.append(f"{rel}/{slices[0].name}: first slice {problem}; folder skipped")
-        return None
-    return RawFile(sample, *parsed, path=entry, kind="slices", n_files=len(slices))
+        return []
+    return [RawFile(sample, *parsed, path=entry, kind="slices", n_files=len(slices))]
 
 
 def classify_raw_files(raw_dir: str | Path) -> RawClassification:
@@ -302,19 +380,31 @@ def classify_raw_files(raw_dir: str | Path) -> RawClassification:
         elif not (content := _entries(folder)):
             warnings.append(f"{folder.name}/: sample folder holds no TIFF stacks or slice folders")
         else:
-            found += filter(None, (_classify_entry(raw, folder.name, e, warnings) for e in content))
-    kept: dict[tuple[str, int, int], RawFile] = {}
+            found += [f for e in content for f in _classify_entry(raw, folder.name, e, warnings)]
+    kept: dict[tuple[str, int, int, int], RawFile] = {}
+    clashes: dict[tuple[str, str], list[RawFile]] = {}
     for item in sorted(found, key=lambda f: f.path.as_posix()):
-        key = (item.sample, item.channel, item.time_point)
-        if key in kept:
-            first = kept[key].path.relative_to(raw).as_posix()
+        if item.key in kept:
+            clashes.setdefault((kept[item.key].path.as_posix(), item.path.as_posix()), []).append(item)
+        else:
+            kept[item.key] = item
+    for (first_path, _), items in clashes.items():
+        item, first = items[0], Path(first_path).relative_to(raw).as_posix()
+        rel = item.path.relative_to(raw).as_posix()
+        if item.kind == "multi" or kept[item.key].kind == "multi":
+            where = "" if item.position is None else f" position {item.position},"
             warnings.append(
-                f"{item.path.relative_to(raw).as_posix()}: duplicate of {first} (sample "
+                f"{rel}: holds {len(items)} volume(s) also in {first} (sample {item.sample},{where} e.g. channel "
+                f"{item.channel}, time point {item.time_point}); kept {first}. A multi-dimensional file holds every "
+                "channel and time point of its sample: keep one per sample folder, name one file per position "
+                "<name>_p<N>.ome.tif, or move the per-channel files out"
+            )
+        else:
+            warnings.append(
+                f"{rel}: duplicate of {first} (sample "
                 f"{item.sample}, channel {item.channel}, time point {item.time_point}); "
                 f"kept {first}"
             )
-        else:
-            kept[key] = item
     return RawClassification([kept[k] for k in sorted(kept)], warnings)
 
 
@@ -474,7 +564,7 @@ def discover_tasks(
         for value in requested[axis]
         if value not in present[axis]
     ]
-    have = {(f.sample, f.channel, f.time_point) for f in files}
+    have = {(f.sample, f.channel, f.time_point) for f in files}  # at some position
     grid = [[v for v in requested[axis] if v in present[axis]] for axis in _AXES]
     skipped += [
         (f"{s} c{c} t{t}", "not present in RAW_DIR")

@@ -1,7 +1,8 @@
 """Immutable raw snapshots on Tier 1.
 
 A snapshot of dataset ``D`` is ``snapshots/D/<snapshot_id>/<relative path>...`` plus a
-``manifest.json`` (relative path, bytes, sha256, media type of every file) written **last**: a
+``manifest.json`` (relative path, bytes, sha256, media type of every file and, for a raw
+image file, the volumes inside it: :class:`VolumeRecord`) written **last**: a
 snapshot without its manifest is incomplete, one with it is committed. ``snapshot_id`` is derived
 from the content (paths, sizes, hashes), so ingesting the same files again finds the committed
 snapshot and writes nothing, while different bytes under an existing id are refused.
@@ -29,6 +30,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "ManifestEntry",
+    "VolumeRecord",
     "build_manifest",
     "commit_manifest",
     "fetch_snapshot_path",
@@ -47,13 +49,57 @@ mimetypes.add_type("image/tiff", ".tiff")
 
 
 @dataclass(frozen=True)
+class VolumeRecord:
+    """One 3-D (or 2-D) volume inside a raw file, as ingest found it.
+
+    ``selector`` picks it out of the file (``"t=1&c=0"``, ``"series=2"``; ``""``: the whole
+    file is this one volume; see :mod:`storage.volume_select`); ``position`` is None for a
+    sample of one position; ``shape`` is ``(z, y, x)`` or ``(y, x)``; ``voxel_size`` matches it
+    (None where the file does not say), in ``unit``.
+    """
+
+    sample: str
+    channel: int
+    time_point: int
+    shape: tuple[int, ...]
+    dtype: str
+    selector: str = ""
+    position: int | None = None
+    voxel_size: tuple[float | None, ...] = ()
+    unit: str | None = None
+    channel_name: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VolumeRecord:
+        values = dict(data)
+        values["shape"] = tuple(values.get("shape", ()))
+        values["voxel_size"] = tuple(values.get("voxel_size") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ManifestEntry:
-    """One file of a snapshot."""
+    """One file of a snapshot; ``volumes``: the volumes inside a raw image file (empty for other
+    files, slice files and manifests written before ingest recorded them)."""
 
     relative_path: str
     bytes: int
     sha256: str
     media_type: str | None = None
+    volumes: tuple[VolumeRecord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as ``manifest.json`` holds it (``volumes`` only when there are any)."""
+        data = asdict(self)
+        if not self.volumes:
+            del data["volumes"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestEntry:
+        values = dict(data)
+        values["volumes"] = tuple(VolumeRecord.from_dict(v) for v in values.get("volumes") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -70,6 +116,11 @@ class Manifest:
         for entry in sorted(self.files, key=lambda e: e.relative_path):
             digest.update(f"{entry.relative_path}\0{entry.bytes}\0{entry.sha256}\n".encode())
         return digest.hexdigest()[:16]
+
+    def volumes(self) -> list[tuple[str, VolumeRecord]]:
+        """Every recorded volume with its file's relative path, in file order."""
+        return [(entry.relative_path, volume) for entry in sorted(self.files, key=lambda e: e.relative_path)
+                for volume in entry.volumes]
 
     @property
     def total_bytes(self) -> int:
@@ -90,7 +141,7 @@ class Manifest:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "file_count": len(self.files),
             "total_bytes": self.total_bytes,
-            "files": [asdict(entry) for entry in sorted(self.files, key=lambda e: e.relative_path)],
+            "files": [entry.to_dict() for entry in sorted(self.files, key=lambda e: e.relative_path)],
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -107,7 +158,7 @@ class Manifest:
             document = json.loads(data)
             if document.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format is {document.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-            files = tuple(ManifestEntry(**entry) for entry in document["files"])
+            files = tuple(ManifestEntry.from_dict(entry) for entry in document["files"])
             return cls(document["dataset"], files)
         except (ValueError, KeyError, TypeError) as exc:
             raise TierflowError(f"{source} is not a tierflow snapshot manifest: {exc}") from None

@@ -14,7 +14,6 @@ resolution tags).
 from __future__ import annotations
 
 import itertools
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +25,21 @@ from tierflow.storage.errors import InvalidInputError
 from tierflow.storage.geometry import Roi
 from tierflow.storage.image_meta import AXIS_ORDER, ImageMetadata
 from tierflow.storage.tiff_check import check_tiff, read_tiff_page
+from tierflow.storage.volume_select import split_selector
 
 __all__ = ["TiffVolume", "split_series", "tiff_axes"]
 
 _AXIS_NAMES = {"T": "t", "C": "c", "S": "c", "Z": "z", "Q": "z", "I": "z", "Y": "y", "X": "x"}
 """tifffile's axis codes as tierflow names them: samples (RGB) are channels; a stack of pages
 with no named axis (``Q``, ``I``) is z."""
-_SERIES = re.compile(r"^(?P<path>.+?)#series=(?P<index>\d+)$")
 
 
 def split_series(text: str) -> tuple[str, int | None]:
-    """``("a.ome.tif", 2)`` from ``"a.ome.tif#series=2"``; ``(text, None)`` without a selector."""
-    match = _SERIES.match(text)
-    return (match["path"], int(match["index"])) if match else (text, None)
+    """``("a.ome.tif", 2)`` from ``"a.ome.tif#series=2"`` (or ``"a.ome.tif#series=2&t=1&c=0"``: the
+    time point and channel are :func:`storage.volumes.open_volume`'s); ``(text, None)`` without
+    a selector."""
+    path, selector = split_selector(text)
+    return path, selector.series
 
 
 def tiff_axes(path: Path, codes: str, shape: tuple[int, ...]) -> list[str | None]:

@@ -12,6 +12,8 @@ hyperstack), physical ``metadata`` (:class:`~tierflow.storage.image_meta.ImageMe
     one TIFF: plain 2-D, a multi-page stack, an OME-TIFF or ImageJ hyperstack, through
     tifffile's series and axes, read page by page: a block reads only its pages
     (``file.tif#series=N`` picks one series of several; see :mod:`storage.tiff_volumes`);
+    ``file.ome.tif#t=1&c=0`` (with any loader) picks one time point and channel: a volume of
+    the remaining axes (see :mod:`storage.volume_select`);
 ``vendor``
     CZI, ND2, LIF through bioio, with the ``formats`` extra (see :mod:`storage.vendor_volumes`);
 ``tiff-slices``
@@ -40,11 +42,13 @@ from tierflow.storage.geometry import Roi
 from tierflow.storage.image_meta import ImageMetadata, default_axes
 from tierflow.storage.tiff_check import check_tiff, read_tiff_page
 from tierflow.storage.tiff_volumes import TiffVolume, split_series
+from tierflow.storage.volume_select import SelectedVolume, VolumeSelector, split_selector
 from tierflow.storage.vendor_volumes import VENDOR_SUFFIXES, open_vendor
 from tierflow.storage.zarr_volumes import ZarrVolume, damaged_chunks, is_zarr_path, open_zarr_path
 
 __all__ = [
     "ImageMetadata",
+    "SelectedVolume",
     "TiffVolume",
     "Volume",
     "ZarrVolume",
@@ -188,7 +192,8 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
     Parameters
     ----------
     source
-        A local path.
+        A local path, optionally with a selector: ``#series=N`` (a position), ``#t=T&c=C`` (one
+        time point and channel; see :mod:`storage.volume_select`).
     loader
         Force a loader by name (see the module docstring); default: the first that matches.
 
@@ -197,12 +202,15 @@ def open_volume(source: str | os.PathLike[str], *, loader: str | None = None) ->
     TierflowError
         If the path does not exist or no loader handles it.
     """
-    path = os.fspath(source)
-    if not os.path.exists(split_series(path)[0]):
-        raise TierflowError(f"input {path} does not exist", hint="check the path (relative paths start at the current folder)")
+    text = os.fspath(source)
+    base, selector = split_selector(text)
+    if not os.path.exists(base):
+        raise TierflowError(f"input {text} does not exist", hint="check the path (relative paths start at the current folder)")
+    path = base + VolumeSelector(series=selector.series).suffix()
     for name, matches, opener in _LOADERS:
         if (loader is None and matches(path)) or loader == name:
-            return opener(path)
+            volume = opener(path)
+            return SelectedVolume(volume, selector, base) if selector.fixes_axes else volume
     known = ", ".join(name for name, _, _ in _LOADERS)
     raise TierflowError(
         f"no loader reads {path}",
