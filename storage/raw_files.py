@@ -125,6 +125,7 @@ def file_volumes(path: str | Path) -> list[FileVolume]:
         meta = volume.metadata
         voxel = meta.voxel_size(spatial)
         units = {meta.units.get(a) for a in spatial} - {None}
+        unit = next(iter(units)) if len(units) == 1 else None
         names = meta.channel_names
         position = named if named is not None else series
         for t in range(size.get("t", 1)):
@@ -132,7 +133,7 @@ def file_volumes(path: str | Path) -> list[FileVolume]:
                 found.append(FileVolume(
                     selector=VolumeSelector(series, t if "t" in size else None, c if "c" in size else None),
                     position=position, channel=c, time_point=t, shape=tuple(int(size[a]) for a in spatial),
-                    dtype=str(np.dtype(volume.dtype)), voxel_size=voxel, unit=units.pop() if len(units) == 1 else None,
+                    dtype=str(np.dtype(volume.dtype)), voxel_size=voxel, unit=unit,
                     channel_name=(names[c] or None) if c < len(names) else None, leading=lead))
     if not found:
         raise TierflowError(f"{path} holds no image")

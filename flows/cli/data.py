@@ -52,6 +52,7 @@ def _size(n: int) -> str:
 def register(app: typer.Typer) -> None:
     """Add these commands to the top-level ``tierflow`` app."""
     app.command()(ingest)
+    app.command("check-raw")(check_raw)
     app.command()(promote)
     app.command()(retention)
     app.command()(preflight)
@@ -87,6 +88,21 @@ def ingest(
         f"(uploaded {result['uploaded']}, already there {result['present']}) at {result['uri']}"
     )
     console.print(result["snapshot_id"])
+
+
+def check_raw(
+    raw_dir: Annotated[str, typer.Argument(help="A raw folder to look at (nothing is copied).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Say what RAW_DIR holds, per sample: channels (with names), time points, positions, shapes,
+    voxel size; and every entry that cannot be used, with the file and what to do."""
+    from tierflow.storage.raw_report import describe_raw_folder, raw_summary
+
+    raw = Path(raw_dir).expanduser()
+    if as_json:
+        print_json(raw_summary(raw))
+        return
+    console.print(describe_raw_folder(raw), markup=False, highlight=False)
 
 
 @snapshots_app.command("list")

@@ -1,7 +1,9 @@
 """The ``ingest`` flow: a raw folder becomes an immutable, content-addressed snapshot on Tier 1.
 
 1. check the raw layout and every TIFF whole (one clear message listing every problem);
-2. hash every file (batched tasks) -> manifest -> ``snapshot_id`` from the content;
+2. hash every file (batched tasks) -> manifest (with, per image file, the volumes inside it:
+   sample, position, channel, time point, shape, dtype, voxel size, channel name) ->
+   ``snapshot_id`` from the content;
 3. upload the files to ``snapshots/<dataset>/<snapshot_id>/`` (write-once; identical copies
    already there are kept, different ones refused);
 4. write ``manifest.json`` last (the commit marker);
@@ -12,6 +14,7 @@ Ingesting the same files again finds the committed manifest and uploads nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.repo import record_snapshot
 from tierflow.storage.raw_layout import check_raw_folder
+from tierflow.storage.raw_report import volume_records
 from tierflow.storage.snapshots import Manifest, commit_manifest, list_raw_files, read_manifest
 from tierflow.storage.tiers import check_name
 from tierflow.tasks.ingest import hash_raw_files, upload_snapshot_files
@@ -61,7 +65,9 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
     with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}, parent_id=parent_run) as run_id:
         paths = list_raw_files(raw)
         hashed = hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8))
-        manifest = Manifest(dataset, tuple(entry for batch in hashed.result() for entry in batch))
+        records = volume_records(raw)
+        manifest = Manifest(dataset, tuple(replace(entry, volumes=records.get(entry.relative_path, ()))
+                                           for batch in hashed.result() for entry in batch))
         logger.info(
             "dataset %s: %d files, %d bytes -> snapshot %s", dataset, len(manifest.files), manifest.total_bytes, manifest.snapshot_id
         )

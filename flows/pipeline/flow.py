@@ -334,13 +334,13 @@ def _plan(run: _PipelineRun, config: TierflowConfig, work: str, key: str) -> Pip
     """The run's jobs, from the snapshot's volumes (raw volumes on S3 fetched to Tier 4 tmp)."""
     with run.db.session() as session:
         paths = snapshot_paths(session, run.snapshot_pk)
-    volumes = raw_volumes(paths)
-    if not volumes:
-        raise TierflowError(f"snapshot {run.snapshot_id} holds no volumes in tierflow's raw layout")
     source = run.tiers.source
     manifest = read_manifest(source, run.dataset, run.snapshot_id)
     if manifest is None:
         raise TierflowError(f"snapshot {run.dataset}/{run.snapshot_id} has no manifest on {source.uri()}", hint="ingest it again")
+    volumes = raw_volumes(paths, manifest)
+    if not volumes:
+        raise TierflowError(f"snapshot {run.snapshot_id} holds no volumes in tierflow's raw layout")
     tmp = Path(config.tier_root("ephemeral")) / "tmp" / f"pipeline-{key}"
     located = [locate_volume(source, manifest, volume, tmp) for volume in volumes]
     return plan_pipeline(located, run.params, run.spec, dataset=run.dataset, work=work, scratch=run.tiers.scratch,

@@ -65,22 +65,32 @@ def work_prefix(dataset: str, snapshot_id: str, key: str) -> str:
 @dataclass(frozen=True)
 class RawVolume:
     """One raw volume of a snapshot: a stack, or a folder of slices (``slices``), at ``path``
-    relative to the snapshot."""
+    relative to the snapshot; or one volume of a multi-dimensional file, picked out of it by
+    ``selector`` (``"t=1&c=0"``). ``sample`` is the pipeline's: ``<sample>_p<N>`` for position
+    ``N`` of a sample with positions."""
 
     sample: str
     channel: int
     time_point: int
     path: str
     slices: bool
+    selector: str = ""
 
 
-def raw_volumes(paths: Iterable[str]) -> list[RawVolume]:
-    """The volumes among a snapshot's file paths (tierflow's raw layout,
-    ``<sample>/<volume>[/<slice>]``), by sample, time point and channel."""
+def raw_volumes(paths: Iterable[str], manifest: Manifest | None = None) -> list[RawVolume]:
+    """The volumes of a snapshot, by sample, time point and channel: those its manifest records
+    per file (:class:`~storage.snapshots.VolumeRecord`: multi-dimensional files, stacks), and
+    for the other file paths tierflow's raw layout by name (``<sample>/<volume>[/<slice>]``;
+    manifests written before ingest recorded volumes)."""
     volumes: dict[str, RawVolume] = {}
+    recorded = {relative for relative, _ in manifest.volumes()} if manifest is not None else set()
+    for relative, record in manifest.volumes() if manifest is not None else []:
+        sample = record.sample if record.position is None else f"{record.sample}_p{record.position}"
+        address = f"{relative}#{record.selector}" if record.selector else relative
+        volumes.setdefault(address, RawVolume(sample, record.channel, record.time_point, relative, False, record.selector))
     for path in sorted(paths):
         parts = path.split("/")
-        if len(parts) < 2:
+        if len(parts) < 2 or path in recorded:
             continue
         parsed = parse_volume_name(parts[1])
         if parsed is None:
@@ -107,6 +117,7 @@ def locate_volume(source: Tier, manifest: Manifest, volume: RawVolume, tmp: Path
 
     uri = source.uri(f"{manifest.prefix}/{volume.path}")
     local = str(Path(uri[len("file://"):])) if uri.startswith("file://") else str(fetch_snapshot_path(source, manifest, volume.path, tmp))
+    local += f"#{volume.selector}" if volume.selector else ""
     return LocatedVolume(volume, local, tuple(open_volume(local).shape))
 
 
