@@ -35,9 +35,12 @@ def feature_partials(job: FeatureJob, block_ids: list[str]) -> PartialFeatures:
 
     def work(block_id: str) -> int:
         roi = grid.block(block_id).write_roi
-        block = labels.read(roi)
+        # one voxel of the neighbours' labels: faces between blocks are told from the volume's border
+        grown = roi.grow((1,) * roi.ndim, job.shape)
+        context = labels.read(grown)
+        block = context[roi.relative_to(grown)]
         intensities = {name: volume.read(roi) for name, volume in channels.items()}
-        parts.append(partial_features(block, intensities, offset=roi.offset))
+        parts.append(partial_features(block, intensities, offset=roi.offset, context=context, context_offset=grown.offset))
         return int(block.nbytes)
 
     # features are recomputed whole on a re-run (partials are not kept): the ledger records the

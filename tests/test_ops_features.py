@@ -134,7 +134,8 @@ def test_2d_blocks_merge_to_regionprops(dtype: type) -> None:
     check_against_regionprops(table, labels, intensities)
     assert list(table.columns) == [
         "label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y",
-        "bbox_max_x", "signal_min", "signal_max", "signal_mean", "signal_sum", "time_point",
+        "bbox_max_x", "axis_major_length", "axis_minor_length", "eccentricity", "elongation",
+        "exposed_faces", "signal_min", "signal_max", "signal_mean", "signal_sum", "time_point",
     ]  # fmt: skip
     assert (table["time_point"] == 4).all()
 

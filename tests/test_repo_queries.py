@@ -182,6 +182,8 @@ def test_object_centroids_and_track_rows(db: Database) -> None:
             "centroid_z",
             "centroid_y",
             "centroid_x",
+            "displacement",
+            "speed",
         }
         assert sorted(dict(zip(points.columns, row, strict=False))["label"] for row in points.rows) == [1, 2]
         chosen = track_rows(session, "points", ids[2], ["time_point", "track_id", "centroid_x"])

@@ -293,10 +293,14 @@ def track(
         "--max-distance", help="Largest step between time points (voxels, or units of --spacing).")],
     no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not detect dividing objects.")] = False,
     max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Time points a track may skip.")] = 0,
-    frame_interval: Annotated[float, typer.Option("--frame-interval", help="Time between time points.")] = 1.0,
+    frame_interval: Annotated[float | None, typer.Option(
+        "--frame-interval", help="Time between time points (s); default: the inputs' metadata, else 1 (per frame).")] = None,
+    spacing: Annotated[str | None, typer.Option(
+        "--spacing", help="Voxel size z,y,x in µm (y,x in 2-D): links and kinematics in µm (--max-distance too); "
+        "default: kinematics in the features runs' voxel size, linking in voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Link objects across time points; store tracks, kinematics and MSD in the database."""
+    """Link objects across time points; store tracks, kinematics, MSD and per-point steps in the database."""
     from tierflow.flows.cli.data import _config
     from tierflow.flows.lifecycle.track import track as track_flow
 
@@ -305,8 +309,23 @@ def track(
 
     with interactive_flows():
         result = track_flow(runs=run, max_distance=max_distance, allow_splits=not no_splits, max_gap=max_gap,
-                            frame_interval=frame_interval, config_dir=state(ctx).config_path)
+                            frame_interval=frame_interval, spacing=_spacing(spacing), config_dir=state(ctx).config_path)
     if as_json:
         print_json(result)
         return
-    console.print(f"run {result['run_id']}: {result['points']} objects in {result['tracks']} tracks ({result['divisions']} divisions)")
+    console.print(f"run {result['run_id']}: {result['points']} objects in {result['tracks']} tracks ({result['divisions']} divisions); "
+                  f"lengths in {result['length_unit']}, times in {result['time_unit']}")
+
+
+def _spacing(text: str | None) -> list[float] | None:
+    """``--spacing 2,0.65,0.65`` as numbers, refused with the option named before any work."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or not all(0 < v < float("inf") for v in values):
+        raise typer.BadParameter(f"{text!r} is not 2 or 3 positive numbers separated by commas (z,y,x in µm)",
+                                 param_hint="--spacing")
+    return values

@@ -224,6 +224,23 @@ class ObjectFeature(Base):
     bbox_max_z: Mapped[int] = mapped_column(Integer)
     bbox_max_y: Mapped[int] = mapped_column(Integer)
     bbox_max_x: Mapped[int] = mapped_column(Integer)
+    # shape (voxel units) and, with a known voxel size, physical columns (units in the names);
+    # NULL where they do not apply (2-D: volume_um3, centroid_z_um, flatness, surface_area_um2)
+    volume_um3: Mapped[float | None] = mapped_column(Float)
+    area_um2: Mapped[float | None] = mapped_column(Float)
+    centroid_z_um: Mapped[float | None] = mapped_column(Float)
+    centroid_y_um: Mapped[float | None] = mapped_column(Float)
+    centroid_x_um: Mapped[float | None] = mapped_column(Float)
+    axis_major_length: Mapped[float | None] = mapped_column(Float)
+    axis_minor_length: Mapped[float | None] = mapped_column(Float)
+    axis_major_length_um: Mapped[float | None] = mapped_column(Float)
+    axis_minor_length_um: Mapped[float | None] = mapped_column(Float)
+    eccentricity: Mapped[float | None] = mapped_column(Float)
+    elongation: Mapped[float | None] = mapped_column(Float)
+    flatness: Mapped[float | None] = mapped_column(Float)
+    exposed_faces: Mapped[int | None] = mapped_column(BigInteger)
+    surface_area_um2: Mapped[float | None] = mapped_column(Float)
+    perimeter_um: Mapped[float | None] = mapped_column(Float)
 
     intensities: Mapped[list[ObjectIntensity]] = relationship(
         back_populates="feature", lazy="raise", cascade="all, delete-orphan"
@@ -279,6 +296,10 @@ class TrackPoint(Base):
     centroid_z: Mapped[float] = mapped_column(Float)
     centroid_y: Mapped[float] = mapped_column(Float)
     centroid_x: Mapped[float] = mapped_column(Float)
+    displacement: Mapped[float | None] = mapped_column(Float)
+    """Distance from the track's previous time point (µm with a voxel size, else voxels); NULL at its first."""
+    speed: Mapped[float | None] = mapped_column(Float)
+    """``displacement`` over the time since the previous time point (per s with a time interval, else per frame)."""
 
 
 class TrackKinematics(Base):

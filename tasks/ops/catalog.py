@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.ops.filters import gaussian, gaussian_radius, threshold
@@ -143,6 +143,22 @@ class FeaturesParams(OpParams):
     time_point: int = Field(0, ge=0, description="time point of this volume")
     dataset: str | None = Field(None, description="dataset name recorded with the features")
     sample: str | None = Field(None, description="sample name recorded with the features")
+    voxel_size: str | None = Field(None, description="voxel size per axis in µm, z,y,x (y,x in 2-D); wins over the inputs' "
+                                   "metadata; adds the physical columns (volume_um3, centroid_z_um...)",
+                                   json_schema_extra={"allowed": "positive numbers separated by commas, e.g. 2,0.5,0.5"})
+    spacing: str | None = Field(None, description="another name for voxel_size",
+                                json_schema_extra={"allowed": "positive numbers separated by commas, e.g. 2,0.5,0.5"})
+
+    @field_validator("voxel_size", "spacing", mode="before")
+    @classmethod
+    def _voxel_size(cls, value: Any) -> str | None:
+        return finite_positive_list(None if value is None else str(value))
+
+    @model_validator(mode="after")
+    def _one_voxel_size(self) -> FeaturesParams:
+        if self.voxel_size and self.spacing and self.voxel_size != self.spacing:
+            raise ValueError(f"voxel_size={self.voxel_size!r} and spacing={self.spacing!r} differ: give one of them")
+        return self
 
 
 class DistanceParams(OpParams):

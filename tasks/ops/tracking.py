@@ -4,7 +4,8 @@
 :func:`tasks.ops.features.features_table` with ``time_point``) and adds a ``track_id``, using
 the linear assignment tracker of ``laptrack`` (Jaqaman et al. 2008): frame-to-frame linking,
 optional gap closing and splitting (cell division). :func:`kinematics` derives per-track path
-lengths and speeds and the mean squared displacement per time lag, vectorised over tracks.
+lengths and speeds and the mean squared displacement per time lag, vectorised over tracks;
+:func:`point_steps` the displacement and speed of each point from the track's previous one.
 
 Coordinates are the ``centroid_z``, ``centroid_y``, ``centroid_x`` columns (no ``_z`` in 2-D),
 in voxels; ``spacing`` gives the physical size of a voxel per axis.
@@ -20,7 +21,7 @@ from laptrack import LapTrack
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["kinematics", "link_tracks"]
+__all__ = ["kinematics", "link_tracks", "point_steps"]
 
 def _coordinate_columns(df: pd.DataFrame, what: str) -> list[str]:
     cols = ["centroid_z", "centroid_y", "centroid_x"]
@@ -325,3 +326,65 @@ def kinematics(
             }
         )
     return per_track, msd
+
+
+def point_steps(
+    tracks: pd.DataFrame,
+    *,
+    spacing: Sequence[float] | None = None,
+    frame_interval: float = 1.0,
+) -> pd.DataFrame:
+    """Per point: distance from the same track's previous time point and the speed of that step.
+
+    Parameters
+    ----------
+    tracks : pandas.DataFrame
+        Columns ``track_id``, ``time_point`` (integer) and ``centroid_z`` (3-D only),
+        ``centroid_y``, ``centroid_x``; at most one row per track and time point.
+    spacing : sequence of float, optional
+        Physical voxel size per axis (z, y, x) or (y, x); default 1.
+    frame_interval : float, optional
+        Time between consecutive time points; default 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index and row order as `tracks`: ``displacement`` (in `spacing` units) and
+        ``speed`` (displacement over the time since the previous point, which spans several
+        frame intervals across a gap); both NaN at a track's first point.
+
+    Raises
+    ------
+    ValueError
+        As :func:`kinematics`.
+
+    Examples
+    --------
+    >>> tr = pd.DataFrame({"track_id": [1, 1, 1], "time_point": [0, 1, 3],
+    ...                    "centroid_y": [0.0, 3.0, 3.0], "centroid_x": [0.0, 4.0, 10.0]})
+    >>> point_steps(tr, frame_interval=2.0).values.tolist()
+    [[nan, nan], [5.0, 2.5], [6.0, 1.5]]
+    """
+    if not isinstance(tracks, pd.DataFrame):
+        raise ValueError(f"`tracks` must be a pandas DataFrame, got {type(tracks).__name__}")
+    if not (np.isfinite(frame_interval) and frame_interval > 0):
+        raise ValueError(f"`frame_interval` must be a positive finite number, got {frame_interval!r}")
+    if "track_id" not in tracks.columns:
+        raise ValueError(f"`tracks` lacks column 'track_id'; has {list(tracks.columns)}")
+    cols = _coordinate_columns(tracks, "tracks")
+    t = _time_points(tracks, "tracks")
+    pos = _positions(tracks, cols, spacing, "tracks")
+    _, code = np.unique(tracks["track_id"].to_numpy(), return_inverse=True)
+    order = np.lexsort((t, code))
+    c, ts, p = code[order], t[order], pos[order]
+    dup = (c[1:] == c[:-1]) & (ts[1:] == ts[:-1])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise ValueError(f"track {tracks['track_id'].to_numpy()[order][i]!r} has more than one row at time point {ts[i]}")
+    displacement = np.full(t.size, np.nan)
+    speed = np.full(t.size, np.nan)
+    same = np.flatnonzero(c[1:] == c[:-1]) + 1
+    step = np.linalg.norm(p[same] - p[same - 1], axis=1)
+    displacement[order[same]] = step
+    speed[order[same]] = step / ((ts[same] - ts[same - 1]) * frame_interval)
+    return pd.DataFrame({"displacement": displacement, "speed": speed}, index=tracks.index)

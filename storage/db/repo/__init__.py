@@ -18,7 +18,7 @@ from tierflow.storage.db.repo.artifacts import (
     mark_promoted,
     promotable_artifacts,
 )
-from tierflow.storage.db.repo.features import ObjectCentroid, add_object_features, count_objects, object_centroids
+from tierflow.storage.db.repo.features import SHAPE_COLUMNS, ObjectCentroid, add_object_features, count_objects, object_centroids
 from tierflow.storage.db.repo.ledger import (
     BlockAttempt,
     block_attempts,
@@ -58,6 +58,7 @@ __all__ = [
     "BlockAttempt",
     "ManifestEntry",
     "ObjectCentroid",
+    "SHAPE_COLUMNS",
     "TierUsage",
     "TrackRows",
     "add_artifact",

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from tierflow.storage.db.models import ObjectFeature, ObjectIntensity
 
-__all__ = ["FEATURE_COLUMNS", "ObjectCentroid", "add_object_features", "count_objects", "object_centroids"]
+__all__ = ["FEATURE_COLUMNS", "SHAPE_COLUMNS", "ObjectCentroid", "add_object_features", "count_objects", "object_centroids"]
 
 FEATURE_COLUMNS = (
     "label",
@@ -27,6 +27,25 @@ FEATURE_COLUMNS = (
     "bbox_max_x",
 )
 
+SHAPE_COLUMNS = (
+    "volume_um3",
+    "area_um2",
+    "centroid_z_um",
+    "centroid_y_um",
+    "centroid_x_um",
+    "axis_major_length",
+    "axis_minor_length",
+    "axis_major_length_um",
+    "axis_minor_length_um",
+    "eccentricity",
+    "elongation",
+    "flatness",
+    "surface_area_um2",
+    "perimeter_um",
+)
+"""Optional float columns of a feature row (missing or None: NULL); ``exposed_faces`` is an
+optional integer."""
+
 
 def add_object_features(
     session: Session,
@@ -39,8 +58,9 @@ def add_object_features(
 ) -> int:
     """Insert objects and their per-channel intensities; returns how many objects.
 
-    Each row has the keys of :data:`FEATURE_COLUMNS` and optionally ``intensity``: a mapping
-    ``channel -> {"min", "max", "mean", "sum"}``.
+    Each row has the keys of :data:`FEATURE_COLUMNS`, optionally those of :data:`SHAPE_COLUMNS`
+    and ``exposed_faces``, and optionally ``intensity``: a mapping ``channel -> {"min", "max",
+    "mean", "sum"}``.
     """
     rows = list(rows)
     if not rows:
@@ -52,6 +72,7 @@ def add_object_features(
             raise ValueError(f"object {row.get('label')!r}: feature row lacks {missing}")
         objects.append(
             {column: row[column] for column in FEATURE_COLUMNS}
+            | {column: row.get(column) for column in (*SHAPE_COLUMNS, "exposed_faces")}
             | {"run_id": run_id, "artifact_id": artifact_id, "dataset": dataset, "sample": sample}
         )
     ids = session.scalars(insert(ObjectFeature).returning(ObjectFeature.id, sort_by_parameter_order=True), objects).all()
