@@ -73,3 +73,19 @@ class ImageMetadata:
     def to_dict(self) -> dict[str, Any]:
         return {"scale": dict(self.scale), "units": dict(self.units), "channel_names": list(self.channel_names),
                 "labels": self.labels}
+
+    @property
+    def physical(self) -> dict[str, Any]:
+        """What an op's output keeps of its input's metadata (scale, units, channel names), or ``{}``."""
+        kept = {"scale": dict(self.scale), "units": dict(self.units), "channel_names": list(self.channel_names)}
+        return {k: v for k, v in kept.items() if v}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ImageMetadata:
+        """The metadata :meth:`to_dict` or :attr:`physical` wrote (unknown or malformed parts are dropped)."""
+        if not isinstance(data, dict):
+            return cls()
+        scale = {str(k): float(v) for k, v in (data.get("scale") or {}).items() if isinstance(v, (int, float))}
+        units = {str(k): str(v) for k, v in (data.get("units") or {}).items()}
+        names = tuple(str(n) for n in (data.get("channel_names") or ()))
+        return cls(scale=scale, units=units, channel_names=names, labels=bool(data.get("labels", False)))

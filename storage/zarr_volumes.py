@@ -53,6 +53,10 @@ class ZarrVolume:
 
     def __post_init__(self) -> None:
         self.axes = self.axes or array_axes(self.array)
+        if self.metadata == ImageMetadata():  # an op's output keeps its input's physical metadata
+            made = (dict(getattr(self.array, "attrs", {}) or {}).get("tierflow") or {})
+            if isinstance(made, dict) and made.get("metadata"):
+                self.metadata = ImageMetadata.from_dict(made["metadata"])
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -198,7 +198,10 @@ def test_a_tczyx_hyperstack_is_smoothed_per_time_point_and_channel(op, tmp_path)
     assert out.chunks == (1, 1, 4, 16, 16)
     for t, c in np.ndindex(*TCZYX[:2]):  # never across time points or channels
         np.testing.assert_array_equal(out[t, c], ndimage.gaussian_filter(data[t, c], 1.0, mode="mirror", truncate=3.0))
-    assert open_volume(tmp_path / "smooth.zarr").axes == "tczyx"
+    smoothed = open_volume(tmp_path / "smooth.zarr")
+    assert smoothed.axes == "tczyx"  # and the output keeps the source's physical metadata, for the next op and the viewer
+    assert smoothed.metadata.voxel_size() == (0.3, 0.1, 0.1) and smoothed.metadata.channel_names == ("DAPI", "GFP")
+    assert smoothed.metadata.time_interval == 2.0
     with pytest.raises(TierflowError, match="axes 'tczyx'"):
         op("label", path, tmp_path / "labels.zarr", {})
 

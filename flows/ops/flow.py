@@ -201,7 +201,7 @@ def op_flow(
                         progress=progress, slurm_scheduler=slurm_scheduler,
                         new_runner=lambda extra_threads=0, memory_factor=1.0: block_task_runner(
                             config, workers, extra_threads=extra_threads, memory_factor=memory_factor, resources=spec.resources),
-                        axes=volume.axes)
+                        axes=volume.axes, metadata=volume.metadata.physical)
         ctx = _keyed(ctx)
         with output_lease(db, target, ctx.op_key):  # one op key writes this output at a time
             summary = STAGE_RUNNERS[spec.kind](ctx)

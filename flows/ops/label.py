@@ -51,7 +51,8 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
                 claim_output(db, target, op_key, lambda: create_output_array(
                     target, shape=shape, dtype=summary["dtype"], chunks=block_shape,
-                    attributes={"tierflow": {"op": "label", "version": ctx.spec.version, "connectivity": connectivity, "op_key": op_key}},
+                    attributes={"tierflow": {"op": "label", "version": ctx.spec.version, "connectivity": connectivity, "op_key": op_key,
+                                             **({"metadata": ctx.metadata} if ctx.metadata else {})}},
                 ), keep_op_keys=[job.stage_key("local"), job.stage_key("merge")])
                 continue
             remaining = [b for b in all_ids if b not in done]

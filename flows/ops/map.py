@@ -96,6 +96,8 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     made = {"op": spec.name, "version": spec.version, "params": ctx.params, "op_key": key, "input": ctx.input}
     if ctx.axes and ctx.axes != default_axes(len(ctx.shape)):
         made["axes"] = ctx.axes  # what the next op reads the output's axes from
+    if ctx.metadata:
+        made["metadata"] = ctx.metadata  # voxel size, units, channel names: an output keeps its input's
     stale = claim_output(db, target, key, lambda: create_output_array(
         target, shape=ctx.shape, dtype=out_dtype, chunks=ctx.block_shape, compression=ctx.params.get("compression", "lz4"),
         attributes={"tierflow": made}))

@@ -112,6 +112,8 @@ class OpContext:
     """Test-only: answers how a lost batch's SLURM job ended (default: SLURM's own tools)."""
     axes: str = ""
     """The input's axes (``yx``, ``zyx``, ``tczyx``...; '' = all spatial)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The input's physical metadata (scale, units, channel names) that outputs keep."""
 
     @property
     def leading(self) -> int:
