@@ -47,14 +47,16 @@ def test_sigkill_leaves_no_server_and_the_run_reads_crashed_then_resumes(project
         assert listed[run_id]["status"] == "crashed" and "process ended without finishing" in listed[run_id]["message"]
         status = json.loads(run_cli("status", str(run_id), "--json", cwd=project, env=env).stdout)
         assert status["status"] == "crashed"
-        assert advisory_locks_held(db) == 0
+        # PostgreSQL drops a dead connection's locks once it notices the socket closed
+        wait_for(lambda: advisory_locks_held(db) == 0, 60, "PostgreSQL to drop the stopped command's locks")
         resumed = json.loads(run_cli("resume", str(run_id), "--json", cwd=project, env=env).stdout)
         assert resumed["blocks"] == 32 * 16 * 16 and resumed["run_id"] != run_id
         assert np.array_equal(zarr.open_array(str(project / "mask.zarr"))[:], (data > THRESHOLD).astype(np.uint8))
         with db.session() as session:
             states = dict(session.execute(text("SELECT id, status FROM runs")).all())
         assert states == {run_id: "crashed", resumed["run_id"]: "completed"}
-        assert advisory_locks_held(db) == 0
+        # PostgreSQL drops a dead connection's locks once it notices the socket closed
+        wait_for(lambda: advisory_locks_held(db) == 0, 60, "PostgreSQL to drop the stopped command's locks")
     finally:
         if process.poll() is None:
             process.kill()
@@ -103,7 +105,8 @@ def test_a_stop_signal_inside_a_batch_stops_within_seconds_marks_the_run_and_res
         with db.session() as session:
             status, message = session.execute(text("SELECT status, message FROM runs WHERE id = :r"), {"r": run_id}).one()
         assert (status, message) == ("cancelled", f"StopRequested: stopped by {name}")
-        assert advisory_locks_held(db) == 0
+        # PostgreSQL drops a dead connection's locks once it notices the socket closed
+        wait_for(lambda: advisory_locks_held(db) == 0, 60, "PostgreSQL to drop the stopped command's locks")
         resumed = json.loads(run_cli("resume", str(run_id), "--json", cwd=project, env=env).stdout)
         assert resumed["blocks"] == 32 * 16 * 16
         assert np.array_equal(zarr.open_array(str(project / "mask.zarr"))[:], (data > THRESHOLD).astype(np.uint8))

@@ -19,6 +19,7 @@ __all__ = [
     "SchemaOutOfDateError",
     "InvalidNameError",
     "InvalidParameterError",
+    "PipelineSpecError",
     "InvalidInputError",
     "TierError",
     "ObjectNotFoundError",
@@ -90,6 +91,10 @@ class InvalidNameError(TierflowError, ValueError):
 
 class InvalidParameterError(TierflowError, ValueError):
     """A parameter's value is of the wrong type or out of its range (the message names the key)."""
+
+
+class PipelineSpecError(InvalidParameterError):
+    """A pipeline spec that cannot run: the message names the file, the stage and the key."""
 
 
 class InvalidInputError(TierflowError):

@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tierflow.errors import InvalidParameterError
+from tierflow.errors import InvalidParameterError, PipelineSpecError
 from tierflow.tasks.ops.registry import get_op
 
 __all__ = ["DEFAULT_PIPELINE", "FeaturesDecl", "ParamDecl", "PipelineSpec", "PipelineSpecError", "PyramidDecl", "StageDecl",
@@ -48,10 +48,6 @@ DEFAULT_PIPELINE = "cells"
 _NAME = r"^[a-z][a-z0-9_]*$"
 _REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RAW = re.compile(r"^raw\.c(\d+)$")
-
-
-class PipelineSpecError(InvalidParameterError):
-    """A pipeline spec that cannot run: the message names the file, the stage and the key."""
 
 
 def spec_error(file: str, where: str, key: str, what: str, hint: str) -> PipelineSpecError:
