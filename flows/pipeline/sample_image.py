@@ -51,8 +51,9 @@ from tierflow.tasks.sample_image_blocks import PlaceJob, place_volumes
 
 __all__ = ["SampleImageJob", "WrittenImage", "image_stage", "plan_images"]
 
-OBJECTS_TABLE = "../tables/objects.csv"
-"""The objects table, relative to a promoted sample image (``images/<sample>.ome.zarr``)."""
+OBJECTS_TABLE = "../../tables/objects.csv"
+"""The objects table, relative to a promoted sample image's group (``images/<sample>.ome.zarr``: ``..`` is
+``images/``, as the labels' ``source`` ``../../`` is their image)."""
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,9 @@ def validate(spec: PipelineSpec) -> PipelineSpec:
     return spec
 
 
-def _check_image(spec: PipelineSpec, image: ImageDecl) -> None:
+def _check_image(spec: PipelineSpec, image: ImageDecl | None) -> None:
+    if image is None:
+        return
     _check_names(spec, image.levels, "[outputs]", "image.levels")
     labels = image.labels or spec.outputs.segmentation
     if labels is None:
@@ -321,8 +323,7 @@ def _check_outputs(spec: PipelineSpec) -> None:
         _check_names(spec, out.pyramid.levels, "[outputs]", "pyramid.levels")
     if out.segmentation is not None:
         _check_ref(spec, out.segmentation, "[outputs]", "segmentation")
-    if out.image is not None:
-        _check_image(spec, out.image)
+    _check_image(spec, out.image)
     if out.features is not None:
         _check_ref(spec, out.features.labels, "[outputs]", "features.labels")
         base, _ = parse_ref(out.features.labels)

@@ -67,7 +67,8 @@ def _dimensions(multiscale: Mapping[str, Any]) -> dict[str, list[Any]]:
     return dimensions
 
 
-def sample_image_state(source: str, attributes: Mapping[str, Any], labels: Sequence[str] = (), *, name: str | None = None) -> dict[str, Any]:
+def sample_image_state(source: str, attributes: Mapping[str, Any], labels: Sequence[str] = (), *,
+                       name: str | None = None) -> dict[str, Any]:
     """The viewer state of a sample image at ``source`` (``zarr://...``) from its group's
     ``attributes``: a layer per channel (``localPosition`` picks the channel on Neuroglancer's
     channel dimension ``c'``), a segmentation layer per name in ``labels``."""
