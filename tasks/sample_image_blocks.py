@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 
 from tierflow.storage.arrays import ArrayLocation
 from tierflow.storage.geometry import Roi
-from tierflow.tasks.blockwise import BlockJob, ledgered_blocks, open_source
+from tierflow.tasks.blockwise import BlockJob, SourceRef, ledgered_blocks, open_source
 from tierflow.tasks.retry import retry_transient
 
 __all__ = ["PlaceJob", "place_volumes"]
@@ -25,11 +25,12 @@ __all__ = ["PlaceJob", "place_volumes"]
 @dataclass(frozen=True, kw_only=True)
 class PlaceJob(BlockJob):
     """Level 0 of a sample image (``target``, of ``shape`` T, C, Z, Y, X) from one volume per
-    (time index, channel index): ``sources["t,c"]``, a path or URI; a missing one stays zero."""
+    (time index, channel index): ``sources["t,c"]``, a local path or a zarr array on a tier; a
+    missing one stays zero."""
 
     op: str = "image:place"
     target: ArrayLocation
-    sources: dict[str, str]
+    sources: dict[str, SourceRef]
 
 
 @task(name="image-place", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
@@ -42,12 +43,12 @@ def place_volumes(job: PlaceJob, block_ids: list[str]) -> dict[str, Any]:
     def work(block_id: str) -> int:
         roi = grid.block(block_id).write_roi
         t, c = roi.offset[0], roi.offset[1]
-        where = job.sources.get(f"{t},{c}")
-        if where is None:
+        index = f"{t},{c}"
+        if index not in job.sources:
             return 0
-        if where not in opened:
-            opened[where] = open_source(where)
-        volume = opened[where]
+        if index not in opened:
+            opened[index] = open_source(job.sources[index])
+        volume = opened[index]
         data = np.asarray(volume.read(Roi(roi.offset[2:], roi.shape[2:])))
         output[roi.slices] = data.reshape(roi.shape)
         return int(data.nbytes)

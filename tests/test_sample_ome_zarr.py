@@ -194,3 +194,48 @@ def test_tierflow_view_serves_the_image_and_links_channels_and_labels(run, what)
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _s3_tiers(endpoint, bucket: str) -> str:
+    from test_s3_end_to_end import _s3_tier_toml
+
+    return "".join(_s3_tier_toml(name, endpoint, bucket, f"lab/{name}") for name in ("source", "output", "scratch"))
+
+
+def test_a_sharded_image_on_seaweedfs_reads_back_equal(project, tmp_path, seaweedfs_http, prefect_api):
+    from zarr.storage import ObjectStore
+
+    bucket = seaweedfs_http.new_bucket()
+    (project / "configs" / "tierflow.user.toml").write_text(_s3_tiers(seaweedfs_http, bucket) + "[pipeline]\nshard_shape = [4, 32, 32]\n")
+    _write_raw(tmp_path / "raw")
+    result = json.loads(run_cli("run", "pipeline", str(_spec(tmp_path)), "--dataset", "omz", "--raw", str(tmp_path / "raw"),
+                                "--param", "block_shape=8,32,64", "--param", "pyramid_levels=2", "--json", cwd=project,
+                                env={"PREFECT_API_URL": prefect_api}).stdout)
+    assert result["params"]["shard_shape"] == [4, 32, 32]
+    for sample, summary in result["images"].items():
+        key = summary["uri"][len(f"s3://{bucket}/"):]
+        store = ObjectStore(seaweedfs_http.obstore_store(bucket, prefix=key), read_only=True)  # a client of its own
+        group = zarr.open_group(store, mode="r")
+        level0 = group["0"]
+        assert level0.shards == (1, 1, 4, 32, 32) and level0.chunks == (1, 1, 4, 8, 8)  # 64 chunks per stored object
+        objects = [item["path"] for batch in seaweedfs_http.obstore_store(bucket).list(prefix=f"{key}/0/c") for item in batch]
+        assert len(objects) == TIMES * 2 * 2 * 2 * 2  # t x c x shards along z, y, x (8/4, 48/32, 64/32)
+        for t in range(TIMES):
+            for c in range(2):
+                np.testing.assert_array_equal(level0[t, c], tifffile.imread(tmp_path / "raw" / sample / f"{sample}_c{c}_t{t:03d}.ome.tif"))
+        assert group["labels/cells/0"].shards == (1, 1, 4, 32, 32) and group["labels/cells/0"][:].max() > 0
+
+
+def test_a_block_shape_that_splits_shards_is_refused_before_any_work(project, tmp_path, seaweedfs_http, prefect_api):
+    bucket = seaweedfs_http.new_bucket()
+    (project / "configs" / "tierflow.user.toml").write_text(_s3_tiers(seaweedfs_http, bucket))
+    _write_raw(tmp_path / "raw")
+    done = run_cli("run", "pipeline", "--dataset", "omz", "--raw", str(tmp_path / "raw"), "--param", "block_shape=4,16,48",
+                   "--param", "shard_shape=4,32,32", "--json", cwd=project, env={"PREFECT_API_URL": prefect_api}, check=False)
+    assert done.returncode != 0
+    message = done.stdout + done.stderr
+    assert "images/s1.ome.zarr/0" in message and "shard shape (1, 1, 4, 32, 32)" in message and "block shape (1, 1, 4, 16, 48)" in message
+    client = seaweedfs_http.boto3_client()
+    written = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="lab/")
+               for item in page.get("Contents", []) if not item["Key"].startswith("lab/source/")]
+    assert written == []  # nothing staged, nothing on the output tier: refused at planning

@@ -44,7 +44,7 @@ from tierflow.storage.sample_image import (
     labels_attributes,
 )
 from tierflow.storage.tiers import Tier
-from tierflow.tasks.blockwise import open_source, plan_batches
+from tierflow.tasks.blockwise import SourceRef, open_source, plan_batches
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tierflow.tasks.pyramid_blocks import LevelJob, downsample_level
 from tierflow.tasks.sample_image_blocks import PlaceJob, place_volumes
@@ -175,7 +175,8 @@ class _Writer:
     block_shape: tuple[int, ...]
     shard_shape: tuple[int, ...] | None
 
-    def pyramid(self, job: SampleImageJob, key: str, sources: dict[str, str], dtype: Any, method: str, part: str) -> list[tuple[int, ...]]:
+    def pyramid(self, job: SampleImageJob, key: str, sources: dict[str, SourceRef], dtype: Any, method: str,
+                part: str) -> list[tuple[int, ...]]:
         shapes, factors = job.shapes(1 if part == "labels" else None)
         op_key = _op_key(job, part, self.block_shape, self.shard_shape)
         for level, shape in enumerate(shapes):
@@ -238,6 +239,7 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
     import zarr
 
     from tierflow.configs import load_config, load_db_config
+    from tierflow.flows.ops.request import locate_input
     from tierflow.flows.runtime.database import open_database
     from tierflow.flows.runtime.tiers import open_tiers
 
@@ -250,9 +252,11 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
         writer = _Writer(db, parent_run, output, runner, workers, progress.advance, tuple(block_shape),
                          tuple(shard_shape) if shard_shape else None)
         for job in jobs:
-            dtype = open_source(next(iter(job.sources.values()))).dtype
+            sources = {index: locate_input(config, where) for index, where in job.sources.items()}
+            label_sources = {index: locate_input(config, where) for index, where in job.labels.items()}
+            dtype = open_source(next(iter(sources.values()))).dtype
             group = zarr.open_group(store=output.zarr_store(job.key), mode="a", zarr_format=3)
-            shapes = writer.pyramid(job, job.key, job.sources, dtype, "mean", "image")
+            shapes = writer.pyramid(job, job.key, sources, dtype, "mean", "image")
             scales, translations = pyramid_transforms(job.shapes()[1], base_scale=job.scale.base())
             channels = _windows(job, zarr.open_array(store=output.zarr_store(f"{job.key}/{len(shapes) - 1}"), mode="r"))
             extra = {"tierflow": {"sample": job.sample, "time_points": list(job.time_points), "channels": list(job.channels),
@@ -263,8 +267,8 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
                 zarr.open_group(store=output.zarr_store(f"{job.key}/labels"), mode="a", zarr_format=3).update_attributes(
                     labels_attributes([job.label_name]))
                 label_group = zarr.open_group(store=output.zarr_store(label_key), mode="a", zarr_format=3)
-                label_dtype = open_source(next(iter(job.labels.values()))).dtype
-                writer.pyramid(job, label_key, job.labels, label_dtype, "mode", "labels")
+                label_dtype = open_source(next(iter(label_sources.values()))).dtype
+                writer.pyramid(job, label_key, label_sources, label_dtype, "mode", "labels")
                 level0 = zarr.open_array(store=output.zarr_store(f"{label_key}/0"), mode="r")
                 values = _label_values(level0, _geometry(level0.shape, block_shape, shard_shape)["block"])
                 label_group.update_attributes(label_attributes(job.label_name, job.scale, scales, translations, values))
