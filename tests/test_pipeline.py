@@ -162,7 +162,7 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
             return response.json()
 
     _, result, _ = demo
-    for stage in ("stage", "smooth", "threshold", "label", "features", "pyramid"):
+    for stage in ("stage", "smooth", "threshold", "label", "features", "image"):
         progress = asyncio.run(artifacts(f"{stage}-progress"))
         assert progress and float(progress[0]["data"]) == 100.0, stage
     report = asyncio.run(artifacts("pipeline-report"))

@@ -31,6 +31,7 @@ from tierflow.flows.pipeline.spec import PipelineSpec, substitute
 from tierflow.flows.runtime.progress import StageProgress
 from tierflow.storage.arrays import ArrayLocation
 from tierflow.storage.geometry import BlockGrid
+from tierflow.storage.image_meta import ImageMetadata
 from tierflow.storage.ome_zarr import pyramid_transforms, validate_ome_zarr
 from tierflow.storage.sample_image import (
     ChannelDisplay,
@@ -111,6 +112,15 @@ def _geometry(shape: Sequence[int], block_shape: Sequence[int], shard_shape: Seq
     return {"chunks": (1, 1, *inner_chunks(shard_shape)), "shards": (1, 1, *shard_shape), "block": block}
 
 
+def _metadata(path: str, open_volume: Any) -> ImageMetadata:
+    """A raw volume's physical metadata (none when it cannot be read: it is a help, the
+    stage reports an unreadable volume)."""
+    try:
+        return open_volume(path).metadata
+    except (TierflowError, OSError, ValueError):
+        return ImageMetadata()
+
+
 def plan_images(plan: PipelinePlan, spec: PipelineSpec, params: PipelineParams, output: Tier) -> tuple[SampleImageJob, ...]:
     """One image job per sample when the spec's ``[outputs] image`` asks for it.
 
@@ -138,7 +148,7 @@ def plan_images(plan: PipelinePlan, spec: PipelineSpec, params: PipelineParams, 
             raise TierflowError(f"[outputs] image: sample {sample}'s volumes differ in shape ({sorted(spatial)})",
                                 hint="one image holds every channel and time point of a sample: give them one z, y, x shape")
         first = {c: next(job for job in staged if job.channel == c) for c in plan.channels if any(j.channel == c for j in staged)}
-        meta = {c: open_volume(job.input).metadata for c, job in first.items()}
+        meta = {c: _metadata(job.input, open_volume) for c, job in first.items()}
         names = tuple((meta[c].channel_names[0] if c in meta and len(meta[c].channel_names) == 1 else f"c{c}") for c in plan.channels)
         scale = PhysicalScale.from_metadata(next(iter(meta.values())))
         sources = {f"{times.index(job.time_point)},{plan.channels.index(job.channel)}": job.output for job in staged}
