@@ -137,6 +137,8 @@ class PipelineSettings(_Section):
     frame_interval: float | None = Field(None, gt=0, description="Seconds (or any unit) between time points")
     pyramid_levels: int | None = Field(None, ge=1, le=10)
     block_shape: tuple[int, int, int] = (16, 128, 128)
+    shard_shape: tuple[int, int, int] | None = Field(
+        None, description="Shards (z, y, x) of the sample images: zarr v3 sharding, whole shards per block (for S3/Ceph)")
     neuroglancer_url: str = Field("https://neuroglancer-demo.appspot.com", description="Neuroglancer app for report links")
     data_url: str = Field("http://127.0.0.1:9000", description="Where `tierflow serve` publishes Tier 1 for Neuroglancer")
 

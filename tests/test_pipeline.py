@@ -77,7 +77,9 @@ def test_the_demo_promotes_verified_results_and_reclaims_scratch(demo):
         scratch = session.execute(text("SELECT uri, deleted_at FROM artifacts WHERE tier = 'scratch' AND run_id = :r"),
                                   {"r": result["run_id"]}).all()
     # every promoted artifact on Tier 1 hashes to the digest recorded at promotion
-    assert len(promoted) == len(result["promoted"]) >= 20 + 4 + 2
+    # one OME-Zarr image per sample (every channel and time point, its labels), 4 tables, 2 reports
+    assert len(promoted) == len(result["promoted"]) == 2 + 4 + 2
+    assert sorted(result["images"]) == ["sample1", "sample2"] and result["images"]["sample1"]["shape"] == [10, 2, 32, 256, 256]
     for uri, sha256, size in promoted:
         path = Path(uri[len("file://"):])
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -162,7 +164,7 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
             return response.json()
 
     _, result, _ = demo
-    for stage in ("stage", "smooth", "threshold", "label", "features", "pyramid"):
+    for stage in ("stage", "smooth", "threshold", "label", "features", "image"):
         progress = asyncio.run(artifacts(f"{stage}-progress"))
         assert progress and float(progress[0]["data"]) == 100.0, stage
     report = asyncio.run(artifacts("pipeline-report"))

@@ -14,6 +14,8 @@ from tierflow.flows.pipeline.library import find_spec
 from tierflow.flows.pipeline.params import PipelineParams
 from tierflow.flows.pipeline.plan import LocatedVolume, pipeline_key, plan_pipeline, raw_volumes, work_prefix
 from tierflow.flows.pipeline.report import PipelineResult, TierUsage, render_report
+from tierflow.flows.pipeline.sample_image import plan_images
+from tierflow.errors import TierflowError
 from tierflow.storage.tiers import PosixTier
 
 
@@ -47,14 +49,34 @@ def test_the_plan_chains_every_stage_on_the_segmentation_channel(tmp_path: Path)
     assert (smooth.params, mask.params, label.params) == ({"sigma": 1.0}, {"value": "otsu"}, {"connectivity": 26})
     assert features.inputs == {"c0": plan.staged("s1", 0, 1).output, "c1": seg.output}
     assert features.params == {"time_point": 1, "dataset": "emb", "sample": "s1"}
-    pyramid = plan.pyramid[1]
-    assert pyramid.input == seg.output and pyramid.output == str(tmp_path / "t2" / work / "pyramids" / "s1_t001.ome.zarr")
-    assert pyramid.blocks == 2 * 2 * 1 + 1 * 1 * 1  # level 0 (20, 100, 64), level 1 (10, 50, 32)
+    # cells writes one OME-Zarr image per sample (every channel and time point, the labels), no per-volume pyramids
+    assert plan.pyramid == ()
+    (image,) = plan_images(plan, cells, params, output)
+    assert image.key == f"{work}/images/s1.ome.zarr" and image.shape == (2, 2, 20, 100, 64) and image.label_name == "cells"
+    assert image.sources == {f"{t},{c}": plan.staged("s1", c, t).output for t in (0, 1) for c in (0, 1)}
+    assert image.labels == {f"{t},0": plan.of("label").jobs[t].output for t in (0, 1)}
+    assert image.shapes()[0] == [(2, 2, 20, 100, 64), (2, 2, 10, 50, 32)]
+    assert image.shapes(1)[0][1] == (2, 1, 10, 50, 32)
     assert plan.staged("s2", 0, 0) is None
     with pytest.raises(KeyError):
         plan.of("watershed")
     # the key names the pipeline's content: another spec (or another default) works elsewhere
     assert pipeline_key("emb", "0123456789abcdef0123", params) != pipeline_key("emb", "0123456789abcdef0123", defaults)
+
+
+def test_a_block_shape_that_splits_the_image_shards_is_refused_at_planning(tmp_path: Path):
+    cells = find_spec("cells")
+    values = {name: decl.default for name, decl in cells.params.items()}
+    paths = [f"s1/s1_c0_t{t:03d}.tif" for t in (0, 1)]
+    located = [LocatedVolume(v, f"/raw/{v.path}", (20, 100, 64)) for v in raw_volumes(paths)]
+    scratch, output = PosixTier("scratch", tmp_path / "t3"), PosixTier("output", tmp_path / "t2")
+    aligned = PipelineParams(values=values, block_shape=(16, 64, 64), shard_shape=(8, 32, 32), spec_digest=cells.digest)
+    plan = plan_pipeline(located, aligned, cells, dataset="emb", work="w", scratch=scratch, output=output)
+    assert len(plan_images(plan, cells, aligned, output)) == 1
+    split = PipelineParams(values=values, block_shape=(16, 48, 64), shard_shape=(8, 32, 32), spec_digest=cells.digest)
+    plan = plan_pipeline(located, split, cells, dataset="emb", work="w", scratch=scratch, output=output)
+    with pytest.raises(TierflowError, match=r"images/s1.ome.zarr/0: block shape \(1, 1, 16, 48, 64\) .* shard shape \(1, 1, 8, 32, 32\)"):
+        plan_images(plan, cells, split, output)
 
 
 def _result(**changes) -> PipelineResult:

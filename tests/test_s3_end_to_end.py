@@ -86,7 +86,7 @@ def test_pipeline_with_tiers_on_s3_promotes_verified_copies_and_reclaims_scratch
                                   {"r": result["run_id"]}).all()
     db.dispose()
     # every promoted artifact, re-read from the bucket, hashes to the digest recorded at promotion
-    assert len(promoted) == len(result["promoted"]) == 2 + 4 + 2  # 2 pyramids, 4 tables, 2 reports
+    assert len(promoted) == len(result["promoted"]) == 1 + 4 + 2  # 1 sample image (2 time points, labels), 4 tables, 2 reports
     for uri, sha256, size in promoted:
         assert uri.startswith(f"s3://{bucket}/lab/source/promoted/embryo/{result['snapshot_id']}/"), uri
         assert _read_back_digest(client, bucket, uri[len(f"s3://{bucket}/"):]) == (sha256, size), uri

@@ -30,6 +30,10 @@ def _pipeline_summary(result: PipelineResult) -> None:
                   f"{result['divisions']} divisions")
     console.print(f"  tiers: {usage['written_scratch']:,} B on scratch, {usage['written_output']:,} B on output, "
                   f"{usage['promoted']:,} B promoted to Tier 1, {usage['reclaimed']:,} B of scratch reclaimed")
+    for sample, image in sorted((result.get("images") or {}).items()):
+        shape = " x ".join(map(str, image["shape"]))
+        console.print(f"  image {sample}: {image['uri']} (t x c x z x y x = {shape}; channels {', '.join(image['channels'])}; "
+                      f"labels {', '.join(image['labels']) or '-'})", soft_wrap=True)
     console.print(f"  report: {result['promoted'].get('report.md', result.get('report_uri'))}")
     console.print(f"  run log: {result['log']}")
 
@@ -141,6 +145,10 @@ def demo(
     console.print("  Prefect UI:   prefect server start   (then http://127.0.0.1:4200 -> Runs, Artifacts)")
     console.print(f"  this run:     tierflow runs show {result['run_id']}")
     console.print("  tables in SQL: tierflow db url   (object_features, track_points, track_kinematics, track_msd)")
+    if result.get("images"):
+        console.print(f"  Neuroglancer: tierflow view {result['run_id']}   (serves the sample images, prints a link per sample: "
+                      "channels + labels)")
+        return
     first_link = next(iter(result.get("links", {}).values()), None)
     if first_link:
         console.print("  Neuroglancer: tierflow serve   (publishes Tier 1), then open a link from the report, e.g.")

@@ -6,7 +6,8 @@ Stages, each a subflow in the Prefect UI with a progress artifact (blocks done /
     ingest (or an existing snapshot) -> stage (TIFF -> zarr on scratch, every channel)
     -> the spec's stages (cells: smooth -> threshold -> label), in dependency order
     -> features (per object, into PostgreSQL) -> track (+ kinematics, MSD)
-    -> pyramid (OME-Zarr on the output tier) -> tables -> promote -> retention (this run's
+    -> pyramid (OME-Zarr on the output tier) -> image (one OME-Zarr per sample: channels, time
+    points, labels; :mod:`.sample_image`) -> tables -> promote -> retention (this run's
     scratch) -> report (markdown in the UI and on Tier 1, with Neuroglancer links)
 
 Paths under the tiers are derived from the snapshot and the parameters
@@ -57,8 +58,16 @@ from tierflow.flows.pipeline.plan import (
     raw_volumes,
     work_prefix,
 )
+from tierflow.flows.pipeline.sample_image import SampleImageJob, WrittenImage, image_stage, plan_images
 from tierflow.flows.pipeline.spec import DEFAULT_PIPELINE, PipelineSpec, substitute
-from tierflow.flows.pipeline.report import PipelineResult, TierUsage, neuroglancer_links, publish_artifacts, render_report
+from tierflow.flows.pipeline.report import (
+    PipelineResult,
+    TierUsage,
+    image_summaries,
+    neuroglancer_links,
+    publish_artifacts,
+    render_report,
+)
 from tierflow.flows.pipeline.tables import write_tables
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.memory_guard import MemoryGuard
@@ -301,6 +310,7 @@ def pipeline(
 def _execute(run: _PipelineRun, config: TierflowConfig, work: str, key: str, log: str) -> PipelineResult:
     """Every stage of the run, its tables, promotion, retention and report."""
     plan = _plan(run, config, work, key)
+    images = plan_images(plan, run.spec, run.params, run.tiers.output)  # a plan that cannot be written is refused here
     ids = _stage(run, plan)
     for stage in plan.stages:
         _run_stage(run, plan, stage, ids)
@@ -314,6 +324,7 @@ def _execute(run: _PipelineRun, config: TierflowConfig, work: str, key: str, log
         tracked = track([r.run_id for r in features], float(substitute(wanted.max_distance, values)),
                         frame_interval=float(substitute(wanted.frame_interval, values)), config_dir=run.config_dir, parent_run=run.run)
     _pyramids(run, plan, ids)
+    written = _images(run, images, ids)
 
     run.guard.check("tables", run_id=run.run)
     track_run = int(tracked["run_id"]) if tracked else None
@@ -321,11 +332,12 @@ def _execute(run: _PipelineRun, config: TierflowConfig, work: str, key: str, log
     table_ids = [run.artifact("table", f"tables/{name}.csv", "output", f"{work}/tables/{name}.csv", feature_ids) for name in tables]
 
     usage, promoted = _promote_and_reclaim(run)
+    links = neuroglancer_links(config, promoted, written)
     draft = PipelineResult(
         run_id=run.run, dataset=run.dataset, snapshot_id=run.snapshot_id, params=run.params.model_dump(mode="json"), key=key,
         volumes=len(plan.stage), objects=int(len(tables["objects"])), tracks=int(tracked.get("tracks", 0)),
         divisions=int(tracked.get("divisions", 0)), log=log, promoted=promoted, tier_usage=usage,
-        links=neuroglancer_links(config, promoted), finished_at=datetime.now(UTC).isoformat(), cached=False,
+        links=links, finished_at=datetime.now(UTC).isoformat(), cached=False, images=image_summaries(written, promoted, links),
     )
     return _report(run, draft, work, table_ids, tables["objects"])
 
@@ -392,6 +404,22 @@ def _pyramids(run: _PipelineRun, plan: PipelinePlan, ids: Ids) -> None:
     for job in plan.pyramid:
         run.artifact("ome-zarr", f"pyramids/{job.name}.ome.zarr", "output", f"{plan.work}/pyramids/{job.name}.ome.zarr",
                      [ids[(ref, job.sample, job.time_point)] for ref in job.reads])
+
+
+def _images(run: _PipelineRun, jobs: Sequence[SampleImageJob], ids: Ids) -> list[WrittenImage]:
+    """One OME-Zarr image per sample (channels, time points, labels) on the output tier."""
+    if not jobs:
+        return []
+    run.guard.check("image", run_id=run.run)
+    writes_to = run.tiers.output.uri("")
+    with resume_this_run(run.run, "image", writes_to):
+        written = image_stage(list(jobs), run.params.block_shape, run.params.shard_shape, run.workers, run.config_dir, run.run)
+    for job in jobs:
+        inputs = [ids[(f"raw.c{c}", job.sample, t)] for t in job.time_points for c in job.channels
+                  if (f"raw.c{c}", job.sample, t) in ids]
+        inputs += [ids[(job.label_stage, job.sample, t)] for t in job.time_points if (job.label_stage, job.sample, t) in ids]
+        run.artifact("ome-zarr", job.name, "output", job.key, inputs)
+    return written
 
 
 def _promote_and_reclaim(run: _PipelineRun) -> tuple[TierUsage, dict[str, str]]:

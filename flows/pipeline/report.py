@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 
 from tierflow.configs import TierflowConfig
 from tierflow.flows.ops.result import ResultMapping
-from tierflow.flows.viewing.neuroglancer import neuroglancer_url, zarr_source
+from tierflow.flows.viewing.neuroglancer import neuroglancer_url, sample_image_state, state_url, zarr_source
 
-__all__ = ["PipelineResult", "TierUsage", "neuroglancer_links", "publish_artifacts", "render_report"]
+__all__ = ["PipelineResult", "TierUsage", "image_summaries", "neuroglancer_links", "publish_artifacts", "render_report"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class PipelineResult(ResultMapping):
     cached: bool = False
     report_uri: str | None = None
     served_from_run: int | None = None
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """One OME-Zarr image per sample: sample -> ``uri`` (Tier 1), ``shape`` (t, c, z, y, x),
+    ``channels``, ``labels`` (label group names) and ``link`` (Neuroglancer)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> PipelineResult:
@@ -90,6 +94,8 @@ class PipelineResult(ResultMapping):
             "log": self.log, "promoted": dict(self.promoted), "tier_usage": self.tier_usage.to_dict(), "links": dict(self.links),
             "finished_at": self.finished_at, "cached": self.cached,
         }
+        if self.images:
+            data["images"] = _copy(self.images)
         if self.report_uri is not None:
             data["report_uri"] = self.report_uri
         if self.served_from_run is None:
@@ -115,14 +121,37 @@ def _jsonb_order(value: Any) -> Any:
     return value
 
 
-def neuroglancer_links(config: TierflowConfig, promoted: Mapping[str, str]) -> dict[str, str]:
-    """A Neuroglancer link for every promoted OME-Zarr (name -> URL), served from Tier 1."""
+def neuroglancer_links(config: TierflowConfig, promoted: Mapping[str, str], images: Sequence[Any] = ()) -> dict[str, str]:
+    """A Neuroglancer link for every promoted OME-Zarr (name -> URL), served from Tier 1: one per
+    sample image (``images``: :class:`~.sample_image.WrittenImage`; its channels and labels),
+    one per other pyramid."""
     source_root = config.tier_root("source")
     s3_endpoint = config.tiers.source.endpoint_url
-    return {name: neuroglancer_url(config.pipeline.neuroglancer_url,
-                                   [(name, zarr_source(uri, data_url=config.pipeline.data_url, posix_root=source_root,
-                                                       s3_endpoint=s3_endpoint), "image")])
-            for name, uri in promoted.items() if name.endswith(".ome.zarr")}
+
+    def source(uri: str) -> str:
+        return zarr_source(uri, data_url=config.pipeline.data_url, posix_root=source_root, s3_endpoint=s3_endpoint)
+
+    by_name = {image.name: image for image in images}
+    links = {}
+    for name, uri in promoted.items():
+        if name in by_name:
+            image = by_name[name]
+            state = sample_image_state(source(uri), image.attributes, [image.label_name] if image.label_name else [], name=image.sample)
+            links[name] = state_url(config.pipeline.neuroglancer_url, state)
+        elif name.endswith(".ome.zarr"):
+            links[name] = neuroglancer_url(config.pipeline.neuroglancer_url, [(name, source(uri), "image")])
+    return links
+
+
+def image_summaries(images: Sequence[Any], promoted: Mapping[str, str], links: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """What a run's result says of each sample image (see :attr:`PipelineResult.images`)."""
+    summaries = {}
+    for image in images:
+        channels = [c.get("label") for c in image.attributes["ome"].get("omero", {}).get("channels", [])]
+        summaries[image.sample] = {"name": image.name, "uri": promoted.get(image.name), "axes": "tczyx", "shape": list(image.shape),
+                                   "channels": channels, "labels": [image.label_name] if image.label_name else [],
+                                   "link": links.get(image.name)}
+    return summaries
 
 
 def render_report(result: PipelineResult, *, pipeline: str = "cells", lineage: str | None = None) -> str:
@@ -148,9 +177,19 @@ def render_report(result: PipelineResult, *, pipeline: str = "cells", lineage: s
         "## Where the outputs live", "", "| output | Tier 1 |", "|---|---|",
     ]
     lines += [f"| {name} | `{uri}` |" for name, uri in sorted(result.promoted.items())]
-    lines += ["", "## Neuroglancer", "",
-              "Serve Tier 1 first (`tierflow serve`), then open:", ""]
-    lines += [f"- [{name}]({url})" for name, url in sorted(result.links.items())]
+    if result.images:
+        lines += ["", "## Images", "",
+                  "One OME-Zarr 0.5 image per sample (axes t, c, z, y, x; every channel and time point, a pyramid, the "
+                  "segmentation under `labels/`). Serve Tier 1 first (`tierflow serve`, or `tierflow view RUN`), then open:", "",
+                  "| sample | shape (t, c, z, y, x) | channels | labels | view |", "|---|---|---|---|---|"]
+        for sample, image in sorted(result.images.items()):
+            link = f"[Neuroglancer]({image['link']})" if image.get("link") else ""
+            lines.append(f"| {sample} | {' x '.join(map(str, image['shape']))} | {', '.join(map(str, image['channels']))} | "
+                         f"{', '.join(image['labels']) or '-'} | {link} |")
+    others = {name: url for name, url in result.links.items() if not any(i.get("name") == name for i in result.images.values())}
+    if others:
+        lines += ["", "## Neuroglancer", "", "Serve Tier 1 first (`tierflow serve`), then open:", ""]
+        lines += [f"- [{name}]({url})" for name, url in sorted(others.items())]
     return "\n".join(lines) + "\n"
 
 

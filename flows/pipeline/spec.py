@@ -16,7 +16,9 @@
     [outputs]
     features = { labels = "label", channels = "raw" }   # per-object features ("raw": every channel)
     track = { max_distance = "{max_distance}" }          # or true; needs features
-    pyramid = { inputs = ["raw.c0"], levels = 3 }        # OME-Zarr pyramids on the output tier
+    pyramid = { inputs = ["raw.c0"], levels = 3 }        # OME-Zarr pyramids of single volumes on the output tier
+    image = { levels = 3 }                               # one OME-Zarr image per sample (t, c, z, y, x) with
+                                                         # the segmentation under labels/ (or true)
     promote = ["label"]                                  # stage outputs kept (output tier, then Tier 1)
 
 tierflow's own pipelines are ``configs/pipelines/*.toml`` (shipped with the package); a lab's are
@@ -104,6 +106,16 @@ class PyramidDecl(_Strict):
     method: str = "auto"
 
 
+class ImageDecl(_Strict):
+    """One OME-Zarr image per sample (every channel and time point, a pyramid of ``levels``)
+    with the label image ``labels`` (default: ``segmentation``) under ``labels/<name>``
+    (default: the stage's name)."""
+
+    levels: int | str = 3
+    labels: str | None = None
+    name: str | None = None
+
+
 class OutputsDecl(_Strict):
     """What a run keeps and measures beyond its stages."""
 
@@ -111,6 +123,7 @@ class OutputsDecl(_Strict):
     features: FeaturesDecl | None = None
     track: TrackDecl | None = None
     pyramid: PyramidDecl | None = None
+    image: ImageDecl | None = None
     promote: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -127,6 +140,10 @@ class OutputsDecl(_Strict):
             data["track"] = {}
         if data.get("track") is False:
             data["track"] = None
+        if data.get("image") is True:
+            data["image"] = {}
+        if data.get("image") is False:
+            data["image"] = None
         if isinstance(data.get("pyramid"), list):
             data["pyramid"] = {"inputs": data["pyramid"]}
         if isinstance(data.get("features"), dict) and "labels" not in data["features"] and data.get("segmentation"):
@@ -276,6 +293,23 @@ def validate(spec: PipelineSpec) -> PipelineSpec:
     return spec
 
 
+def _check_image(spec: PipelineSpec, image: ImageDecl | None) -> None:
+    if image is None:
+        return
+    _check_names(spec, image.levels, "[outputs]", "image.levels")
+    labels = image.labels or spec.outputs.segmentation
+    if labels is None:
+        return
+    _check_ref(spec, labels, "[outputs]", "image.labels")
+    base, _ = parse_ref(labels)
+    if base == "raw" or not get_op(spec.stage(base).op).makes_labels:
+        raise spec_error(spec.file, "[outputs]", "image.labels", f"{labels!r} is not a label image",
+                         "name a stage whose op makes labels (label, watershed)")
+    if image.name is not None and (not image.name or "/" in image.name or image.name.startswith(".")):
+        raise spec_error(spec.file, "[outputs]", "image.name", f"{image.name!r} is not a group name",
+                         "a name without '/' that does not start with '.', e.g. \"cells\"")
+
+
 def _check_outputs(spec: PipelineSpec) -> None:
     out = spec.outputs
     if out.track is not None:
@@ -285,6 +319,7 @@ def _check_outputs(spec: PipelineSpec) -> None:
         _check_names(spec, out.pyramid.levels, "[outputs]", "pyramid.levels")
     if out.segmentation is not None:
         _check_ref(spec, out.segmentation, "[outputs]", "segmentation")
+    _check_image(spec, out.image)
     if out.features is not None:
         _check_ref(spec, out.features.labels, "[outputs]", "features.labels")
         base, _ = parse_ref(out.features.labels)
