@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import zarr
 import pandas as pd
 import pytest
 import tifffile
@@ -189,3 +190,19 @@ def test_an_ome_tiff_sample_is_ingested_volume_by_volume_and_runs_the_cells_pipe
         expected = _reference(data[sample][time_point, 0])
         assert len(group) == len(expected), (sample, time_point)
         np.testing.assert_allclose(np.sort(group["area"].to_numpy()), expected, rtol=0.02, atol=2)
+
+    # one OME-Zarr 0.5 image per sample: t, c, z, y, x at the file's physical scale, every
+    # channel and time point of the OME-TIFF, with its labels (the done-when check)
+    from ome_zarr_models.v05 import Image, ImageLabel
+
+    assert sorted(result["images"]) == ["s1", "s2"]
+    for sample, summary in result["images"].items():
+        group = zarr.open_group(summary["uri"][len("file://"):], mode="r")
+        multiscale = Image.from_zarr(group).ome_attributes.multiscales[0]
+        assert [a.name for a in multiscale.axes] == ["t", "c", "z", "y", "x"]
+        assert multiscale.datasets[0].coordinateTransformations[0].scale[2:] == [0.3, 0.1, 0.1]
+        assert [a.unit for a in multiscale.axes][2:] == ["micrometer"] * 3
+        assert [c["label"] for c in group.attrs["ome"]["omero"]["channels"]] == list(NAMES)
+        np.testing.assert_array_equal(group["0"][:], data[sample])
+        ImageLabel.from_zarr(group["labels/cells"])
+        assert tuple(group["labels/cells/0"].shape) == (3, 1, 8, 64, 64)
