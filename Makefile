@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml examples/labops/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tierflow needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,formats]'
 	$(BIN)/python -m pip install --quiet -e examples/labops
 	@touch $(STAMP)
 
