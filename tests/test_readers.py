@@ -224,12 +224,21 @@ def test_downsample_auto_keeps_a_foreign_label_array_to_its_ids(op, tmp_path):
     assert set(np.unique(level1)) <= set(np.unique(level0))
     pyramid = open_volume(tmp_path / "seg_pyr.zarr")  # tierflow's OME-Zarr 0.5 output is an input too: level 0
     assert (pyramid.axes, pyramid.shape) == ("zyx", labels.shape)
-    # a 16-bit image is averaged (mean), as before
+    # a 16-bit array with nothing saying what it holds: auto refuses before any block and asks
     image = rng.integers(0, 4000, (8, 16, 16), dtype=np.uint16)
     zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(8, 16, 16))
-    op("downsample", tmp_path / "img.zarr", tmp_path / "img_pyr.zarr", {"levels": 2}, (8, 16, 16))
+    with pytest.raises(TierflowError, match="uint16 array with nothing saying") as refused:
+        op("downsample", tmp_path / "img.zarr", tmp_path / "img_pyr.zarr", {"levels": 2}, (8, 16, 16))
+    assert "method=mean" in refused.value.hint and "method=mode" in refused.value.hint
+    assert not (tmp_path / "img_pyr.zarr" / "0" / "c").exists()
+    op("downsample", tmp_path / "img.zarr", tmp_path / "img_pyr.zarr", {"levels": 2, "method": "mean"}, (8, 16, 16))
     half = zarr.open_array(str(tmp_path / "img_pyr.zarr" / "1"))[:]
     assert half[0, 0, 0] == np.round(image[:2, :2, :2].astype(np.float64).mean())
+    # a 16-bit image whose metadata marks an acquisition (an OME-TIFF's channels and voxel size) is averaged
+    tifffile.imwrite(tmp_path / "img.ome.tif", image, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 0.3, "PhysicalSizeY": 0.1,
+                                                                         "PhysicalSizeX": 0.1, "Channel": {"Name": ["DAPI"]}})
+    op("downsample", tmp_path / "img.ome.tif", tmp_path / "tif_pyr.zarr", {"levels": 2}, (8, 16, 16))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "tif_pyr.zarr" / "1"))[:], half)
 
 
 def test_a_2d_tiff_runs_through_the_cli_as_2d(project, prefect_api, tmp_path):

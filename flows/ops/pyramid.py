@@ -17,7 +17,7 @@ from prefect import get_run_logger
 
 from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, done_count
-from tierflow.errors import BlockFailuresError, TierflowError
+from tierflow.errors import BlockFailuresError, InvalidParameterError, TierflowError
 from tierflow.storage.tiers import PosixTier
 from tierflow.storage.ome_zarr import multiscales_attributes, pyramid_transforms, validate_ome_zarr, write_multiscales_metadata
 from tierflow.flows.execution.batching import collect_batches, submit_batches
@@ -40,19 +40,37 @@ segmentation tools 32- and 64-bit label images."""
 
 
 def auto_method(volume: Any) -> tuple[str, str]:
-    """What ``method=auto`` downsamples ``volume`` with, and why: ``mode`` (never an id that is
-    not in the level above) for a label image — one written by a tierflow label op, one whose
-    metadata says so (OME-Zarr ``image-label``), or a 32/64-bit integer array (see
-    :data:`LABEL_DTYPES`) — else ``mean``. A 16-bit label image needs ``method=mode``."""
+    """What ``method=auto`` downsamples ``volume`` with, and why. ``mode`` (never an id that is
+    not in the level above) for a label image: one a tierflow label op wrote, one whose metadata
+    says so (OME-Zarr ``image-label``), or a 32/64-bit integer array (see :data:`LABEL_DTYPES`).
+    ``mean`` for an image: floats, another tierflow op's output, or an integer array whose
+    microscope metadata (channel names, voxel size) marks it as an acquisition.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an 8/16-bit integer array with nothing saying which it is (a uint16 camera image and
+        a uint16 Cellpose mask look alike): averaging labels would invent ids, so the user says.
+    """
     attributes = getattr(getattr(volume, "array", None), "attrs", {}) or {}
     made_by = (attributes.get("tierflow") or {}).get("op") if isinstance(attributes.get("tierflow"), dict) else None
-    if made_by and _makes_labels(made_by):
-        return "mode", f"written by tierflow's {made_by} op"
-    if getattr(getattr(volume, "metadata", None), "labels", False) or "image-label" in attributes:
+    if made_by:
+        return ("mode", f"written by tierflow's {made_by} op") if _makes_labels(made_by) else (
+            "mean", f"an image written by tierflow's {made_by} op")
+    metadata = getattr(volume, "metadata", None)
+    if getattr(metadata, "labels", False) or "image-label" in attributes:
         return "mode", "its metadata marks it as labels (image-label)"
-    if np.dtype(volume.dtype).name in LABEL_DTYPES:
-        return "mode", f"{np.dtype(volume.dtype)} arrays are taken for labels (pass method=mean to average one)"
-    return "mean", f"a {np.dtype(volume.dtype)} image (pass method=mode for a label image)"
+    dtype = np.dtype(volume.dtype)
+    if dtype.kind == "f":
+        return "mean", f"a {dtype} image"
+    if dtype.name in LABEL_DTYPES:
+        return "mode", f"{dtype} arrays are taken for labels (pass method=mean to average one)"
+    if metadata is not None and (metadata.channel_names or metadata.scale):
+        return "mean", f"a {dtype} image with microscope metadata (channels or voxel size)"
+    raise InvalidParameterError(
+        f"downsample: {getattr(volume, 'uri', 'the input')} is a {dtype} array with nothing saying whether it holds "
+        "intensities or labels (method=auto)",
+        hint="pass -p method=mean for an intensity image, or -p method=mode for a label image (averaging labels invents ids)")
 
 
 def _method(requested: str, source: SourceRef) -> str:
