@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml examples/labops/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,formats]'
 	$(BIN)/python -m pip install --quiet -e examples/labops
+	# ome-zarr-py, for the test that opens tierflow's images with its reader: without its
+	# dependencies, since its fsspec[s3] pulls s3fs/aiobotocore, whose botocore pin breaks boto3
+	$(BIN)/python -m pip install --quiet --no-deps 'ome-zarr>=0.11' rangehttpserver Deprecated wrapt
 	@touch $(STAMP)
 
 demo: $(STAMP)

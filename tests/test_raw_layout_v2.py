@@ -206,3 +206,13 @@ def test_an_ome_tiff_sample_is_ingested_volume_by_volume_and_runs_the_cells_pipe
         np.testing.assert_array_equal(group["0"][:], data[sample])
         ImageLabel.from_zarr(group["labels/cells"])
         assert tuple(group["labels/cells/0"].shape) == (3, 1, 8, 64, 64)
+        # and ome-zarr-py's reader (what napari-ome-zarr uses) opens it: the image and its labels
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Reader
+
+        nodes = list(Reader(parse_url(summary["uri"][len("file://"):]))())
+        image, label = nodes[0], next(n for n in nodes if n.metadata.get("name") == "cells")
+        assert [a["name"] for a in image.metadata["axes"]] == ["t", "c", "z", "y", "x"]
+        assert image.metadata["channel_names"] == list(NAMES) and image.data[0].shape == (3, 2, 8, 64, 64)
+        np.testing.assert_array_equal(np.asarray(image.data[0]), data[sample])
+        assert label.data[0].shape == (3, 1, 8, 64, 64)
