@@ -7,7 +7,8 @@ A configuration is read in three layers, later ones winning key by key:
 3. environment variables ``TIERFLOW_<SECTION>__<KEY>`` (applied by the settings models).
 
 The configs folder is ``$TIERFLOW_CONFIG_DIR`` if set; otherwise an explicit path, or the first
-``configs/`` folder holding a ``*.def.toml`` found walking upward from the working directory;
+``configs/`` folder holding a ``*.def.toml``, a ``*.user.toml`` or ``pipelines/*.toml`` found walking
+upward from the working directory;
 otherwise the defaults shipped with the package, rooted at the user's data directory.
 """
 
@@ -27,11 +28,15 @@ PACKAGED_DIR = Path(__file__).resolve().parent
 """The folder holding the ``*.def.toml`` files shipped with tierflow."""
 
 CONFIG_DIR_ENV = "TIERFLOW_CONFIG_DIR"
-_MARKERS = ("tierflow.def.toml", "db.def.toml")
+_MARKERS = ("tierflow.def.toml", "db.def.toml", "tierflow.user.toml", "db.user.toml")
+"""A ``configs`` folder is tierflow's if it holds one of these, or pipeline specs: a project
+may hold only its overlays and pipelines (the defaults then come from the packaged copy)."""
 
 
 def _is_config_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).is_file() for marker in _MARKERS)
+    if not path.is_dir():
+        return False
+    return any((path / marker).is_file() for marker in _MARKERS) or any((path / "pipelines").glob("*.toml"))
 
 
 def _user_data_dir() -> Path:

@@ -157,3 +157,28 @@ def test_separate_tier_roots_on_one_bucket_or_two_gateways_are_accepted(project)
           '[tiers.scratch]\nbackend = "s3"\nroot = "s3://lab/raw"\nendpoint_url = "http://other-rgw:8000"\n')
     config = load_config(project)
     assert config.tier_root("output") == "s3://lab/raw-output" and config.tier_root("scratch") == "s3://lab/raw"
+
+
+@pytest.mark.parametrize("holds", ["tierflow.user.toml", "pipelines/spots.toml"])
+def test_a_projects_configs_with_only_overlays_or_pipelines_is_found_upward(tmp_path, monkeypatch, holds):
+    """A lab's project may hold only its overlay or its pipeline specs (no *.def.toml): it is
+    still the project (the defaults come from the packaged copy); a Hydra-style configs/ of YAML
+    files is not."""
+    project = tmp_path / "lab"
+    (project / "configs" / "pipelines").mkdir(parents=True)
+    (project / "configs" / holds).write_text('[execution]\nmax_workers = 3\n' if holds.endswith("user.toml") else
+                                             'name = "spots"\n[[stages]]\nname = "s"\nop = "gaussian"\ninput = "raw.c0"\n'
+                                             'params = { sigma = 1.0 }\n')
+    (project / "analysis").mkdir()
+    monkeypatch.chdir(project / "analysis")
+    found = find_config_dir()
+    assert (found.config_dir, found.project_root, found.how) == (project / "configs", project, "search")
+    config = load_config()
+    assert config.tier_root("source") == str(project / "var" / "tier1-source")  # the project's var/, not the user's data folder
+    if holds.endswith("user.toml"):
+        assert config.execution.max_workers == 3
+    hydra = tmp_path / "hydra"
+    (hydra / "configs").mkdir(parents=True)
+    (hydra / "configs" / "config.yaml").write_text("defaults: []\n")
+    monkeypatch.chdir(hydra)
+    assert find_config_dir().how == "packaged"

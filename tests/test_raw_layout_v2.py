@@ -142,7 +142,9 @@ def test_a_mixed_or_bad_folder_is_diagnosed_naming_the_file(ome_raw) -> None:
     bad_p = next(w for w in found.warnings if w.startswith("s2/extra_p0.tif"))
     assert "named as position 0 (_p0) but holds 2 series" in bad_p and "rename it" in bad_p
     assert any(w.startswith("s2/broken.ome.tif") and "skipped" in w for w in found.warnings)
-    cli = run_cli("check-raw", str(raw), cwd=raw.parent).stdout
+    done = run_cli("check-raw", str(raw), cwd=raw.parent, check=False)
+    assert done.returncode == 1  # something cannot be used: scripts can tell
+    cli = done.stdout
     assert "problems (3)" in cli and "s2/extra_p0.tif" in cli and "s1/s1_c0_t0.tif" in cli
 
 

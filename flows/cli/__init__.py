@@ -9,6 +9,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from tierflow.flows.cli import data as data_commands
 from tierflow.flows.cli import db as db_commands
@@ -65,7 +66,8 @@ def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     if as_json:
         print_json(report)
         return
-    console.print(f"[bold]configs[/]  {report['config_dir']} (found by {report['found_by']})")
+    where = report["config_dir"] or "none: tierflow's packaged defaults (a project's configs/ holds *.user.toml or pipelines/)"
+    console.print(f"[bold]configs[/]  {escape(where)} (found by {report['found_by']})")
     for file in report["files"]:
         console.print(f"  read {file}")
     for name in report["env_overrides"]:

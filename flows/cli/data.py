@@ -95,14 +95,21 @@ def check_raw(
     as_json: JsonOption = False,
 ) -> None:
     """Say what RAW_DIR holds, per sample: channels (with names), time points, positions, shapes,
-    voxel size; and every entry that cannot be used, with the file and what to do."""
+    voxel size; and every entry that cannot be used, with the file and what to do. Exits 1 when
+    something cannot be used (for scripts), 0 when all of it can."""
+    import logging
+
     from tierflow.storage.raw_report import describe_raw_folder, raw_summary
 
+    logging.getLogger("tifffile").setLevel(logging.ERROR + 10)  # its own lines name no file: ours do
     raw = Path(raw_dir).expanduser()
+    summary = raw_summary(raw)
     if as_json:
-        print_json(raw_summary(raw))
-        return
-    console.print(describe_raw_folder(raw), markup=False, highlight=False)
+        print_json(summary)
+    else:
+        console.print(describe_raw_folder(raw), markup=False, highlight=False)
+    if summary["warnings"]:
+        raise typer.Exit(1)
 
 
 @snapshots_app.command("list")
@@ -190,7 +197,7 @@ def retention(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the retention rules of [retention] to Tiers 2-4 (Tier 1 is never touched)."""
+    """Apply the retention rules of \\[retention] to Tiers 2-4 (Tier 1 is never touched)."""
     _config(ctx)
     from tierflow.flows.lifecycle.retention import retention as retention_flow
 
@@ -215,7 +222,7 @@ def retention(
 def preflight(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="zarr arrays, TIFF stacks or slice folders.")],
-    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
+    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: \\[execution].block_shape).")] = None,
     halo: Annotated[int, typer.Option("--halo", min=0)] = 0,
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
     force: Annotated[bool, typer.Option("--force", help="Warn instead of failing when over budget.")] = False,

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from tierflow.flows.cli._app import console, err_console, parse_params, print_json, state
 
@@ -101,7 +101,7 @@ def ops_list(as_json: JsonOption = False) -> None:
         for plugin in broken:
             err_console.print(f"[yellow]broken plugin:[/] {_escape(plugin.error().message)}", soft_wrap=True)
         return
-    table = Table("op", "kind", "version", "package", "inputs", "what it does")
+    table = Table(Column("op", no_wrap=True), "kind", "version", "package", "inputs", "what it does")  # names are typed: never cut
     for spec in specs:
         table.add_row(spec.name, spec.kind, spec.version, spec.package, ", ".join(spec.inputs), _escape(spec.summary))
     console.print(table)
@@ -179,7 +179,7 @@ def op(
     input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
-    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: [execution].block_shape).")] = None,
+    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: \\[execution].block_shape).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
     extra: Annotated[list[str] | None, typer.Option(
         "--with", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from tierflow.flows.cli._app import console, parse_params, print_json, state
 
@@ -95,7 +95,7 @@ def pipelines_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("pipeline", "stages", "parameters (defaults)", "file")
+    table = Table(Column("pipeline", no_wrap=True), "stages", "parameters (defaults)", "file")
     for row in rows:
         table.add_row(f"[bold]{row['name']}[/]\n{row['description']}", " -> ".join(s["name"] for s in row["stages"]),
                       ", ".join(f"{k}={v['default']}" for k, v in row["params"].items()), row["file"])
@@ -277,7 +277,7 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
 def serve(
     ctx: typer.Context,
     tier: Annotated[str, typer.Option("--tier", help="The tier to publish: source (Tier 1) or output (Tier 2).")] = "source",
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Default: the port of [pipeline].data_url.")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Default: the port of \\[pipeline].data_url.")] = None,
 ) -> None:
     """Publish Tier 1 (or 2) over HTTP with CORS on 127.0.0.1, read-only, so that Neuroglancer
     (in the browser) can load its zarr arrays; files only (no listings, no dot-files, nothing
