@@ -162,6 +162,7 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
         super().__init__(*args, **kwargs)
         self.scheduler = SlurmScheduler()
         self._followed: set[UUID] = set()
+        self._reconciled: set[UUID] = set()
 
     async def run(self, flow_run: FlowRun, configuration: SlurmJobConfiguration,
                   task_status: anyio.abc.TaskStatus[str] | None = None) -> SlurmWorkerResult:
@@ -262,7 +263,41 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         await self._adopt_running_jobs()
+        await self._reconcile_crashed_runs()
         return await super().get_and_submit_flow_runs()
+
+    async def _reconcile_crashed_runs(self) -> None:
+        """A job cancelled while no worker watched (``scancel`` by an administrator) takes its flow
+        run down with SIGTERM, and the engine in the job may report Crashed before it dies: once,
+        for each recently crashed run of this pool, ask SLURM how its job ended and record a
+        cancelled job as Cancelled (what happened), not Crashed."""
+        from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
+                                                    WorkPoolFilterName)
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        if self._work_pool_name is None:
+            return
+        try:
+            runs = await self.client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))),
+                sort=FlowRunSort.END_TIME_DESC, limit=50,
+            )
+        except Exception as exc:  # noqa: BLE001 - retried on the next poll
+            self._logger.warning(f"Could not list this pool's crashed flow runs: {exc}")
+            return
+        for flow_run in runs:
+            job_id = flow_run.infrastructure_pid
+            if flow_run.id in self._reconciled or flow_run.id in self._followed or not job_id or not job_id.isdigit():
+                continue
+            self._reconciled.add(flow_run.id)
+            job = await anyio.to_thread.run_sync(self.scheduler.job, job_id)
+            if job is None or not job.ended or (job.name and job.name != job_name(flow_run.id)):
+                continue
+            outcome = job_outcome(job_id, job)
+            if outcome.state == "Cancelled":
+                await self.client.set_flow_run_state(flow_run.id, Cancelled(message=outcome.message), force=True)
+                self.get_flow_run_logger(flow_run).info(f"{outcome.message} (the flow had reported Crashed)")
 
     async def _adopt_running_jobs(self) -> None:
         """Follow the runs of this pool that have a SLURM job nobody follows (the worker was
