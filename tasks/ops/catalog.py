@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from tierflow.storage.geometry import BlockGrid
 from tierflow.tasks.ops.filters import gaussian, gaussian_radius, threshold
 from tierflow.tasks.ops.morphology import (binary_close, binary_open, distance_halo, distance_transform, fill_holes,
                                            remove_small_objects)
@@ -23,7 +22,7 @@ from tierflow.tasks.ops.params import otsu_or_number
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tierflow.tasks.ops.seeds import peaks
 from tierflow.errors import InvalidParameterError
-from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list
+from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list, grid_blocks
 
 __all__ = ["BINARY_CLOSE", "BINARY_OPEN", "BUILTIN_OPS", "CONVERT", "DISTANCE_TRANSFORM", "DOWNSAMPLE", "FEATURES", "FILL_HOLES",
            "GAUSSIAN", "LABEL", "MASK", "PEAKS", "REMOVE_SMALL_OBJECTS", "THRESHOLD", "WATERSHED", "DistanceParams",
@@ -240,7 +239,7 @@ def _pyramid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...], params
     total, level_shape = 0, tuple(shape)
     for factors in pyramid_factors(shape, int(params.get("levels") or 3), factor=2):
         level_shape = downsampled_shape(level_shape, factors)
-        total += len(BlockGrid(level_shape, tuple(min(b, s) for b, s in zip(block_shape, level_shape, strict=True))))
+        total += grid_blocks(level_shape, tuple(min(b, s) for b, s in zip(block_shape, level_shape, strict=True)))
     return total
 
 
@@ -272,7 +271,7 @@ REMOVE_SMALL_OBJECTS = OpSpec("remove_small_objects", "1", "map", SmallObjectsPa
                               "remove objects of fewer than min_size voxels from a mask",
                               kernel=_small_objects, halo=_small_objects_halo, out_dtype=_mask_dtype, wants_offset=True)
 LABEL = OpSpec("label", "1", "label", LabelParams, "connected components, merged exactly across blocks",
-               block_count=lambda shape, blocks, p: 2 * len(BlockGrid(shape, blocks)), makes_labels=True)
+               block_count=lambda shape, blocks, p: 2 * grid_blocks(shape, blocks), makes_labels=True)
 DOWNSAMPLE = OpSpec("downsample", "1", "pyramid", DownsampleParams, "a multiscale OME-Zarr pyramid (mean for images, mode for labels)",
                     block_count=_pyramid_blocks)
 FEATURES = OpSpec("features", "1", "features", FeaturesParams,

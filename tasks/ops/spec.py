@@ -23,10 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tierflow.errors import InvalidParameterError, KernelOutputError
-from tierflow.storage.geometry import BlockGrid
-from tierflow.storage.image_meta import leading_axes
 
-__all__ = ["OpKind", "OpParams", "OpSpec", "describe_field", "finite_positive_list", "literal_choices", "no_halo", "same_dtype"]
+__all__ = ["OpKind", "OpParams", "OpSpec", "describe_field", "finite_positive_list", "grid_blocks", "literal_choices", "no_halo",
+           "same_dtype"]
 
 OpKind = Literal["map", "label", "pyramid", "features"]
 """How an op runs: ``map`` (each output voxel from a neighbourhood: blocks with a halo), or the
@@ -49,8 +48,14 @@ def same_dtype(params: Mapping[str, Any], dtype: np.dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
+def grid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
+    """How many blocks of ``block_shape`` cover ``shape`` (the last block along an axis may be
+    smaller). Kept here, pure, so op declarations need no storage layer."""
+    return math.prod(-(-int(s) // int(b)) for s, b in zip(shape, block_shape[-len(shape):], strict=True))
+
+
 def _block_count(shape: tuple[int, ...], block_shape: tuple[int, ...], params: Mapping[str, Any]) -> int:
-    return len(BlockGrid(shape, block_shape))
+    return grid_blocks(shape, block_shape)
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ class OpSpec:
     def halo_over(self, params: Mapping[str, Any], ndim: int, axes: str = "") -> tuple[int, ...]:
         """The halo over an array with ``axes``: the op's halo on the spatial axes, none on
         time and channel (a map op runs on each time point's and channel's spatial block)."""
-        lead = leading_axes(axes) if axes else 0
+        lead = len(axes) - len(axes.lstrip("tc")) if axes else 0  # time and channel lead the spatial axes
         return (0,) * lead + tuple(self.halo(params, ndim - lead))
 
     def defaults(self) -> dict[str, Any]:
