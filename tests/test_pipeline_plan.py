@@ -113,3 +113,5 @@ def test_the_report_names_the_run_its_counts_and_its_outputs():
     markdown = render_report(_result())
     assert markdown.startswith("# tierflow pipeline run 7\n") and "**objects** 12 in 4 volume(s)" in markdown
     assert "| tables/objects.csv | `file:///t1/objects.csv` |" in markdown and "| reclaimed (this run's scratch) | 10 |" in markdown
+    assert "**tracks** 3 (1 division(s))" in markdown
+    assert "**tracks**" not in render_report(_result(tracks=0, divisions=0))  # a spec without [outputs] track tracks nothing

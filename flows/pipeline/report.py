@@ -80,6 +80,12 @@ class PipelineResult(ResultMapping):
         names = [f for f in cls.__dataclass_fields__ if f != "tier_usage"]
         return cls(**{name: record[name] for name in names if name in record}, tier_usage=TierUsage(**record["tier_usage"]))
 
+    @property
+    def tracked(self) -> bool:
+        """Whether the run linked objects over time (its spec has ``[outputs] track``): it has
+        tracks, or its track tables are among its outputs."""
+        return self.tracks > 0 or "tables/tracks.csv" in self.promoted
+
     def served(self, run_id: int, served_from: int) -> PipelineResult:
         """This result, computed by run ``served_from``, as served from cache to run ``run_id``."""
         return replace(self, run_id=run_id, cached=True, served_from_run=served_from)
@@ -162,8 +168,8 @@ def render_report(result: PipelineResult, *, pipeline: str = "cells", lineage: s
         f"# tierflow pipeline run {result.run_id}", "",
         f"- **pipeline** `{pipeline}`, **dataset** `{result.dataset}`, **snapshot** `{result.snapshot_id}`",
         f"- **parameters** `{json.dumps(result.params, sort_keys=True)}`",
-        f"- **objects** {result.objects} in {result.volumes} volume(s); **tracks** {result.tracks} "
-        f"({result.divisions} division(s))",
+        f"- **objects** {result.objects} in {result.volumes} volume(s)"
+        + (f"; **tracks** {result.tracks} ({result.divisions} division(s))" if result.tracked else ""),
         f"- **run log** `{result.log}`", "",
         "## Tier usage", "", "| | bytes |", "|---|---:|",
         f"| written to scratch (Tier 3) | {usage.written_scratch:,} |",

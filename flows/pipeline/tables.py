@@ -20,7 +20,8 @@ __all__ = ["write_tables"]
 def write_tables(db: Database, feature_jobs: Sequence[VolumeJob], track_run: int | None, scratch: Tier, output: Tier,
                  work: str) -> dict[str, pd.DataFrame]:
     """``objects`` (the features tables of ``feature_jobs`` with sample, time point and track
-    id), ``tracks``, ``kinematics`` and ``msd`` (of the track run ``track_run``; empty without one), each written to
+    id), and ``tracks``, ``kinematics`` and ``msd`` of the track run ``track_run`` (none without one: a
+    spec without ``[outputs] track`` gets no empty track tables), each written to
     ``<work>/tables/<name>.csv`` on ``output``; returns them by name."""
     frames = []
     for job in feature_jobs:
@@ -37,8 +38,10 @@ def write_tables(db: Database, feature_jobs: Sequence[VolumeJob], track_run: int
             stored = track_rows(session, table, track_run)
             return pd.DataFrame(stored.rows, columns=list(stored.columns))
 
-        tables = {"objects": objects, "tracks": frame("points"), "kinematics": frame("kinematics"), "msd": frame("msd")}
-    if not tables["tracks"].empty and not objects.empty:
+        tables = {"objects": objects}
+        if track_run is not None:
+            tables |= {"tracks": frame("points"), "kinematics": frame("kinematics"), "msd": frame("msd")}
+    if "tracks" in tables and not tables["tracks"].empty and not objects.empty:
         ids = tables["tracks"][["sample", "time_point", "label", "track_id"]]
         tables["objects"] = objects.merge(ids, on=["sample", "time_point", "label"], how="left")
     for name, table in tables.items():
