@@ -17,16 +17,17 @@ from tierflow.flows.cli import deploy as deploy_commands
 from tierflow.flows.cli import ops as ops_commands
 from tierflow.flows.cli import pipeline as pipeline_commands
 from tierflow.flows.cli import view as view_commands
-from tierflow.flows.cli._app import CliState, console, print_json, report_error, state
+from tierflow.flows.cli._app import CliState, PlainHelpGroup, console, print_json, report_error, state
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="tierflow",
     help="tierflow: tiered data operations for large microscopy volumes.",
+    cls=PlainHelpGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 app.add_typer(db_commands.app, name="db")
 data_commands.register(app)
@@ -40,7 +41,7 @@ deploy_commands.register(app)
 def _global(
     ctx: typer.Context,
     config: Annotated[
-        str | None, typer.Option("--config", help="A configs folder (default: found upward from here).")
+        str | None, typer.Option("--config", metavar="DIR", help="A configs folder (default: found upward from here).")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -48,7 +49,7 @@ def _global(
 
 
 @app.command("config")
-def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def show_config(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The resolved configuration and where each part came from (secrets masked)."""
     from tierflow.configs import load_config, load_db_config
 

@@ -10,10 +10,11 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from tierflow.storage.errors import TierflowError
 
-__all__ = ["CliState", "console", "err_console", "print_json", "state"]
+__all__ = ["CliState", "PlainHelpGroup", "console", "err_console", "print_json", "state"]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -33,9 +34,52 @@ def state(ctx: typer.Context) -> CliState:
     return obj if isinstance(obj, CliState) else CliState()
 
 
+class PlainHelpGroup(TyperGroup):
+    """The ``tierflow`` command group: every help text below it (docstrings, ``help=``) is plain
+    text, so a config section such as ``[retention]`` shows as typed instead of being taken for
+    Rich markup and deleted; and a flag shows no value placeholder (typer would print ``<bool>``).
+    Help texts in the code therefore need no escaping; text made for help with markup in it
+    (``tierflow op NAME --help``) is added after this, escaped where it quotes."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            plain_help(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        plain_help(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def plain_help(command: Any, ctx: Any) -> None:
+    """Escape the help of ``command``, of its parameters and (for a group) of every command
+    below it, once; blank the placeholder of its flags."""
+    if getattr(command, "_tierflow_plain_help", False):
+        return
+    command._tierflow_plain_help = True
+    command.help = escape(command.help) if command.help else command.help
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is None:
+            continue
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: show none (rich help shows the metavar as it is)
+        if param.param_type_name == "argument" and param.metavar:
+            param.display_type_rich = _no_type  # its metavar (RAW_DIR, RUN) is the name shown: no <str> next to it
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub, ctx)
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
 def print_json(data: Any) -> None:
     """Print machine-readable output (plain, so it pipes into ``jq``)."""
     sys.stdout.write(json.dumps(data, indent=2, default=_plain) + "\n")
+    sys.stdout.flush()  # a command that goes on (serve) has said what it serves
 
 
 def _plain(value: Any) -> Any:

@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
 
 def ingest(
     ctx: typer.Context,
-    raw_dir: Annotated[str, typer.Argument(help="A folder in tierflow's raw layout.")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name (letters, digits, . _ -).")],
+    raw_dir: Annotated[str, typer.Argument(metavar="RAW_DIR", help="A folder in tierflow's raw layout.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="NAME", help="Dataset name (letters, digits, . _ -).")],
     as_json: JsonOption = False,
 ) -> None:
     """Snapshot RAW_DIR onto Tier 1 (content-addressed, write-once); prints the snapshot id."""
@@ -91,7 +91,7 @@ def ingest(
 
 
 def check_raw(
-    raw_dir: Annotated[str, typer.Argument(help="A raw folder to look at (nothing is copied).")],
+    raw_dir: Annotated[str, typer.Argument(metavar="RAW_DIR", help="A raw folder to look at (nothing is copied).")],
     as_json: JsonOption = False,
 ) -> None:
     """Say what RAW_DIR holds, per sample: channels (with names), time points, positions, shapes,
@@ -115,7 +115,7 @@ def check_raw(
 @snapshots_app.command("list")
 def snapshots_list(
     ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help="Only this dataset's snapshots.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Snapshots recorded in the results database, newest first."""
@@ -140,8 +140,8 @@ def snapshots_list(
 @artifacts_app.command("list")
 def artifacts_list(
     ctx: typer.Context,
-    tier: Annotated[str | None, typer.Option("--tier", help="source, output, scratch or ephemeral.")] = None,
-    run: Annotated[int | None, typer.Option("--run", help="Only artifacts this run produced.")] = None,
+    tier: Annotated[str | None, typer.Option("--tier", metavar="TIER", help="source, output, scratch or ephemeral.")] = None,
+    run: Annotated[int | None, typer.Option("--run", metavar="RUN", help="Only artifacts this run produced.")] = None,
     include_deleted: Annotated[bool, typer.Option("--all", help="Include deleted artifacts.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -170,8 +170,9 @@ def artifacts_list(
 
 def promote(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Option("--run", help="Promote this run's Tier 2 artifacts.")] = None,
-    artifact: Annotated[list[str] | None, typer.Option("--artifact", "-a", help="An artifact id or URI (repeatable).")] = None,
+    run: Annotated[str | None, typer.Option("--run", metavar="RUN", help="Promote this run's Tier 2 artifacts.")] = None,
+    artifact: Annotated[list[str] | None, typer.Option(
+        "--artifact", "-a", metavar="ID|URI", help="An artifact id or URI (repeatable).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Copy artifacts to Tier 1, verify them by reading back, then record the promotion."""
@@ -197,7 +198,7 @@ def retention(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the retention rules of \\[retention] to Tiers 2-4 (Tier 1 is never touched)."""
+    """Apply the retention rules of [retention] to Tiers 2-4 (Tier 1 is never touched)."""
     _config(ctx)
     from tierflow.flows.lifecycle.retention import retention as retention_flow
 
@@ -221,10 +222,12 @@ def retention(
 
 def preflight(
     ctx: typer.Context,
-    inputs: Annotated[list[str], typer.Argument(help="zarr arrays, TIFF stacks or slice folders.")],
-    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: \\[execution].block_shape).")] = None,
-    halo: Annotated[int, typer.Option("--halo", min=0)] = 0,
-    workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT", help="zarr arrays, TIFF stacks or slice folders (paths or s3:// URIs).")],
+    block_shape: Annotated[str | None, typer.Option(
+        "--block-shape", metavar="Z,Y,X", help="Block shape (default: [execution].block_shape).")] = None,
+    halo: Annotated[int, typer.Option("--halo", min=0, metavar="N", help="Voxels read around each block.")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, metavar="N", help="Parallel batches (default: [execution].max_workers, else one per core).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Warn instead of failing when over budget.")] = False,
     as_json: JsonOption = False,
 ) -> None:

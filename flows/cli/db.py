@@ -48,13 +48,16 @@ def _server_info(ctx: typer.Context) -> tuple[Any, dict[str, Any] | None]:
 
 
 @app.command()
-def upgrade(ctx: typer.Context) -> None:
+def upgrade(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Create or migrate the schema to the newest revision (starts the embedded server)."""
     config = load_db_config(state(ctx).config_path)
     db = open_database(config)
     before = current_revision(db)
     upgrade_schema(db)
     after = current_revision(db)
+    if as_json:
+        print_json({"url": db.masked_url, "before": before, "after": after, "upgraded": before != after})
+        return
     if before == after:
         console.print(f"schema already at revision [bold]{after}[/] (head) on {db.masked_url}")
     else:
@@ -85,16 +88,24 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def url(ctx: typer.Context) -> None:
+def url(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The database URL, with the password masked."""
     config = load_db_config(state(ctx).config_path)
-    console.print(open_database(config).masked_url, soft_wrap=True)
+    masked = open_database(config).masked_url
+    if as_json:
+        print_json({"url": masked})
+        return
+    console.print(masked, soft_wrap=True)
 
 
 @app.command()
-def stop(ctx: typer.Context) -> None:
+def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Stop the embedded server (an external server is not tierflow's to stop)."""
     config = load_db_config(state(ctx).config_path)
+    if as_json:
+        server = embedded_server(config) if config.mode == "embedded" else None
+        print_json({"mode": config.mode, "root": str(server.root) if server else None, "stopped": bool(server and server.stop())})
+        return
     if config.mode != "embedded":
         console.print(f"database mode is {config.mode!r}: nothing to stop (tierflow manages only its embedded server)")
         raise typer.Exit(0)

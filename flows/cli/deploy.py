@@ -9,16 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tierflow.flows.cli._app import console, state
+from tierflow.flows.cli._app import console, print_json, state
 
 __all__ = ["register"]
 
 
 def deploy(
     ctx: typer.Context,
-    name: Annotated[list[str] | None, typer.Option("--name", help="Only this deployment (repeatable), e.g. pipeline-slurm.")] = None,
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", metavar="NAME", help="Only this deployment (repeatable), e.g. pipeline-slurm.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create the work pools (tierflow-local, tierflow-slurm) and apply deployments/prefect.yaml."""
+    from dataclasses import asdict
+
     from tierflow.configs import load_config
     from tierflow.flows.runtime.deployments import apply_deployments, ensure_pools, require_server
     from tierflow.flows.runtime.prefect_env import configure_prefect
@@ -27,25 +31,32 @@ def deploy(
     configure_prefect(config)
     url = require_server(config)
     os.environ["PREFECT_API_URL"] = url
-    table = Table("work pool", "type", "", "concurrency limit", title=f"Prefect server {url}")
-    for pool in ensure_pools(config):
-        table.add_row(pool.name, pool.type, "created" if pool.created else "updated", str(pool.concurrency_limit or "none"))
-    console.print(table)
+    pools = ensure_pools(config)
     output = apply_deployments(config, names=name)
     deployed = [line.strip() for line in output.splitlines() if "Deployment '" in line and "successfully created" in line]
-    for line in deployed:
-        console.print(line)
+    pipelines = []
     if not name:
         from tierflow.flows.pipeline.deployments import deploy_pipelines
 
-        for made in deploy_pipelines(state(ctx).config_path):
-            console.print(f"Deployment 'pipeline/{made.name}': pipeline {made.pipeline} with its parameters as a run form")
+        pipelines = deploy_pipelines(state(ctx).config_path)
+    if as_json:
+        print_json({"server": url, "pools": [asdict(p) for p in pools], "deployments": deployed,
+                    "pipelines": [asdict(made) for made in pipelines]})
+        return
+    table = Table("work pool", "type", "", "concurrency limit", title=f"Prefect server {url}")
+    for pool in pools:
+        table.add_row(pool.name, pool.type, "created" if pool.created else "updated", str(pool.concurrency_limit or "none"))
+    console.print(table)
+    for line in deployed:
+        console.print(line)
+    for made in pipelines:
+        console.print(f"Deployment 'pipeline/{made.name}': pipeline {made.pipeline} with its parameters as a run form")
     console.print("Start a worker per pool: `tierflow worker local` and, on a SLURM login node, `tierflow worker slurm`.")
 
 
 def worker(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="local (process pool) or slurm (tierflow-slurm pool).")],
+    kind: Annotated[str, typer.Argument(metavar="KIND", help="local (process pool) or slurm (tierflow-slurm pool).")],
     run_once: Annotated[bool, typer.Option("--run-once", help="Submit what is scheduled now, then stop.")] = False,
 ) -> None:
     """Start the worker of a pool (`prefect worker start --pool ... --type ...` with tierflow's settings)."""

@@ -13,6 +13,7 @@ from typer.core import TyperCommand
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from tierflow.flows.cli import complete
 from tierflow.flows.cli._app import console, err_console, parse_params, print_json, state
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -27,7 +28,14 @@ class _OpCommand(TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["tierflow_op_args"] = list(args)  # --help is eager: the op name is read from here
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as exc:
+            if exc.param is not None and exc.param.name == "name" and not exc.message:  # no op named: say which there are
+                from tierflow.tasks.ops.registry import op_names
+
+                exc.message = f"Choose one of {', '.join(op_names())} (`tierflow ops list` describes them)"
+            raise
 
     def get_help(self, ctx: Any) -> str:
         from tierflow.tasks.ops.registry import all_ops
@@ -110,7 +118,8 @@ def ops_list(as_json: JsonOption = False) -> None:
 
 
 @ops_app.command("show")
-def ops_show(name: Annotated[str, typer.Argument(help="An op (see `tierflow ops list`).")], as_json: JsonOption = False) -> None:
+def ops_show(name: Annotated[str, typer.Argument(
+    metavar="OP", help="An op (see `tierflow ops list`).", autocompletion=complete.op_names)], as_json: JsonOption = False) -> None:
     """One op: its parameters (type, default, what is allowed, what each means, their JSON
     Schema), halo with the default parameters, extra inputs, resources and package."""
     from tierflow.tasks.ops.registry import get_op
@@ -175,15 +184,19 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 
 def op(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The op (listed below; `tierflow ops list`).")],
-    input: Annotated[str, typer.Option("--input", "-i", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where the zarr result goes (path or s3:// URI).")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (repeatable), e.g. sigma=2.")] = None,
-    block_shape: Annotated[str | None, typer.Option("--block-shape", help="z,y,x (default: \\[execution].block_shape).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches (default: one per core).")] = None,
+    name: Annotated[str, typer.Argument(
+        metavar="OP", help="The op (listed below; `tierflow ops list`).", autocompletion=complete.op_names)],
+    input: Annotated[str, typer.Option(
+        "--input", "-i", metavar="PATH|URI", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="PATH|URI", help="Where the zarr result goes (path or s3:// URI).")],
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", metavar="KEY=VALUE", help="An op parameter (repeatable), e.g. sigma=2.")] = None,
+    block_shape: Annotated[str | None, typer.Option(
+        "--block-shape", metavar="Z,Y,X", help="Block shape (default: [execution].block_shape).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, metavar="N", help="Parallel batches (default: one per core).")] = None,
     extra: Annotated[list[str] | None, typer.Option(
-        "--with", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
-    mask: Annotated[str | None, typer.Option("--mask", help="Restrict the op to this array's non-zero voxels.")] = None,
+        "--with", metavar="NAME=PATH", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", metavar="PATH|URI", help="Restrict the op to this array's non-zero voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
@@ -224,7 +237,7 @@ def op(
                   f"{result['blocks'] - result['computed']} already done -> {result['output']} (run {result['run_id']})")
 
 
-def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")],
+def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or Prefect flow-run id.")],
            as_json: JsonOption = False) -> None:
     """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
     from tierflow.flows.cli.data import _database, _existing_run
@@ -246,14 +259,16 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id o
     if as_json:
         print_json(report)
         return
-    console.print(f"run {row.id} ({report['flow']}): {report['status']}" + (f" - {report['message']}" if report["message"] else ""))
+    console.print(f"run {row.id} ({report['flow']}): {report['status']}"
+                  + (f" - {_escape(report['message'])}" if report["message"] else ""))
     table = Table("stage", "done", "failed", "failed blocks")
     for name, figures in stages.items():
         table.add_row(name, str(figures["done"]), str(figures["failed"]), ", ".join(sorted(figures["failed_blocks"])))
     console.print(table)
 
 
-def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The failed run to finish.")], as_json: JsonOption = False) -> None:
+def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(
+    metavar="RUN", help="The failed run to finish.")], as_json: JsonOption = False) -> None:
     """Finish a failed (or killed) op or pipeline run: only what the ledger does not mark done
     is computed again."""
     from tierflow.flows.cli.data import _config, _database
@@ -288,15 +303,16 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
 
 def track(
     ctx: typer.Context,
-    run: Annotated[list[int], typer.Option("--run", help="A features run (repeatable: one per time point).")],
+    run: Annotated[list[int], typer.Option("--run", metavar="RUN", help="A features run (repeatable: one per time point).")],
     max_distance: Annotated[float, typer.Option(
-        "--max-distance", help="Largest step between time points (voxels, or units of --spacing).")],
+        "--max-distance", metavar="DISTANCE", help="Largest step between time points (voxels, or units of --spacing).")],
     no_splits: Annotated[bool, typer.Option("--no-splits", help="Do not detect dividing objects.")] = False,
-    max_gap: Annotated[int, typer.Option("--max-gap", min=0, help="Time points a track may skip.")] = 0,
+    max_gap: Annotated[int, typer.Option("--max-gap", min=0, metavar="N", help="Time points a track may skip.")] = 0,
     frame_interval: Annotated[float | None, typer.Option(
-        "--frame-interval", help="Time between time points (s); default: the inputs' metadata, else 1 (per frame).")] = None,
+        "--frame-interval", metavar="SECONDS",
+        help="Time between time points (s); default: the inputs' metadata, else 1 (per frame).")] = None,
     spacing: Annotated[str | None, typer.Option(
-        "--spacing", help="Voxel size z,y,x in µm (y,x in 2-D): links and kinematics in µm (--max-distance too); "
+        "--spacing", metavar="Z,Y,X", help="Voxel size z,y,x in µm (y,x in 2-D): links and kinematics in µm (--max-distance too); "
         "default: kinematics in the features runs' voxel size, linking in voxels.")] = None,
     as_json: JsonOption = False,
 ) -> None:

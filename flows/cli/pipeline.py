@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
+from tierflow.flows.cli import complete
 from tierflow.flows.cli._app import console, parse_params, print_json, state
 
 if TYPE_CHECKING:
@@ -22,12 +24,13 @@ pipelines_app = typer.Typer(help="Pipelines (TOML specs in configs/pipelines/): 
 runs_app = typer.Typer(help="Runs recorded in the results database.", no_args_is_help=True)
 
 
-def _pipeline_summary(result: PipelineResult) -> None:
+def _pipeline_summary(result: PipelineResult, *, look: bool = True) -> None:
+    """What a pipeline run made, where it is, and (``look``) how to look at it."""
     usage = result["tier_usage"]
     head = "served from cache (run {})".format(result["served_from_run"]) if result.get("cached") else "completed"
+    tracks = f", {result['tracks']} tracks, {result['divisions']} divisions" if result.tracked else ""  # no [outputs] track: none
     console.print(f"[bold]pipeline run {result['run_id']}[/] {head}: snapshot [cyan]{result['snapshot_id']}[/] "
-                  f"({result['volumes']} volumes) -> {result['objects']} objects, {result['tracks']} tracks, "
-                  f"{result['divisions']} divisions")
+                  f"({result['volumes']} volumes) -> {result['objects']} objects{tracks}")
     console.print(f"  tiers: {usage['written_scratch']:,} B on scratch, {usage['written_output']:,} B on output, "
                   f"{usage['promoted']:,} B promoted to Tier 1, {usage['reclaimed']:,} B of scratch reclaimed")
     for sample, image in sorted((result.get("images") or {}).items()):
@@ -36,18 +39,24 @@ def _pipeline_summary(result: PipelineResult) -> None:
                       f"labels {', '.join(image['labels']) or '-'})", soft_wrap=True)
     console.print(f"  report: {result['promoted'].get('report.md', result.get('report_uri'))}")
     console.print(f"  run log: {result['log']}")
+    if look:
+        viewer = (f"tierflow view {result['run_id']} (Neuroglancer link per sample)" if result.get("images")
+                  else "tierflow serve, then the report's Neuroglancer links" if result.get("links") else None)
+        console.print(f"  look at the results: tierflow runs show {result['run_id']}" + (f"; {viewer}" if viewer else ""))
 
 
 def run_pipeline(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")],
-    name: Annotated[str | None, typer.Argument(help="The pipeline: a name (`tierflow pipelines list`) or a .toml spec; default cells.",
-                                               show_default=False)] = None,
-    snapshot: Annotated[str | None, typer.Option("--snapshot", help="Snapshot id (or a unique prefix).")] = None,
-    raw: Annotated[Path | None, typer.Option("--raw", help="Or a raw folder to ingest first.")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", metavar="NAME", help="Dataset name.")],
+    name: Annotated[str | None, typer.Argument(
+        metavar="PIPELINE", autocompletion=complete.pipeline_names,
+        help="The pipeline: a name (`tierflow pipelines list`) or a .toml spec; default cells.", show_default=False)] = None,
+    snapshot: Annotated[str | None, typer.Option("--snapshot", metavar="ID", help="Snapshot id (or a unique prefix).")] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", metavar="RAW_DIR", help="Or a raw folder to ingest first.")] = None,
     param: Annotated[list[str] | None, typer.Option(
-        "--param", help="Set a parameter of the pipeline's \\[params] (or block_shape): key=value (repeatable).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Parallel batches per operation.")] = None,
+        "--param", metavar="KEY=VALUE",
+        help="Set a parameter of the pipeline's [params] (or block_shape): key=value (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, metavar="N", help="Parallel batches per operation.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline (default cells: stage, smooth, threshold, label, features, track, pyramid,
@@ -97,7 +106,7 @@ def pipelines_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     table = Table(Column("pipeline", no_wrap=True), "stages", "parameters (defaults)", "file")
     for row in rows:
-        table.add_row(f"[bold]{row['name']}[/]\n{row['description']}", " -> ".join(s["name"] for s in row["stages"]),
+        table.add_row(f"[bold]{row['name']}[/]\n{escape(row['description'])}", " -> ".join(s["name"] for s in row["stages"]),
                       ", ".join(f"{k}={v['default']}" for k, v in row["params"].items()), row["file"])
     console.print(table)
 
@@ -112,9 +121,10 @@ class _null:
 
 def demo(
     ctx: typer.Context,
-    raw_dir: Annotated[Path | None, typer.Option("--raw-dir", help="Where the synthetic raw data goes (default var/demo/raw).")] = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, max=20)] = 2,
-    time_points: Annotated[int, typer.Option("--time-points", min=2, max=100)] = 10,
+    raw_dir: Annotated[Path | None, typer.Option(
+        "--raw", metavar="RAW_DIR", help="Where the synthetic raw data goes (default var/demo/raw).")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=20, metavar="N", help="Samples to synthesize.")] = 2,
+    time_points: Annotated[int, typer.Option("--time-points", min=2, max=100, metavar="N", help="Time points per sample.")] = 10,
     as_json: JsonOption = False,
 ) -> None:
     """The main job on embedded defaults: synthesize a time-lapse (moving, dividing and touching
@@ -137,7 +147,7 @@ def demo(
     if as_json:
         print_json({**result.to_dict(), "linking": score})
         return
-    _pipeline_summary(result)
+    _pipeline_summary(result, look=False)  # the demo says below how to look, at more length
     console.print(f"  tracking vs the generator's ground truth: {score['correct']}/{score['links']} links right "
                   f"({score['accuracy']:.1%}), {score['detected']:.1%} of true cells detected")
     _artifacts_per_tier(ctx)
@@ -182,8 +192,8 @@ def _artifacts_per_tier(ctx: typer.Context) -> None:
 
 def runs_list(
     ctx: typer.Context,
-    flow: Annotated[str | None, typer.Option("--flow", help="Only runs of this flow (pipeline, op, ingest...).")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 30,
+    flow: Annotated[str | None, typer.Option("--flow", metavar="FLOW", help="Only runs of this flow (pipeline, op, ingest...).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, metavar="N", help="At most this many runs.")] = 30,
     as_json: JsonOption = False,
 ) -> None:
     """Recent runs: id, flow, status, start, duration, parent."""
@@ -201,11 +211,11 @@ def runs_list(
     table = Table("run", "flow", "status", "started", "seconds", "parent", "message")
     for r in rows:
         table.add_row(str(r["id"]), r["flow"], r["status"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}" if r["started_at"] else "",
-                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "", str(r["parent"] or ""), (r["message"] or "")[:60])
+                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "", str(r["parent"] or ""), escape((r["message"] or "")[:60]))
     console.print(table)
 
 
-def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id or Prefect flow-run id.")],
+def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or Prefect flow-run id.")],
               as_json: JsonOption = False) -> None:
     """One run: parameters, result, child runs, artifacts and block progress."""
     from tierflow.flows.cli.data import _database, _existing_run
@@ -253,7 +263,7 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
     console.print(
         f"[bold]run {report['id']}[/] {report['flow']}: {report['status']}"
         + (f" ({report['seconds']:.1f} s)" if report["seconds"] else "")
-        + (f" - {report['message']}" if report["message"] else "")
+        + (f" - {escape(report['message'])}" if report["message"] else "")
     )
     console.print(f"  parameters: {report['parameters']}")
     if report["children"]:
@@ -276,8 +286,11 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run i
 
 def serve(
     ctx: typer.Context,
-    tier: Annotated[str, typer.Option("--tier", help="The tier to publish: source (Tier 1) or output (Tier 2).")] = "source",
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Default: the port of \\[pipeline].data_url.")] = None,
+    tier: Annotated[str, typer.Option(
+        "--tier", metavar="TIER", help="The tier to publish: source (Tier 1) or output (Tier 2).")] = "source",
+    port: Annotated[int | None, typer.Option(
+        "--port", min=1, max=65535, metavar="PORT", help="Default: the port of [pipeline].data_url.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the root, tier and URL as JSON (then serve).")] = False,
 ) -> None:
     """Publish Tier 1 (or 2) over HTTP with CORS on 127.0.0.1, read-only, so that Neuroglancer
     (in the browser) can load its zarr arrays; files only (no listings, no dot-files, nothing
@@ -290,7 +303,11 @@ def serve(
 
     config = _config(ctx)
     server = tier_server(config, load_db_config(state(ctx).config_path), tier, port or urlparse(config.pipeline.data_url).port or 9000)
-    console.print(f"serving {server.root} (tier {tier}) at http://127.0.0.1:{server.server_address[1]} with CORS; Ctrl-C stops")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    if as_json:
+        print_json({"root": str(server.root), "tier": tier, "url": url})  # flushed: the server runs on
+    else:
+        console.print(f"serving {server.root} (tier {tier}) at {url} with CORS; Ctrl-C stops")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -47,8 +47,9 @@ def _run_folder(ctx: typer.Context, run: str) -> tuple[Path | None, dict[str, st
 
 def view(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="An OME-Zarr image, a folder of them, or a pipeline run id.")],
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Default: the port of \\[pipeline].data_url (9000).")] = None,
+    target: Annotated[str, typer.Argument(metavar="PATH|RUN", help="An OME-Zarr image, a folder of them, or a pipeline run id.")],
+    port: Annotated[int | None, typer.Option(
+        "--port", min=1, max=65535, metavar="PORT", help="Default: the port of [pipeline].data_url (9000).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the root, URL and links as one JSON line.")] = False,
 ) -> None:
     """Serve an OME-Zarr image (or a folder of them, or a pipeline run's images) read-only over
