@@ -264,13 +264,14 @@ def test_the_memory_guard_stops_a_run_cleanly_and_resume_goes_on(project, small_
         check=False,
     )
     assert stopped.returncode == 1
-    assert "error: stopped before stage 'stage'" in stopped.stderr and "memory_limit_percent" in stopped.stderr
+    assert "error: stopped before stage 'stage'" in stopped.stderr and "([execution].memory_limit_percent)" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     with db.session() as session:
         run_id, status = session.execute(
             text("SELECT id, status FROM runs WHERE flow_name = 'pipeline' AND parameters->>'dataset' = 'tight'")
         ).one()
     assert status == "failed"
+    assert "([execution].memory_limit_percent)" in run_cli("status", str(run_id), cwd=project, env=env).stdout  # not Rich markup
     finished = json.loads(run_cli("resume", str(run_id), "--json", cwd=project, env=env).stdout)
     assert finished["objects"] > 0
 
