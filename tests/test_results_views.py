@@ -128,3 +128,15 @@ def test_track_summary_and_stage_blocks_need_no_quoting(db: Database, runs: dict
     assert dict(stage) == {"stage": "features", "op": "features", "op_runs": 1, "attempts": 4, "done": 2, "failed": 1, "running": 1,
                            "stale": 0, "retries": 1, "block_seconds": 2.0, "bytes": 400, "started_at": start,
                            "ended_at": start + timedelta(seconds=4)}
+
+
+def test_the_export_has_every_channel_and_typed_columns(db: Database, runs: dict[str, int]) -> None:
+    from tierflow.flows.cli.results import objects_frame
+
+    with db.session() as session:
+        stored = view_rows(session, "pipeline_objects", "pipeline_run", runs["pipeline"])
+    frame = objects_frame(stored.columns, stored.rows)
+    assert "intensities" not in frame and not any(c in frame for c in ("c2_mean", "c7_mean"))  # no column for an absent channel
+    assert frame["track_id"].dtype == "Int64" and frame["track_id"].tolist()[0] == 22 and frame["track_id"].isna().tolist() == [False, True]
+    assert frame["c0_mean"].tolist() == [100.0, 200.0] and frame["c1_sum"].tolist() == [75.0, 170.0]
+    assert frame["smooth_mean"].tolist()[0] == 3.0 and frame["smooth_mean"].isna().tolist() == [False, True]

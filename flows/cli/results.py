@@ -19,6 +19,7 @@ __all__ = ["objects_frame", "register"]
 
 FORMATS = ("table", "csv", "parquet")
 _PIVOTED = re.compile(r"^c\d+_mean$")
+_TEXT = ("dataset", "sample")
 _PREVIEW = ("sample", "time_point", "label", "track_id", "voxel_count", "centroid_z", "centroid_y", "centroid_x")
 _HEADERS = {"time_point": "t", "track_id": "track", "voxel_count": "voxels", "centroid_z": "z", "centroid_y": "y", "centroid_x": "x"}
 
@@ -29,14 +30,29 @@ def objects_frame(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> pd.D
     ``c0_mean`` ... ``c7_mean`` columns are the same numbers, for the first eight)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=list(columns))
+    frame = pd.DataFrame(rows, columns=list(columns), dtype=object)  # typed below: [22, None] stays integer
     intensities = frame.pop("intensities") if "intensities" in frame else pd.Series([None] * len(frame))
     frame = frame.drop(columns=[c for c in frame.columns if _PIVOTED.match(c)])
+    for column in frame.columns:
+        frame[column] = _typed(frame[column])
     channels = sorted({ch for value in intensities if value for ch in value}, key=_natural)
     for channel in channels:
         for stat in ("min", "max", "mean", "sum"):
             frame[f"{channel}_{stat}"] = [float(v[channel][stat]) if v and channel in v else float("nan") for v in intensities]
     return frame
+
+
+def _typed(values: pd.Series) -> pd.Series:
+    """A column with NULLs as a typed one (so Parquet and CSV keep it numeric): integers as
+    nullable ``Int64`` (a track id stays 22, not 22.0), other numbers (or only NULLs) as float."""
+    import pandas as pd
+
+    if values.dtype != object or values.name in _TEXT:
+        return values
+    present = values.dropna()
+    if len(present) and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return values.astype("Int64")
+    return pd.to_numeric(values).astype("float64")
 
 
 def _natural(name: str) -> tuple[Any, ...]:
@@ -94,9 +110,9 @@ def _preview(frame: pd.DataFrame, total: int, limit: int) -> None:
 
 
 def _cell(value: Any) -> str:
-    import math
+    import pandas as pd
 
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if pd.isna(value):
         return "-"
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
