@@ -98,8 +98,9 @@ def test_result_scope_says_where_a_runs_objects_are(db: Database, runs: dict[str
         served = result_scope(session, runs["served"])
         assert (served.run_id, served.served_from, served.asked) == (runs["pipeline"], runs["pipeline"], runs["served"])
         assert len(view_rows(session, "pipeline_objects", served.column, served.run_id).rows) == 2
-        with pytest.raises(TierflowError, match="'track' run, which stored no objects"):
+        with pytest.raises(TierflowError, match="'track' run, which stored no objects") as refused:
             result_scope(session, runs["track"])
+        assert f"WHERE track_run = {runs['track']}" in refused.value.hint
         with pytest.raises(TierflowError, match="run 999999 is not in the results database"):
             result_scope(session, 999999)
 

@@ -67,9 +67,9 @@ def result_scope(session: Session, run_id: int) -> ResultScope:
         return ResultScope(run_id, target, run.flow_name, "features_run")
     if run.flow_name == "pipeline":
         return ResultScope(run_id, target, run.flow_name, "pipeline_run", int(served) if served is not None else None)
+    tracked = f"; the objects it tracked: SELECT * FROM {OBJECTS_VIEW} WHERE track_run = {run_id}" if run.flow_name == "track" else ""
     raise TierflowError(f"run {run_id} is a {run.flow_name!r} run, which stored no objects",
-                        hint="give a pipeline run or a features op run (`tierflow runs list`); "
-                             f"its children: `tierflow runs show {run_id}`")
+                        hint=f"give a pipeline run or a features op run (`tierflow runs list`){tracked}")
 
 
 def view_rows(session: Session, view: str, column: str, run_id: int, *, limit: int | None = None) -> ViewRows:
