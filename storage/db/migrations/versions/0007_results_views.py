@@ -45,15 +45,19 @@ _CHANNEL_MEANS = ",\n           ".join(f"max(i.mean) FILTER (WHERE i.channel = '
 
 PIPELINE_OBJECTS = f"""
 CREATE VIEW pipeline_objects AS
-WITH feature_runs AS (
-    -- each run that stored objects, its pipeline run, and the newest track run that tracked it
-    SELECT DISTINCT ON (fr.id) fr.id AS features_run, coalesce(fr.parent_id, fr.id) AS pipeline_run, t.id AS track_run
-    FROM runs fr
-    LEFT JOIN runs t ON t.flow_name = 'track' AND t.parameters -> 'runs' @> to_jsonb(fr.id)
-    WHERE EXISTS (SELECT 1 FROM object_features o WHERE o.run_id = fr.id)
-    ORDER BY fr.id, (t.status = 'completed') DESC NULLS LAST, t.id DESC NULLS LAST
+WITH track_of AS (
+    -- each features run a track run names in its parameters ("runs": [...]), and the newest
+    -- (completed first) such track run: one pass over the track runs' lists, no pairwise search
+    SELECT DISTINCT ON (x.features_run) x.features_run, t.id AS track_run
+    FROM runs t
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN e.value ~ '^[0-9]+$' THEN e.value::bigint END AS features_run
+        FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(t.parameters -> 'runs') = 'array' THEN t.parameters -> 'runs' END) AS e
+    ) x
+    WHERE t.flow_name = 'track' AND x.features_run IS NOT NULL
+    ORDER BY x.features_run, (t.status = 'completed') DESC, t.id DESC
 )
-SELECT r.pipeline_run, r.features_run, r.track_run,
+SELECT coalesce(fr.parent_id, fr.id) AS pipeline_run, f.run_id AS features_run, tr.track_run,
        f.id AS object_id, f.dataset, f.sample, f.time_point, f.label,
        p.track_id, p.parent_track_id,
        f.area AS voxel_count, f.volume_um3, f.area_um2,
@@ -62,10 +66,11 @@ SELECT r.pipeline_run, r.features_run, r.track_run,
        f.axis_major_length, f.axis_minor_length, f.axis_major_length_um, f.axis_minor_length_um,
        f.eccentricity, f.elongation, f.flatness, f.exposed_faces, f.surface_area_um2, f.perimeter_um,
        c.*
-FROM feature_runs r
-JOIN object_features f ON f.run_id = r.features_run
+FROM object_features f
+JOIN runs fr ON fr.id = f.run_id
+LEFT JOIN track_of tr ON tr.features_run = f.run_id
 LEFT JOIN track_points p
-       ON p.run_id = r.track_run AND p.sample = coalesce(f.sample, '') AND p.time_point = f.time_point AND p.label = f.label
+       ON p.run_id = tr.track_run AND p.sample = coalesce(f.sample, '') AND p.time_point = f.time_point AND p.label = f.label
 LEFT JOIN LATERAL (
     SELECT {_CHANNEL_MEANS},
            jsonb_object_agg(i.channel, jsonb_build_object('min', i.min, 'max', i.max, 'mean', i.mean, 'sum', i.sum))
