@@ -128,8 +128,10 @@ def pgpass(
     ctx: typer.Context,
     file: Annotated[Path | None, typer.Option("--file", help="The password file (default: $PGPASSFILE, else ~/.pgpass).")] = None,
 ) -> None:
-    """Store the database password in ~/.pgpass (mode 0600), so psql, DBeaver (auth "PgPass") and
-    pandas/SQLAlchemy connect with the URL that `tierflow db url` prints, no password in it."""
+    """Store the database password in ~/.pgpass (mode 0600): psql, DBeaver (auth "PgPass") and pandas connect without it.
+
+    The URL to use is printed (no password in it); an entry for the same host, port, database
+    and user is replaced, every other line kept."""
     from tierflow.flows.runtime.db_client import connection_parts, pgpass_path, update_pgpass
 
     config = load_db_config(state(ctx).config_path)
