@@ -178,6 +178,95 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
     assert state["layers"][0]["source"].startswith("zarr://http://127.0.0.1:9000/promoted/demo/")
 
 
+def test_one_select_on_pipeline_objects_gives_each_object_its_track_id_and_channel_means(demo):
+    """The views answer "objects of run R with track ids and channel means" in one SELECT: the
+    means equal SciPy's over the promoted segmentation and the raw TIFFs, the track ids those of
+    the run's track points joined by hand."""
+    import zarr
+
+    root, result, _ = demo
+    run = result["run_id"]
+    with _db(root).session() as session:
+        view = pd.DataFrame(session.execute(text("SELECT sample, time_point, label, track_id, c0_mean, c1_mean, c2_mean "
+                                                 "FROM pipeline_objects WHERE pipeline_run = :r"), {"r": run}).mappings().all())
+        points = pd.DataFrame(session.execute(text("SELECT p.sample, p.time_point, p.label, p.track_id FROM track_points p "
+                                                   "JOIN runs t ON t.id = p.run_id WHERE t.parent_id = :r AND t.flow_name = 'track'"),
+                                              {"r": run}).mappings().all())
+    assert len(view) == result["objects"] and not view.duplicated(["sample", "time_point", "label"]).any()
+    assert view["c2_mean"].isna().all()  # the demo has channels c0 and c1
+    checked = 0
+    for sample, image in result["images"].items():
+        labels = zarr.open_array(f"{image['uri'][len('file://'):]}/labels/cells/0", mode="r")
+        for time_point in range(labels.shape[0]):
+            segmentation = np.asarray(labels[time_point]).squeeze()
+            ids = np.unique(segmentation)
+            ids = ids[ids > 0]
+            ours = view[(view["sample"] == sample) & (view["time_point"] == time_point)].set_index("label").sort_index()
+            assert ours.index.tolist() == ids.tolist(), (sample, time_point)
+            for channel in (0, 1):
+                raw = tifffile.imread(root / "var" / "demo" / "raw" / sample / f"{sample}_c{channel}_t{time_point:03d}.tif")
+                np.testing.assert_allclose(ours[f"c{channel}_mean"].to_numpy(), ndimage.mean(raw, segmentation, ids), rtol=1e-9)
+            checked += len(ids)
+    assert checked == result["objects"]
+    merged = view.merge(points, on=["sample", "time_point", "label"], how="left", suffixes=("", "_points"))
+    assert merged["track_id"].notna().all() and (merged["track_id"] == merged["track_id_points"]).all()
+    assert merged["track_id"].nunique() > 1
+
+
+def test_results_psql_url_and_pgpass_reach_the_views_without_digging_in_var(demo, tmp_path, monkeypatch):
+    import importlib.util
+    import io
+    import re
+
+    from tierflow.storage.db.embedded import EmbeddedPostgres, client_binary
+
+    root, result, env = demo
+    run, objects = result["run_id"], result["objects"]
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    csv = pd.read_csv(io.StringIO(run_cli("results", str(run), "--format", "csv", cwd=root, env=env).stdout))
+    assert len(csv) == objects and {"track_id", "c0_mean", "c1_mean", "c0_sum", "c1_max"} <= set(csv.columns)
+    preview = run_cli("results", str(run), cwd=root, env=env).stdout
+    assert f"of {objects} objects" in preview and f"SELECT * FROM pipeline_objects WHERE pipeline_run = {run}" in preview
+    parquet = run_cli("results", str(run), "--output", str(tmp_path / "objects.parquet"), cwd=root, env=env, check=False)
+    if importlib.util.find_spec("pyarrow"):
+        assert parquet.returncode == 0 and len(pd.read_parquet(tmp_path / "objects.parquet")) == objects
+    else:
+        assert parquet.returncode == 1 and "needs the pyarrow package" in parquet.stderr and "pip install pyarrow" in parquet.stderr
+    with _db(root).session() as session:
+        track_run = session.execute(text("SELECT id FROM runs WHERE parent_id = :r AND flow_name = 'track'"), {"r": run}).scalar_one()
+    refused = run_cli("results", str(track_run), cwd=root, env=env, check=False)
+    assert refused.returncode == 1 and f"run {track_run} is a 'track' run, which stored no objects" in refused.stderr
+    # psql: the embedded server's own, and the system's (an older client) if there is one
+    query = f"select count(*), count(track_id) from pipeline_objects where pipeline_run = {run}"
+    assert run_cli("db", "psql", "--", "-Atc", query, cwd=root).stdout.strip() == f"{objects}|{objects}"
+    if Path("/usr/bin/psql").exists():
+        assert run_cli("db", "psql", "--psql", "/usr/bin/psql", "--", "-Atc", query, cwd=root).stdout.strip() == f"{objects}|{objects}"
+    # the URL hides the password unless asked; pgpass stores it where psql and pandas look
+    password = EmbeddedPostgres(root / "var" / "tier4-ephemeral" / "state" / "postgres").password()
+    masked = run_cli("db", "url", cwd=root)
+    assert password not in masked.stdout + masked.stderr and ":***@" in masked.stdout
+    shown = run_cli("db", "url", "--show-password", cwd=root)
+    assert password in shown.stdout and "contains the database password" in shown.stderr
+    pgpass = tmp_path / "pgpass"
+    written = run_cli("db", "pgpass", "--file", str(pgpass), cwd=root)
+    assert password not in written.stdout + written.stderr and pgpass.stat().st_mode & 0o777 == 0o600
+    assert pgpass.read_text().strip().endswith(f":{password}")
+    url = re.search(r"psql '(\S+)'", written.stdout).group(1)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    psql = str(client_binary("psql") or "psql")
+    counted = subprocess.run([psql, url, "-Atc", f"select sum(done) from stage_blocks where pipeline_run = {run}"], capture_output=True,
+                             text=True, timeout=120, env=os.environ | {"PGPASSFILE": str(pgpass)})
+    assert counted.returncode == 0 and int(counted.stdout) > 0, counted.stderr
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        frame = pd.read_sql(text("SELECT * FROM track_summary WHERE pipeline_run = :r"), engine, params={"r": run})
+    finally:
+        engine.dispose()
+    assert len(frame) == result["tracks"] and {"first_time_point", "last_time_point", "mean_speed", "msd_slope"} <= set(frame.columns)
+
+
 @pytest.fixture
 def small_raw(tmp_path):
     from tierflow.tasks.synthetic import SyntheticSpec, write_synthetic_raw

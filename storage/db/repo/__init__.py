@@ -42,6 +42,7 @@ from tierflow.storage.db.repo.runs import (
     run_id_of_flow_run,
     start_run,
 )
+from tierflow.storage.db.repo.results import OBJECTS_VIEW, ResultScope, ViewRows, count_view_rows, result_scope, view_rows
 from tierflow.storage.db.repo.tracks import TrackRows, add_track_rows, track_rows
 from tierflow.storage.db.repo.snapshots import (
     ManifestEntry,
@@ -57,10 +58,13 @@ from tierflow.storage.db.repo.snapshots import (
 __all__ = [
     "BlockAttempt",
     "ManifestEntry",
+    "OBJECTS_VIEW",
     "ObjectCentroid",
     "SHAPE_COLUMNS",
+    "ResultScope",
     "TierUsage",
     "TrackRows",
+    "ViewRows",
     "add_artifact",
     "add_lineage",
     "add_object_features",
@@ -76,6 +80,7 @@ __all__ = [
     "completed_runs_with_key",
     "count_done_since",
     "count_objects",
+    "count_view_rows",
     "done_blocks",
     "failed_blocks",
     "finish_run",
@@ -96,10 +101,12 @@ __all__ = [
     "record_blocks",
     "record_retention_event",
     "record_snapshot",
+    "result_scope",
     "run_id_of_flow_run",
     "snapshot_by_pk",
     "snapshot_files",
     "snapshot_paths",
     "start_run",
     "track_rows",
+    "view_rows",
 ]
