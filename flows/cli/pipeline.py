@@ -42,7 +42,9 @@ def _pipeline_summary(result: PipelineResult, *, look: bool = True) -> None:
     if look:
         viewer = (f"tierflow view {result['run_id']} (Neuroglancer link per sample)" if result.get("images")
                   else "tierflow serve, then the report's Neuroglancer links" if result.get("links") else None)
-        console.print(f"  look at the results: tierflow runs show {result['run_id']}" + (f"; {viewer}" if viewer else ""))
+        objects = f"; tierflow results {result['run_id']} (its objects as a table, CSV or Parquet)" if result["objects"] else ""
+        console.print(f"  look at the results: tierflow runs show {result['run_id']}{objects}" + (f"; {viewer}" if viewer else ""),
+                      soft_wrap=True)
 
 
 def run_pipeline(
