@@ -16,6 +16,7 @@ from tierflow.flows.cli import db as db_commands
 from tierflow.flows.cli import deploy as deploy_commands
 from tierflow.flows.cli import ops as ops_commands
 from tierflow.flows.cli import pipeline as pipeline_commands
+from tierflow.flows.cli import server as server_commands
 from tierflow.flows.cli import view as view_commands
 from tierflow.flows.cli._app import CliState, console, print_json, report_error, state
 
@@ -34,6 +35,7 @@ ops_commands.register(app)
 pipeline_commands.register(app)
 view_commands.register(app)
 deploy_commands.register(app)
+server_commands.register(app)
 
 
 @app.callback()
