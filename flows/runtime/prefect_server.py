@@ -202,8 +202,10 @@ class ManagedPrefectServer:
                 with _announce(message):
                     return self._launch(database(), analytics=analytics)
         except Timeout:
-            raise PrefectServerError(f"timed out waiting for the lock {self.lock_file}",
-                                     hint="another tierflow process is starting the Prefect server; if none is, delete the lock file") from None
+            raise PrefectServerError(
+                f"timed out waiting for the lock {self.lock_file}",
+                hint="another tierflow process is starting the Prefect server; if none is, delete the lock file",
+            ) from None
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Stop the server (SIGTERM to its process group, SIGKILL after ``timeout``).
