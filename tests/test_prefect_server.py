@@ -192,3 +192,29 @@ def test_stop_stops_it_and_a_stale_state_file_is_not_running(managed: Project) -
     state_file = managed.state / "prefect" / "server.json"
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "pid": gone.pid, "create_time": None}))
     assert managed.status()["running"] is False
+
+
+def test_a_shared_server_in_api_url_means_no_managed_server(project: Path) -> None:
+    (project / "configs" / "tierflow.user.toml").write_text('[prefect]\napi_url = "http://prefect.lab.invalid:4200/api"\n')
+    assert run_cli("ui", cwd=project, env=MANAGED).stdout.strip() == "http://prefect.lab.invalid:4200"
+    refused = run_cli("server", "start", cwd=project, env=MANAGED, check=False)
+    assert refused.returncode == 1 and "[prefect].api_url" in refused.stderr and "tierflow.user.toml" in refused.stderr
+    assert not (project / "var" / "tier4-ephemeral" / "state" / "prefect").exists()  # nothing was started
+
+
+def test_do_not_track_follows_analytics_enabled_and_the_users_own_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tierflow.configs import load_config
+    from tierflow.flows.runtime import prefect_env
+
+    monkeypatch.setattr(prefect_env, "_SET_HERE", set())
+    for name in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):  # as in a fresh process (restored after)
+        monkeypatch.delenv(name, raising=False)
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert os.environ["DO_NOT_TRACK"] == "1"  # analytics_enabled = false, the default
+    monkeypatch.setenv("TIERFLOW_PREFECT__ANALYTICS_ENABLED", "true")
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert "DO_NOT_TRACK" not in os.environ and os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+    monkeypatch.setenv("DO_NOT_TRACK", "0")  # the user's own
+    monkeypatch.delenv("TIERFLOW_PREFECT__ANALYTICS_ENABLED")
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert os.environ["DO_NOT_TRACK"] == "0"

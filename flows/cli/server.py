@@ -106,6 +106,8 @@ def ui(
         from tierflow.flows.runtime.prefect_server import ensure_server
 
         url = str(ensure_server(config).url)
+        if config.prefect.server == "ephemeral":
+            err_console.print("note: [prefect].server = \"ephemeral\": flow runs use Prefect's own temporary server, not this one")
     console.print(url)
     if open_browser:
         import webbrowser
