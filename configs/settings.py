@@ -154,7 +154,14 @@ class RetentionSettings(_Section):
 class PrefectSettings(_Section):
     """How tierflow talks to Prefect."""
 
-    api_url: str = Field("", description="Empty: Prefect's ephemeral local server")
+    api_url: str = Field("", description="A shared Prefect server's API; empty: the one [prefect].server says")
+    server: Literal["managed", "ephemeral"] = Field(
+        "managed", description="managed: one local server under Tier 4 state, shared by every run; ephemeral: Prefect's own per process")
+    port: int = Field(4200, ge=1, le=65535, description="The managed server's port (another free one if it is taken)")
+    database: Literal["auto", "postgres", "sqlite"] = Field(
+        "auto", description="The managed server's database; auto: the embedded PostgreSQL, SQLite beside an external results DB")
+    database_name: str = Field("prefect", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    startup_timeout_seconds: int = Field(300, ge=10, le=3600)
     ephemeral_startup_timeout_seconds: int = Field(120, ge=10, le=3600)
     analytics_enabled: bool = False
 

@@ -108,14 +108,23 @@ def project(tmp_path: Path) -> Iterator[Path]:
         shutil.copy(default, root / "configs" / default.name)
     (root / "analysis" / "notebooks").mkdir(parents=True)
     yield root
-    server = EmbeddedPostgres(root / "var" / "tier4-ephemeral" / "state" / "postgres")
+    state = root / "var" / "tier4-ephemeral" / "state"
+    if (state / "prefect" / "server.json").is_file():  # before the PostgreSQL that holds its database
+        from tierflow.flows.runtime.prefect_server import ManagedPrefectServer
+
+        ManagedPrefectServer(state / "prefect").stop()
+    server = EmbeddedPostgres(state / "postgres")
     server.stop()
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``tierflow`` console script as a user would."""
+    """Run the installed ``tierflow`` console script as a user would.
+
+    Flow runs use Prefect's ephemeral server (or ``PREFECT_API_URL`` in ``env``), not a managed
+    server per throwaway project; a test of the managed server passes ``TIERFLOW_PREFECT__SERVER``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
     full_env.update(env or {})
+    full_env.setdefault("TIERFLOW_PREFECT__SERVER", "ephemeral")
     done = subprocess.run(
         [TIERFLOW, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
     )

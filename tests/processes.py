@@ -44,7 +44,8 @@ def write_volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], se
 def spawn(project: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[str]:
     """Start the installed ``tierflow`` as a user would, in a session of its own; its output goes
     to pipes, or to ``log`` (for a process that is killed rather than read)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | (env or {})
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    full_env |= {"TIERFLOW_PREFECT__SERVER": "ephemeral"} | (env or {})  # as run_cli: no managed server per project
     out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child holds it
     try:
         return subprocess.Popen(

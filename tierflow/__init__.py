@@ -9,7 +9,9 @@ The public API for notebooks and scripts (everything else lives in ``tierflow.fl
     result = run_op("gaussian", "in.zarr", "out.zarr", {"sigma": 2})
     db = open_database()                                  # the results database
 
-Names are imported on first use, so ``import tierflow`` stays cheap (no Prefect import).
+Names are imported on first use, so ``import tierflow`` stays cheap (no Prefect import). Flow
+runs report to tierflow's managed local Prefect server, started by the first run (see
+``tierflow server status`` and ``tierflow ui``), unless ``[prefect]`` says otherwise.
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ _WHERE = {
     "resume_pipeline": ("tierflow.flows.pipeline.flow", "resume_pipeline"),
 }
 
+_RUNS_FLOWS = {"run_op", "resume_op", "run_pipeline", "resume_pipeline"}
+
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'tierflow' has no attribute {name!r}")
     module, attribute = _WHERE[name]
     value = getattr(import_module(module), attribute)
+    if name in _RUNS_FLOWS:  # their runs report to the managed Prefect server (started on first use)
+        value = import_module("tierflow.flows.runtime.prefect_env").on_prefect_server(value)
     globals()[name] = value
     return value
 

@@ -40,6 +40,7 @@ __all__ = [
     "SlurmError",
     "PluginError",
     "KernelOutputError",
+    "PrefectServerError",
 ]
 
 
@@ -198,3 +199,7 @@ class PluginError(TierflowError):
 class KernelOutputError(TierflowError, ValueError):
     """An op's kernel returned something other than an array of its block's shape; the message
     names the op, its plugin and the block."""
+
+
+class PrefectServerError(TierflowError):
+    """The managed local Prefect server could not be started, reached or stopped."""

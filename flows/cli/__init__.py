@@ -17,6 +17,7 @@ from tierflow.flows.cli import deploy as deploy_commands
 from tierflow.flows.cli import ops as ops_commands
 from tierflow.flows.cli import pipeline as pipeline_commands
 from tierflow.flows.cli import results as results_commands
+from tierflow.flows.cli import server as server_commands
 from tierflow.flows.cli import view as view_commands
 from tierflow.flows.cli._app import CliState, PlainHelpGroup, console, print_json, report_error, state
 
@@ -37,6 +38,7 @@ pipeline_commands.register(app)
 view_commands.register(app)
 results_commands.register(app)
 deploy_commands.register(app)
+server_commands.register(app)
 
 
 @app.callback()

@@ -169,8 +169,22 @@ def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if config.mode != "embedded":
         console.print(f"database mode is {config.mode!r}: nothing to stop (tierflow manages only its embedded server)")
         raise typer.Exit(0)
+    _stop_prefect_server(ctx)
     server = embedded_server(config)
     if server.stop():
         console.print(f"stopped the embedded PostgreSQL at {server.root}")
     else:
         console.print(f"the embedded PostgreSQL at {server.root} was not running")
+
+
+def _stop_prefect_server(ctx: typer.Context) -> None:
+    """The managed Prefect server keeps its database in this PostgreSQL: it stops first."""
+    from tierflow.configs import load_config
+    from tierflow.flows.runtime.prefect_server import managed_server
+
+    server = managed_server(load_config(state(ctx).config_path))
+    if server.info().database != "postgres":
+        return
+    pid = server.stop()
+    if pid is not None:
+        console.print(f"stopped the Prefect server (pid {pid}), whose database is in this PostgreSQL")

@@ -229,6 +229,9 @@ def op(
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
                           inputs=extras or None, mask=mask)
 
+    from tierflow.flows.runtime.prefect_env import use_prefect_server
+
+    use_prefect_server(config)  # before the progress bar: a first start shows a status line of its own
     result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:
         print_json(result)

@@ -154,7 +154,7 @@ def demo(
                   f"({score['accuracy']:.1%}), {score['detected']:.1%} of true cells detected")
     _artifacts_per_tier(ctx)
     console.print("\n[bold]Look at the results[/]")
-    console.print("  Prefect UI:   prefect server start   (then http://127.0.0.1:4200 -> Runs, Artifacts)")
+    console.print("  Prefect UI:   tierflow ui   (prints its URL -> Runs, Artifacts)")
     console.print(f"  this run:     tierflow runs show {result['run_id']}")
     console.print("  tables in SQL: tierflow db url   (object_features, track_points, track_kinematics, track_msd)")
     if result.get("images"):

@@ -48,8 +48,13 @@ def project_home(config: TierflowConfig) -> Path:
 
 
 def require_server(config: TierflowConfig) -> str:
-    """The Prefect API URL deployments and workers talk to (never the ephemeral server)."""
+    """The Prefect API URL deployments and workers talk to (never the ephemeral server): the
+    environment's, ``[prefect].api_url``, else the managed local server (started if needed)."""
     url = os.environ.get("PREFECT_API_URL") or config.prefect.api_url
+    if not url and config.prefect.server == "managed":
+        from tierflow.flows.runtime.prefect_server import ensure_server
+
+        url = ensure_server(config).api_url
     if not url:
         raise TierflowError("deployments need a Prefect server, and [prefect].api_url is empty",
                             hint="start one with `prefect server start` and set api_url = \"http://127.0.0.1:4200/api\" "

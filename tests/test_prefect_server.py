@@ -1,0 +1,220 @@
+"""The managed local Prefect server (``tierflow server ...``, ``tierflow ui``), for real.
+
+One throwaway project for the module: two ``tierflow server start`` at once (its configured
+port held by another program, so the server moves to a free one), then a CLI op run, a
+``python -c`` API run and a small CLI pipeline run that all land in that one server, its UI
+(headless chromium) listing them, and ``tierflow server stop``. The server's database is a
+``prefect`` database in the project's embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from conftest import REPO_ROOT, TIERFLOW, require_service, run_cli
+from tierflow.flows.runtime.prefect_server import ManagedPrefectServer
+from tierflow.storage.db.embedded import EmbeddedPostgres
+
+pytestmark = pytest.mark.timeout(900)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MANAGED = {"TIERFLOW_PREFECT__SERVER": "managed"}
+
+
+@dataclass
+class Project:
+    root: Path
+    state: Path
+    held_port: int
+    starts: list[dict]
+
+    def status(self) -> dict:
+        return json.loads(run_cli("server", "status", "--json", cwd=self.root, env=MANAGED).stdout)
+
+
+def _hold_a_port() -> socket.socket:
+    """A listening socket on a free loopback port: 'another program' on the configured port."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def _start(root: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | MANAGED
+    return subprocess.Popen([TIERFLOW, "server", "start", "--json"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    root = tmp_path_factory.mktemp("managed") / "project"
+    (root / "configs").mkdir(parents=True)
+    for default in (REPO_ROOT / "configs").glob("*.def.toml"):
+        shutil.copy(default, root / "configs" / default.name)
+    holder = _hold_a_port()
+    held = holder.getsockname()[1]
+    (root / "configs" / "tierflow.user.toml").write_text(f"[prefect]\nport = {held}\n")
+    state = root / "var" / "tier4-ephemeral" / "state"
+    try:
+        began = time.monotonic()
+        first, second = _start(root), _start(root)  # at once: one server
+        outputs = [process.communicate(timeout=600) for process in (first, second)]
+        print(f"two concurrent first starts (embedded PostgreSQL init + Prefect migrations): {time.monotonic() - began:.1f} s")
+        for process, (out, err) in zip((first, second), outputs, strict=True):
+            assert process.returncode == 0, f"tierflow server start exited {process.returncode}\n{out}\n{err}"
+        yield Project(root, state, held, [json.loads(out) for out, _ in outputs])
+    finally:
+        ManagedPrefectServer(state / "prefect").stop()  # before the PostgreSQL that holds its database
+        EmbeddedPostgres(state / "postgres").stop()
+        holder.close()
+
+
+def _flow_runs(api_url: str) -> list[dict]:
+    response = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _flow_names(api_url: str) -> dict[str, str]:
+    response = httpx.post(f"{api_url}/flows/filter", json={}, timeout=30)
+    response.raise_for_status()
+    return {flow["id"]: flow["name"] for flow in response.json()}
+
+
+def _runs_page(tmp: Path, url: str, names: list[str], timeout: float = 240) -> str:
+    """The UI's runs page rendered by headless chromium, reloaded until every name shows (a
+    loaded machine answers the UI's API calls late)."""
+    assert CHROMIUM is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        command = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                   "--window-size=1400,2400", f"--user-data-dir={tmp / 'chromium-profile'}", "--virtual-time-budget=30000",
+                   "--dump-dom", f"{url}/runs"]
+        browser = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            dom, _ = browser.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(browser.pid, signal.SIGKILL)
+            dom, _ = browser.communicate()
+        if all(name in dom for name in names) or time.monotonic() > deadline:
+            return dom
+        time.sleep(2)
+
+
+def test_two_starts_at_once_make_one_server_on_a_free_port(managed: Project) -> None:
+    pids = {start["pid"] for start in managed.starts}
+    assert len(pids) == 1 and None not in pids
+    (pid,) = pids
+    state = json.loads((managed.state / "prefect" / "server.json").read_text())
+    assert state["pid"] == pid and psutil.pid_exists(pid)
+    # the configured port is another program's: a free one, kept in server.json
+    assert state["port"] != managed.held_port and managed.starts[0]["url"] == f"http://127.0.0.1:{state['port']}"
+    assert httpx.get(f"{managed.starts[0]['api_url']}/health", timeout=30).status_code == 200
+    # its own session: not stopped by a Ctrl-C in the command that started it
+    assert os.getsid(pid) == pid
+
+
+def test_status_shows_the_server_with_its_database_masked(managed: Project) -> None:
+    status = managed.status()
+    assert status["running"] is True and status["pid"] == managed.starts[0]["pid"]
+    assert status["database"] == "postgres" and status["database_url"].endswith("/prefect")
+    assert ":***@" in status["database_url"]
+    text = run_cli("server", "status", cwd=managed.root, env=MANAGED).stdout
+    assert "running" in text and status["url"] in text
+    password = (managed.state / "postgres" / "superuser.password").read_text().strip()
+    server_files = (managed.state / "prefect" / "server.log").read_text() + (managed.state / "prefect" / "server.json").read_text()
+    for shown in (json.dumps(status), text, server_files):
+        assert password not in shown
+
+
+def test_cli_api_and_pipeline_runs_land_in_it_and_the_ui_shows_them(managed: Project, raw_folder: Path, tmp_path: Path) -> None:
+    api = managed.status()["api_url"]
+    before = {run["id"] for run in _flow_runs(api)}
+    volume = managed.root / "in.zarr"
+    zarr.create_array(str(volume), shape=(8, 64, 64), chunks=(8, 64, 64), dtype="uint16")[:] = (
+        np.random.default_rng(0).integers(0, 4000, (8, 64, 64), dtype=np.uint16))
+    run_cli("op", "gaussian", "-i", str(volume), "-o", str(managed.root / "cli.zarr"), "-p", "sigma=1", "--json",
+            cwd=managed.root, env=MANAGED)
+    code = f"import tierflow; print(tierflow.run_op('gaussian', {str(volume)!r}, {str(managed.root / 'api.zarr')!r}, {{'sigma': 2}}))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_API_URL"))} | MANAGED
+    done = subprocess.run([sys.executable, "-c", code], cwd=managed.root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_cli("run", "pipeline", "--dataset", "emb", "--raw", str(raw_folder), "--param", "block_shape=4,32,32",
+            cwd=managed.root, env=MANAGED)
+
+    flows = _flow_names(api)
+    new = [run for run in _flow_runs(api) if run["id"] not in before]
+    top = [run for run in new if run.get("parent_task_run_id") is None]
+    assert sorted(flows[run["flow_id"]] for run in top) == ["op", "op", "pipeline"], new
+    assert all(run["state_type"] == "COMPLETED" for run in top)
+    assert managed.status()["pid"] == managed.starts[0]["pid"]  # every command reused the one server
+
+    url = run_cli("ui", cwd=managed.root, env=MANAGED).stdout.strip()
+    assert url == managed.status()["url"]
+    require_service(CHROMIUM is not None, "headless chromium", "install Debian's chromium package")
+    names = [run["name"] for run in top]
+    dom = _runs_page(tmp_path, url, names)
+    missing = [name for name in names if name not in dom]
+    assert not missing, f"the UI at {url}/runs does not list {missing}"
+
+
+def test_stop_stops_it_and_a_stale_state_file_is_not_running(managed: Project) -> None:
+    status = managed.status()
+    pid, port = status["pid"], status["port"]
+    out = run_cli("server", "stop", cwd=managed.root, env=MANAGED).stdout
+    assert f"pid {pid}" in out
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
+    assert managed.status()["running"] is False
+    assert "not running" in run_cli("server", "stop", cwd=managed.root, env=MANAGED).stdout
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    state_file = managed.state / "prefect" / "server.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "pid": gone.pid, "create_time": None}))
+    assert managed.status()["running"] is False
+
+
+def test_a_shared_server_in_api_url_means_no_managed_server(project: Path) -> None:
+    (project / "configs" / "tierflow.user.toml").write_text('[prefect]\napi_url = "http://prefect.lab.invalid:4200/api"\n')
+    assert run_cli("ui", cwd=project, env=MANAGED).stdout.strip() == "http://prefect.lab.invalid:4200"
+    refused = run_cli("server", "start", cwd=project, env=MANAGED, check=False)
+    assert refused.returncode == 1 and "[prefect].api_url" in refused.stderr and "tierflow.user.toml" in refused.stderr
+    assert not (project / "var" / "tier4-ephemeral" / "state" / "prefect").exists()  # nothing was started
+
+
+def test_do_not_track_follows_analytics_enabled_and_the_users_own_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tierflow.configs import load_config
+    from tierflow.flows.runtime import prefect_env
+
+    monkeypatch.setattr(prefect_env, "_SET_HERE", set())
+    for name in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):  # as in a fresh process (restored after)
+        monkeypatch.delenv(name, raising=False)
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert os.environ["DO_NOT_TRACK"] == "1"  # analytics_enabled = false, the default
+    monkeypatch.setenv("TIERFLOW_PREFECT__ANALYTICS_ENABLED", "true")
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert "DO_NOT_TRACK" not in os.environ and os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+    monkeypatch.setenv("DO_NOT_TRACK", "0")  # the user's own
+    monkeypatch.delenv("TIERFLOW_PREFECT__ANALYTICS_ENABLED")
+    prefect_env.configure_prefect(load_config(REPO_ROOT / "configs"))
+    assert os.environ["DO_NOT_TRACK"] == "0"
