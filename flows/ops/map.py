@@ -106,9 +106,9 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     grid = BlockGrid(ctx.shape, ctx.block_shape, halo)
     job = MapJob(op=spec.name, params=ctx.params, op_key=key, run_id=ctx.run_id, source=ctx.source, target=target, shape=ctx.shape,
                  block_shape=ctx.block_shape, halo=halo, db=db, extras=ctx.extras, mask=ctx.mask, fault=ctx.fault,
-                 leading=ctx.leading)
+                 leading=ctx.leading, force=ctx.force)
     with db.session() as session:
-        done = done_fingerprints(session, key, target.uri)
+        done = {} if ctx.force else done_fingerprints(session, key, target.uri)  # forced: every block again
     remaining = blocks_to_compute(done, block_fingerprints(job))
     changed = sum(1 for block_id in remaining if block_id in done)
     logger.info("%s: %d blocks, %d already done (ledger), %d to compute (%d of them because their input changed)",
