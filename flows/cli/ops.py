@@ -284,7 +284,9 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(help="The fail
         from tierflow.flows.cli.pipeline import _pipeline_summary
         from tierflow.flows.pipeline.flow import resume_pipeline
 
-        with interactive_flows(), console.status(f"resuming pipeline run {run}"):
+        from tierflow.flows.cli.live import live_progress
+
+        with interactive_flows(), live_progress(err_console, enabled=not as_json):
             result = resume_pipeline(run, config_dir=state(ctx).config_path)
         if as_json:
             print_json(result.to_dict())

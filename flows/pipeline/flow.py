@@ -174,6 +174,13 @@ def op_stage(stage: str, op: str, jobs: list[VolumeJob], block_shape: tuple[int,
     return results
 
 
+def _run_name(config: TierflowConfig, spec: PipelineSpec, dataset: str, snapshot_id: str, chosen: PipelineParams) -> str:
+    """``pipeline cells demo@348ca52f sigma=1.5``: the parameters that differ from the defaults."""
+    defaults = PipelineParams.from_config(config, None, spec).model_dump(mode="json")
+    changed = {k: v for k, v in chosen.model_dump(mode="json").items() if defaults.get(k) != v}
+    return describe_pipeline(spec.name, dataset, snapshot_id, None, changed)
+
+
 def _readable(params: dict[str, Any]) -> str:
     """``sigma=1.5, threshold=otsu, block_shape=[32, 128, 128]``."""
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "none"
@@ -315,9 +322,9 @@ def pipeline(
         guard.check("ingest")
         snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
     snapshot_id, snapshot_pk = _find_snapshot(db, dataset, str(snapshot))
-    name = describe_pipeline(pipeline_spec.name, dataset, snapshot_id, None, params)
-    if raw_dir is not None:
-        rename_flow_run(name)  # its snapshot is known now
+    name = _run_name(config, pipeline_spec, dataset, snapshot_id, chosen)
+    if raw_dir is not None or name != pipeline_run_name():
+        rename_flow_run(name)  # its snapshot is known now; a resume names only what differs from the defaults
     key = pipeline_key(dataset, snapshot_id, chosen)
     if force and work is None:
         work = f"{work_prefix(dataset, snapshot_id, key)}-force-{uuid.uuid4().hex[:8]}"  # nothing done there: all is computed

@@ -14,7 +14,8 @@ from tierflow.storage.errors import DatabaseError
 from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
 __all__ = ["BlockAttempt", "BlockState", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks",
-           "done_fingerprints", "failed_blocks", "latest_block_states", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows", "settle_running"]
+           "done_fingerprints", "failed_blocks", "latest_block_states", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
+           "settle_running"]
 
 
 class BlockAttempt(NamedTuple):
