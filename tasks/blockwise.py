@@ -90,6 +90,9 @@ class BlockJob:
     attempt_offset: int = 0
     """Attempts made before this submission (a batch re-submitted after its SLURM job ran out
     of memory or time records attempt 2, 3, ... in the ledger)."""
+    force: bool = False
+    """Compute the batch's blocks even if earlier runs have them done (``--force``): only this
+    run's own done rows count (a retried batch still skips what it did)."""
 
     @property
     def grid(self) -> BlockGrid:
@@ -196,11 +199,12 @@ def ledgered_blocks(
     started = time.perf_counter()
     with advisory_locks(job.db, [f"{key}|{array_uri}|{b}" for b in block_ids]):
         with job.db.session() as session:
+            only = job.run_id if job.force else None
             if fingerprints is None:
-                done = done_blocks(session, key, array_uri)
+                done = done_blocks(session, key, array_uri, run_id=only)
                 todo = [b for b in block_ids if b not in done]
             else:
-                todo = blocks_to_compute(done_fingerprints(session, key, array_uri), {b: fingerprints[b] for b in block_ids})
+                todo = blocks_to_compute(done_fingerprints(session, key, array_uri, run_id=only), {b: fingerprints[b] for b in block_ids})
         if not todo:
             return {"done": 0, "skipped": len(block_ids), "failed": 0, "seconds": 0.0, "bytes": 0}
         running = track_running and slurm_job is not None

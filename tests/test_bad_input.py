@@ -221,7 +221,7 @@ def test_a_full_disk_in_a_pipeline_says_to_resume_the_pipeline_run(project: Path
         env = {"PREFECT_API_URL": prefect_api}
         done = run_cli("run", "pipeline", "--dataset", "emb", "--raw", str(raw_folder), cwd=project, env=env, check=False)
         assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
-        runs = json.loads(run_cli("runs", "list", "--json", cwd=project).stdout)
+        runs = json.loads(run_cli("runs", "list", "--all", "--json", cwd=project).stdout)
         pipeline_run = next(r["id"] for r in runs if r["flow"] == "pipeline")
         child_runs = [r["id"] for r in runs if r["flow"] == "op"]
         assert f"pipeline run {pipeline_run}, stage stage: the disk of {scratch.as_uri()} is full" in done.stderr, done.stderr

@@ -165,7 +165,7 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
 
     _, result, _ = demo
     for stage in ("stage", "smooth", "threshold", "label", "features", "image"):
-        progress = asyncio.run(artifacts(f"{stage}-progress"))
+        progress = asyncio.run(artifacts(f"run-{result['run_id']}-{stage}-progress"))  # the run's own bars
         assert progress and float(progress[0]["data"]) == 100.0, stage
     report = asyncio.run(artifacts("pipeline-report"))
     assert report and result["snapshot_id"] in report[0]["data"] and "neuroglancer" in report[0]["data"].lower()
@@ -325,6 +325,10 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_results(project, small_raw, 
         pd.testing.assert_frame_equal(
             table.drop(columns=["dataset"], errors="ignore"), _tables(reference)[name].drop(columns=["dataset"], errors="ignore"), obj=name
         )
+    # seen again after its resume, the killed run reads crashed in every reader
+    assert json.loads(run_cli("status", str(killed_run), "--json", cwd=project, env=env).stdout)["status"] == "crashed"
+    listed = {r["id"]: r["status"] for r in json.loads(run_cli("runs", "list", "--json", cwd=project, env=env).stdout)}
+    assert listed[killed_run] == "crashed" and listed[resumed["run_id"]] == "completed"
     with db.session() as session:
         assert session.execute(text("SELECT status FROM runs WHERE id = :r"), {"r": killed_run}).scalar_one() == "crashed"
         # the resumed run did not redo the smoothing the killed one had finished

@@ -197,6 +197,8 @@ def op(
     extra: Annotated[list[str] | None, typer.Option(
         "--with", metavar="NAME=PATH", help="An extra input NAME=PATH the op takes, e.g. markers=seeds.zarr (watershed).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", metavar="PATH|URI", help="Restrict the op to this array's non-zero voxels.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Compute every block again, even those the ledger has done (the ledger keeps the old rows as history).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Apply one block-wise operation to your own data, e.g. ``tierflow op gaussian -i in.zarr -o out.zarr -p sigma=2``."""
@@ -227,7 +229,7 @@ def op(
 
         with interactive_flows():
             return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
-                          inputs=extras or None, mask=mask)
+                          inputs=extras or None, mask=mask, force=force)
 
     from tierflow.flows.runtime.prefect_env import use_prefect_server
 
@@ -242,22 +244,14 @@ def op(
 
 def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or Prefect flow-run id.")],
            as_json: JsonOption = False) -> None:
-    """Block progress of a run, from the ledger: done / failed per stage, and the failed blocks."""
+    """Block progress of a run, from the ledger: done / failed per stage (a pipeline's from the
+    runs inside it), and the failed blocks."""
     from tierflow.flows.cli.data import _database, _existing_run
-    from tierflow.storage.db.repo import block_attempts
 
     db = _database(ctx)
     with db.session() as session:
         row = _existing_run(session, run)
-        latest: dict[tuple[str, str], tuple[str, str | None]] = {}
-        for op_name, block_id, block_status, error in block_attempts(session, row.id):
-            latest[(op_name, block_id)] = (block_status, error)
-        stages: dict[str, dict[str, Any]] = {}
-        for (op_name, block_id), (block_status, _error) in latest.items():
-            stage = stages.setdefault(op_name, {"done": 0, "failed": 0, "failed_blocks": []})
-            stage[block_status if block_status in ("done", "failed") else "done"] += 1
-            if block_status == "failed":
-                stage["failed_blocks"].append(block_id)
+        stages = _stages(session, row)
         report = {"run": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "stages": stages}
     if as_json:
         print_json(report)
@@ -268,6 +262,26 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN",
     for name, figures in stages.items():
         table.add_row(name, str(figures["done"]), str(figures["failed"]), ", ".join(sorted(figures["failed_blocks"])))
     console.print(table)
+
+
+def _stages(session: Any, row: Any) -> dict[str, dict[str, Any]]:
+    """Done / failed blocks per stage of run ``row`` and the runs inside it (the latest attempt
+    of each block counts): ``smooth: gaussian`` for a pipeline's stage, the ledger's op otherwise."""
+    from tierflow.storage.db.repo import child_runs, latest_block_states
+
+    family, level = [row], [row]
+    while level:
+        level = [child for parent in level for child in child_runs(session, parent.id)]
+        family += level
+    stage_of = {member.id: (member.parameters or {}).get("stage") for member in family}
+    stages: dict[str, dict[str, Any]] = {}
+    for block in latest_block_states(session, list(stage_of)):
+        name = f"{stage_of[block.run_id]}: {block.op}" if stage_of[block.run_id] else block.op
+        figures = stages.setdefault(name, {"done": 0, "failed": 0, "failed_blocks": []})
+        figures[block.status if block.status in ("done", "failed") else "done"] += 1
+        if block.status == "failed":
+            figures["failed_blocks"].append(block.block_id)
+    return stages
 
 
 def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(
@@ -288,7 +302,9 @@ def resume(ctx: typer.Context, run: Annotated[str, typer.Argument(
         from tierflow.flows.cli.pipeline import _pipeline_summary
         from tierflow.flows.pipeline.flow import resume_pipeline
 
-        with interactive_flows(), console.status(f"resuming pipeline run {run}"):
+        from tierflow.flows.cli.live import live_progress
+
+        with interactive_flows(), live_progress(err_console, enabled=not as_json):
             result = resume_pipeline(run, config_dir=state(ctx).config_path)
         if as_json:
             print_json(result.to_dict())

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from tierflow.flows.cli import complete
-from tierflow.flows.cli._app import console, parse_params, print_json, state
+from tierflow.flows.cli._app import console, err_console, parse_params, print_json, state
 
 if TYPE_CHECKING:
     from tierflow.flows.pipeline.report import PipelineResult
@@ -59,10 +59,14 @@ def run_pipeline(
         "--param", metavar="KEY=VALUE",
         help="Set a parameter of the pipeline's [params] (or block_shape): key=value (repeatable).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, metavar="N", help="Parallel batches per operation.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Compute everything again, even if an earlier run did: not served from its result, every block computed "
+        "in a new place, results promoted to Tier 1 under this run (earlier Tier 1 results stay as they are).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline (default cells: stage, smooth, threshold, label, features, track, pyramid,
-    promote, retention, report) on a snapshot or a raw folder."""
+    promote, retention, report) on a snapshot or a raw folder. Progress is shown as it runs:
+    the stage, its blocks done / total, the time, and the run's page in the Prefect UI."""
     from tierflow.flows.cli.data import _config
     from tierflow.flows.pipeline.library import find_spec
     from tierflow.flows.pipeline.params import PipelineParams
@@ -76,12 +80,13 @@ def run_pipeline(
     PipelineParams.from_config(config, params, spec)  # refuse bad parameters and inputs before any flow starts
     if raw is not None:
         check_raw_folder(raw.expanduser())
+    from tierflow.flows.cli.live import live_progress
     from tierflow.flows.pipeline.flow import pipeline
     from tierflow.flows.runtime.prefect_env import interactive_flows
 
-    with interactive_flows(), console.status(f"pipeline on {dataset}", spinner="dots") if not as_json else _null():
+    with interactive_flows(), live_progress(err_console, enabled=not as_json):
         result = pipeline(dataset, snapshot=snapshot, raw_dir=str(raw) if raw else None, spec=spec.file, params=params,
-                          workers=workers, config_dir=state(ctx).config_path)
+                          workers=workers, config_dir=state(ctx).config_path, force=force)
     if as_json:
         print_json(result.to_dict())
         return
@@ -113,14 +118,6 @@ def pipelines_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def demo(
     ctx: typer.Context,
     raw_dir: Annotated[Path | None, typer.Option(
@@ -132,6 +129,7 @@ def demo(
     """The main job on embedded defaults: synthesize a time-lapse (moving, dividing and touching
     cells in 2 channels), ingest it, run the pipeline, print what came out and how to look."""
     from tierflow.flows.cli.data import _config
+    from tierflow.flows.cli.live import live_progress
     from tierflow.flows.pipeline.flow import pipeline
     from tierflow.flows.runtime.prefect_env import interactive_flows
     from tierflow.tasks.synthetic import SyntheticSpec, linking_accuracy, write_synthetic_raw
@@ -142,7 +140,7 @@ def demo(
     with console.status(f"synthesizing {samples} samples x {spec.channels} channels x {time_points} time points of "
                         f"{'x'.join(map(str, spec.shape))} uint16 in {raw}"):
         truth = write_synthetic_raw(raw, spec)
-    with interactive_flows(), console.status("running the pipeline (ingest -> stages -> promote -> retention -> report)"):
+    with interactive_flows(), live_progress(err_console, enabled=not as_json):
         result = pipeline("demo", raw_dir=str(raw), config_dir=state(ctx).config_path)
     points = _track_points(ctx, result)
     score = linking_accuracy(truth, points)
@@ -196,9 +194,11 @@ def runs_list(
     ctx: typer.Context,
     flow: Annotated[str | None, typer.Option("--flow", metavar="FLOW", help="Only runs of this flow (pipeline, op, ingest...).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000, metavar="N", help="At most this many runs.")] = 30,
+    all_runs: Annotated[bool, typer.Option("--all", help="Also the runs inside other runs (a pipeline's op, promote... runs).")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Recent runs: id, flow, status, start, duration, parent."""
+    """Recent runs you started (``--all``: with the runs inside them): id, flow, status, start,
+    duration, parent."""
     from tierflow.flows.cli.data import _database
     from tierflow.storage.db.repo import list_runs
 
@@ -206,7 +206,7 @@ def runs_list(
     with db.session() as session:
         rows = [{"id": r.id, "flow": r.flow_name, "status": r.status, "started_at": r.started_at, "seconds": r.seconds,
                  "parent": r.parent_id, "flow_run_id": str(r.flow_run_id) if r.flow_run_id else None, "message": r.message}
-                for r in list_runs(session, limit=limit, flow_name=flow)]
+                for r in list_runs(session, limit=limit, flow_name=flow, top_level=not all_runs)]
     if as_json:
         print_json(rows)
         return
@@ -267,7 +267,7 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RU
         + (f" ({report['seconds']:.1f} s)" if report["seconds"] else "")
         + (f" - {escape(report['message'])}" if report["message"] else "")
     )
-    console.print(f"  parameters: {report['parameters']}")
+    console.print(f"  parameters: {_escape(_readable(report['parameters']))}", soft_wrap=True)
     if report["children"]:
         counts: dict[str, int] = {}
         for child in report["children"]:
@@ -275,15 +275,43 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RU
         console.print("  child runs: " + ", ".join(f"{n} x {k}" for k, n in sorted(counts.items())))
     if report["blocks"]:
         console.print("  blocks: " + ", ".join(f"{k} {v}" for k, v in sorted(report["blocks"].items())))
-    if report["artifacts"]:
-        table = Table("artifact", "tier", "name", "bytes", "state")
-        for a in report["artifacts"]:
-            state_text = "deleted" if a["deleted"] else (f"promoted -> {a['promoted_uri']}" if a["promoted_uri"] else "live")
-            table.add_row(str(a["id"]), a["tier"], a["name"], f"{a['bytes']:,}", state_text)
-        console.print(table)
+    _artifact_table([a for a in report["artifacts"] if not a["deleted"]])
+    deleted: dict[str, list[int]] = {}
+    for a in report["artifacts"]:
+        if a["deleted"]:
+            deleted.setdefault(a["tier"], []).append(a["bytes"])
+    for tier, sizes in sorted(deleted.items()):
+        console.print(f"  {len(sizes)} {tier} artifact(s) deleted ({sum(sizes):,} B reclaimed; `--json` lists them)")
     result = report["result"] or {}
     for name, url in sorted((result.get("links") or {}).items())[:3]:
         console.print(f"  neuroglancer {name}: {url[:120]}...")
+
+
+def _artifact_table(artifacts: list[dict[str, Any]]) -> None:
+    if not artifacts:
+        return
+    table = Table("artifact", "tier", "name", "bytes", "state")
+    for a in artifacts:
+        state_text = f"promoted -> {a['promoted_uri']}" if a["promoted_uri"] else "live"
+        table.add_row(str(a["id"]), a["tier"], a["name"], f"{a['bytes']:,}", state_text)
+    console.print(table)
+
+
+def _readable(value: Any) -> str:
+    """Recorded parameters as text: ``dataset=demo, params: (sigma=1.5, block_shape=16,128,128)``."""
+    if isinstance(value, dict):
+        parts = [f"{k}: ({_readable(v)})" if isinstance(v, dict) and v else f"{k}={_readable(v)}" for k, v in value.items()
+                 if v is not None and v != {} and v != []]
+        return ", ".join(parts)
+    if isinstance(value, list | tuple):
+        return ",".join(_readable(v) for v in value)
+    return str(value)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def serve(

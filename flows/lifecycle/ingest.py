@@ -23,6 +23,8 @@ from prefect import flow, get_run_logger, unmapped
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.execution.batching import split_batches
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.progress import StageProgress
+from tierflow.flows.runtime.run_names import ingest_run_name
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.repo import record_snapshot
@@ -37,7 +39,7 @@ __all__ = ["ingest"]
 MAX_BATCHES = 32
 
 
-@flow(name="ingest", log_prints=False)
+@flow(name="ingest", log_prints=False, flow_run_name=ingest_run_name)
 def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run: int | None = None) -> dict[str, Any]:
     """Snapshot ``raw_dir`` as dataset ``dataset`` on Tier 1.
 
@@ -64,10 +66,15 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
     db = open_database(load_db_config(config_dir), migrate=True)
     with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}, parent_id=parent_run) as run_id:
         paths = list_raw_files(raw)
-        hashed = hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8))
+        hashing = StageProgress("ingest-hash", len(paths), run=int(run_id), unit="files")
+        hashed = []
+        for future in hash_raw_files.map(unmapped(str(raw)), unmapped(dataset), split_batches(paths, MAX_BATCHES, min_batch=8)):
+            hashed.append(future.result())
+            hashing.advance(len(hashed[-1]))
+        hashing.finish()
         records = volume_records(raw)
         manifest = Manifest(dataset, tuple(replace(entry, volumes=records.get(entry.relative_path, ()))
-                                           for batch in hashed.result() for entry in batch))
+                                           for batch in hashed for entry in batch))
         logger.info(
             "dataset %s: %d files, %d bytes -> snapshot %s", dataset, len(manifest.files), manifest.total_bytes, manifest.snapshot_id
         )
@@ -76,9 +83,14 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
         totals = {"uploaded": 0, "present": len(manifest.files) if committed else 0, "bytes": 0}
         if committed is None:
             batches = split_batches(list(manifest.files), MAX_BATCHES, min_batch=4)
-            for counts in upload_snapshot_files.map(unmapped(source), unmapped(manifest), unmapped(str(raw)), batches).result():
+            uploading = StageProgress("ingest-upload", len(manifest.files), run=int(run_id), unit="files")
+            futures = upload_snapshot_files.map(unmapped(source), unmapped(manifest), unmapped(str(raw)), batches)
+            for future, batch in zip(futures, batches, strict=True):
+                counts = future.result()
+                uploading.advance(len(batch))
                 for key in totals:
                     totals[key] += counts[key]
+            uploading.finish()
         manifest_sha256, new = commit_manifest(source, manifest)
         with db.session() as session:
             record_snapshot(

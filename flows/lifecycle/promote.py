@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger
 
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.progress import StageProgress
+from tierflow.flows.runtime.run_names import promote_run_name
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.db.repo import (
@@ -55,7 +57,18 @@ def _select(session: Session, run: int | str | None, artifacts: list[str] | None
     return promotable_artifacts(session, row.id)
 
 
-@flow(name="promote")
+def _publish_promotions(promoted: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
+    """A table artifact (key ``promotion``) of what was promoted, and what failed, for the Prefect UI."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"artifact": p["artifact"], "state": "promoted (verified)", "tier1_uri": p["uri"], "bytes": p["bytes"], "sha256": p["sha256"]}
+            for p in promoted]
+    rows += [{"artifact": f["artifact"], "state": f"NOT promoted: {f['error']}", "tier1_uri": "", "bytes": 0, "sha256": ""} for f in failed]
+    create_table_artifact(rows, key="promotion", description=f"promotion: {len(promoted)} artifact(s) promoted to Tier 1 "
+                          f"({sum(p['bytes'] for p in promoted):,} bytes)" + (f", {len(failed)} failed" if failed else ""))
+
+
+@flow(name="promote", flow_run_name=promote_run_name)
 def promote(
     run: str | None = None,
     artifacts: list[str] | None = None,
@@ -110,6 +123,7 @@ def promote(
         futures = [
             (plan, promote_artifact.submit(plan[2], plan[3], tiers["source"], plan[4], plan[5], after_copy)) for plan in plans
         ]
+        progress = StageProgress("promote", len(plans), run=int(run_id), unit="artifacts")
         for (artifact_id, uri, _, _, _, _), future in futures:
             try:
                 result = future.result()
@@ -127,7 +141,10 @@ def promote(
                     snapshot_pk=original.snapshot_pk, meta={"promoted_from": original.uri}, inputs=[original.id],
                 )
             promoted.append({"artifact": str(artifact_id), "uri": result.uri, "sha256": result.sha256, "bytes": result.bytes})
-            logger.info("promoted artifact %s -> %s (%d bytes, verified)", artifact_id, result.uri, result.bytes)
+            logger.info("promoted artifact %s (%s) -> %s (%d bytes, verified)", artifact_id, uri, result.uri, result.bytes)
+            progress.advance(1)
+        progress.finish()
+        _publish_promotions(promoted, failed)
         if failed:
             raise IntegrityError(
                 f"{len(failed)} artifact(s) not promoted: " + "; ".join(f"{f['artifact']} ({f['uri']}): {f['error']}" for f in failed),

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.run_names import retention_run_name
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
 from tierflow.storage.retention import RetentionRules, apply_retention, plan_leftovers, plan_retention, tier_accounting
@@ -33,7 +34,19 @@ def rules_from_config(config: Any) -> RetentionRules:
     )
 
 
-@flow(name="retention")
+def _publish_plan(plan: list[Any], dry_run: bool) -> None:
+    """A table artifact of what was deleted (key ``retention``) or, in a dry run, would be
+    (``retention-dry-run``), for the Prefect UI."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"action": f"would be {item.action}" if dry_run else item.action, "tier": item.tier, "uri": item.uri, "bytes": item.bytes,
+             "reason": item.reason} for item in plan]
+    total = sum(item.bytes for item in plan)
+    summary = f"would delete {len(rows)} item(s), {total:,} bytes (dry run)" if dry_run else f"deleted {len(rows)} item(s), {total:,} bytes"
+    create_table_artifact(rows, key="retention-dry-run" if dry_run else "retention", description=f"retention: {summary}")
+
+
+@flow(name="retention", flow_run_name=retention_run_name)
 def retention(
     dry_run: bool = False,
     config_dir: str | None = None,
@@ -72,6 +85,7 @@ def retention(
         accounting = tier_accounting(session, tiers, remaining)
     for item in plan:
         logger.info("%s %s (%d bytes): %s", "would delete" if dry_run else "deleted", item.uri, item.bytes, item.reason)
+    _publish_plan(plan, dry_run)
     return {
         "dry_run": dry_run,
         "plan": [asdict(item) for item in plan],

@@ -11,6 +11,8 @@ from prefect import flow, get_run_logger
 
 from tierflow.configs import load_db_config
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.progress import StageProgress
+from tierflow.flows.runtime.run_names import track_run_name
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.storage.db.repo import add_track_rows, get_run, object_centroids
 from tierflow.storage.errors import InvalidParameterError, TierflowError
@@ -57,7 +59,7 @@ def recorded_scale(results: dict[int, dict[str, Any] | None]) -> tuple[tuple[flo
     return _three(voxel, "the recorded voxel size") if voxel else None, interval
 
 
-@flow(name="track")
+@flow(name="track", flow_run_name=track_run_name)
 def track(
     runs: list[int],
     max_distance: float,
@@ -102,7 +104,9 @@ def track(
     with recorded_run(db, "track", {"runs": runs, "max_distance": max_distance, "allow_splits": allow_splits,
                                     "max_gap": max_gap, "frame_interval": frame_interval, "spacing": spacing},
                       parent_id=parent_run) as run_id:
-        for (dataset, sample), group in objects.groupby(["dataset", "sample"], dropna=False):
+        groups = objects.groupby(["dataset", "sample"], dropna=False)
+        progress = StageProgress("track", groups.ngroups, run=int(run_id), unit="samples")
+        for (dataset, sample), group in groups:
             linked = link_tracks(group.drop(columns=["dataset", "sample"]), max_distance=max_distance,
                                  allow_splits=allow_splits, spacing=link_spacing, max_gap=max_gap)
             per_track, msd = kinematics(linked, spacing=physical, frame_interval=step_time)
@@ -117,6 +121,10 @@ def track(
             summary["tracks"] += int(linked["track_id"].nunique())
             summary["points"] += len(linked)
             summary["divisions"] += int(linked.drop_duplicates("track_id")["parent_track_id"].notna().sum())
+            logger.info("sample %s: %d objects over %d time point(s) linked into %d tracks", sample or "-", len(linked),
+                        linked["time_point"].nunique(), linked["track_id"].nunique())
+            progress.advance(1)
+        progress.finish()
         logger.info("tracked %d objects into %d tracks (%d divisions); lengths in %s, times in %s", summary["points"],
                     summary["tracks"], summary["divisions"], summary["length_unit"], summary["time_unit"])
         run_id.result = {"run_id": int(run_id), **summary}

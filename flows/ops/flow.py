@@ -29,8 +29,9 @@ from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu, run_map
 from tierflow.flows.ops.pyramid import run_pyramid
 from tierflow.flows.ops.request import (OpContext, content_id, inputs_identity, locate_input, op_key, output_location,
                                         resolve_location)
-from tierflow.flows.ops.result import OpResult
+from tierflow.flows.ops.result import OpResult, summary_sentence
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.run_names import describe_op, op_run_name
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.storage.db.database import Database
 from tierflow.storage.arrays import check_chunks_align
@@ -104,23 +105,25 @@ def run_op(
     progress: Any = None,
     parent_run: int | None = None,
     slurm_scheduler: Any = None,
+    force: bool = False,
 ) -> OpResult:
     """Run ``op`` block-wise from ``input`` to ``output`` (see :func:`op_flow`, the Prefect flow).
 
     When the ledger already holds every block of this op key in this output (same op,
     parameters and input content), the answer comes from one query without starting a flow run
     (recorded as an ``op`` run with ``up_to_date``); otherwise the ``op`` flow runs.
+    ``force=True`` computes every block again (see :func:`op_flow`).
     """
     check_output_placement(load_config(config_dir), output, op_reads(input, inputs, mask))
-    if fault is None and progress is None and parent_run is None:
+    if fault is None and progress is None and parent_run is None and not force:
         cached = _up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask)
         if cached is not None:
             return cached
     return op_flow(op, input, output, params, block_shape=block_shape, workers=workers, config_dir=config_dir, inputs=inputs, mask=mask,
-                   fault=fault, progress=progress, parent_run=parent_run, slurm_scheduler=slurm_scheduler)
+                   fault=fault, progress=progress, parent_run=parent_run, slurm_scheduler=slurm_scheduler, force=force)
 
 
-@flow(name="op")
+@flow(name="op", flow_run_name=op_run_name)
 def op_flow(
     op: str,
     input: str,
@@ -135,6 +138,8 @@ def op_flow(
     progress: Any = None,
     parent_run: int | None = None,
     slurm_scheduler: Any = None,
+    force: bool = False,
+    stage: str | None = None,
 ) -> OpResult:
     """Run ``op`` block-wise from ``input`` to ``output``.
 
@@ -168,6 +173,12 @@ def op_flow(
         pipeline's progress artifacts); when called in-process via ``run_op.fn``.
     parent_run
         The run this op runs inside (a pipeline), recorded as its parent.
+    force
+        Compute every block, even those the ledger has done (new ledger rows for this run; the
+        old rows stay as history). An output on Tier 1 is refused either way (write-once).
+    stage
+        The pipeline stage this op runs in (recorded with the run: ``tierflow status`` of the
+        pipeline names it).
 
     Returns
     -------
@@ -193,19 +204,20 @@ def op_flow(
     workers = op_workers(config, spec.resources, workers or config.execution.max_workers or os.cpu_count() or 1)
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
-                  "workers": workers, "inputs": dict(inputs or {}), "mask": mask}
+                  "workers": workers, "inputs": dict(inputs or {}), "mask": mask, **({"force": True} if force else {}),
+                  **({"stage": stage} if stage else {})}
     with recorded_run(db, "op", parameters, parent_id=parent_run) as run_id:
         ctx = OpContext(spec, db, int(run_id), "", source, target, tuple(volume.shape), volume.dtype, shape_blocks, resolved, workers,
                         config.execution.max_task_runs if spec.kind == "map" else config.execution.max_task_runs // 8,
                         config=config, input=input, extras=extras, mask=locate_input(config, mask) if mask else None, fault=fault,
-                        progress=progress, slurm_scheduler=slurm_scheduler,
+                        progress=progress, slurm_scheduler=slurm_scheduler, force=force,
                         new_runner=lambda extra_threads=0, memory_factor=1.0: block_task_runner(
                             config, workers, extra_threads=extra_threads, memory_factor=memory_factor, resources=spec.resources),
                         axes=volume.axes, metadata=volume.metadata.physical)
         ctx = _keyed(ctx)
         with output_lease(db, target, ctx.op_key):  # one op key writes this output at a time
             summary = STAGE_RUNNERS[spec.kind](ctx)
-        get_run_logger().info("%s: %s", op, summary)
+        get_run_logger().info("%s", summary_sentence(describe_op(op, input, output), summary))
         result = _result(ctx, summary)
         run_id.result = result.to_dict()
         return result

@@ -36,7 +36,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
     if connectivity not in CONNECTIVITIES.get(ndim, {}):
         raise TierflowError(f"label: connectivity {connectivity} is not one of {sorted(CONNECTIVITIES.get(ndim, {}))} for {ndim}-D input")
     job = LabelJob(op_key=op_key, run_id=run_id, source=source, target=target, shape=tuple(shape), block_shape=tuple(block_shape),
-                   connectivity=connectivity, db=db, fault=fault)
+                   connectivity=connectivity, db=db, fault=fault, force=ctx.force)
     grid = BlockGrid(shape, block_shape)
     all_ids = [b.block_id for b in grid]
     summary: dict[str, Any] = {"blocks": len(grid), "connectivity": connectivity}
@@ -46,7 +46,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
                 done = done_blocks(session, job.stage_key(stage), target.uri)
                 lost = done - job.stored_state(stage)  # e.g. a cleaned scratch folder: redo those blocks
                 mark_blocks_stale(session, job.stage_key(stage), target.uri, lost)
-            done -= lost
+            done = set() if ctx.force else done - lost  # forced: every block again
             if stage == "merge":
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
                 claim_output(db, target, op_key, lambda: create_output_array(

@@ -12,6 +12,7 @@ from tierflow.errors import BlockFailuresError, InvalidInputError, TierflowError
 from tierflow.flows.execution.batching import run_batches
 from tierflow.flows.execution.outputs import claim_output
 from tierflow.flows.ops.request import OpContext
+from tierflow.flows.runtime.run_names import describe_op
 from tierflow.storage.arrays import ArrayLocation, create_output_array
 from tierflow.storage.db.repo.ledger import done_count, done_fingerprints
 from tierflow.storage.geometry import BlockGrid
@@ -106,13 +107,14 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
     grid = BlockGrid(ctx.shape, ctx.block_shape, halo)
     job = MapJob(op=spec.name, params=ctx.params, op_key=key, run_id=ctx.run_id, source=ctx.source, target=target, shape=ctx.shape,
                  block_shape=ctx.block_shape, halo=halo, db=db, extras=ctx.extras, mask=ctx.mask, fault=ctx.fault,
-                 leading=ctx.leading)
+                 leading=ctx.leading, force=ctx.force)
     with db.session() as session:
-        done = done_fingerprints(session, key, target.uri)
+        done = {} if ctx.force else done_fingerprints(session, key, target.uri)  # forced: every block again
     remaining = blocks_to_compute(done, block_fingerprints(job))
     changed = sum(1 for block_id in remaining if block_id in done)
-    logger.info("%s: %d blocks, %d already done (ledger), %d to compute (%d of them because their input changed)",
-                spec.name, len(grid), len(grid) - len(remaining), len(remaining), changed)
+    logger.info("%s: %d blocks, %d already done (ledger), %d to compute (%d of them because their input changed)%s",
+                describe_op(spec.name, ctx.input or ctx.source_uri, target.uri), len(grid), len(grid) - len(remaining), len(remaining),
+                changed, "; forced: every block again" if ctx.force else "")
     batches = plan_batches(grid, remaining, max_batches=ctx.max_batches, min_batches=2 * ctx.workers)
     with ctx.runner() as runner:
         if ctx.config is not None and ctx.config.execution.backend == "slurm":

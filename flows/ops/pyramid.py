@@ -188,9 +188,9 @@ def _level(ctx: OpContext, level: int, shapes: list[tuple[int, ...]], factors: l
         copy_from = None  # an earlier level 0 with other codecs: decode and re-encode
     job = LevelJob(op_key=ctx.op_key, run_id=ctx.run_id, source=previous, target=location, db=ctx.db, fault=ctx.fault,
                    in_shape=tuple(shapes[level - 1] if level else ctx.shape), shape=level_shape, block_shape=chunks,
-                   factors=tuple(factors[level]), method=method, level=level, copy_from=copy_from)
+                   factors=tuple(factors[level]), method=method, level=level, copy_from=copy_from, force=ctx.force)
     with ctx.db.session() as session:
-        done = done_blocks(session, f"{ctx.op_key}:level{level}", location.uri)
+        done = set() if ctx.force else done_blocks(session, f"{ctx.op_key}:level{level}", location.uri)  # forced: every block again
     remaining = [b.block_id for b in job.grid if b.block_id not in done]
     batches = plan_batches(job.grid, remaining, max_batches=ctx.max_batches, min_batches=2 * ctx.workers)
     if 0 < len(batches) < ctx.workers:  # the top levels: too few blocks to keep every worker busy

@@ -114,6 +114,8 @@ class OpContext:
     """The input's axes (``yx``, ``zyx``, ``tczyx``...; '' = all spatial)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """The input's physical metadata (scale, units, channel names) that outputs keep."""
+    force: bool = False
+    """Compute every block, even those the ledger has done (``--force``)."""
 
     @property
     def leading(self) -> int:

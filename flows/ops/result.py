@@ -66,3 +66,20 @@ class OpResult(ResultMapping):
         if not self.up_to_date:
             data.pop("up_to_date")
         return {**data, **details}
+
+
+_COUNTED = ("objects", "levels", "stored")
+"""Details told as counts (``340 objects``) in :func:`summary_sentence`."""
+_QUIET = {"blocks", "computed", "params", "task_seconds", "skipped", "batches", "shapes", "channels", "table", "voxel_size_from"}
+
+
+def summary_sentence(what: str, summary: Mapping[str, Any]) -> str:
+    """An op run's summary as a log sentence, not a dict: ``label a.zarr→b.zarr: 12 of 12
+    block(s) computed, 0 already done; 340 objects, connectivity 26``."""
+    blocks, computed = int(summary.get("blocks", 0)), int(summary.get("computed", 0))
+    head = f"{what}: {computed} of {blocks} block(s) computed, {blocks - computed} already done"
+    counts = [f"{summary[k]} {k}" for k in _COUNTED if summary.get(k) is not None]
+    others = [f"{k.replace('_', ' ')} {v}" for k, v in summary.items()
+              if k not in _QUIET and k not in _COUNTED and v is not None and isinstance(v, str | int | float)]
+    details = ", ".join(counts + others)
+    return f"{head}; {details}" if details else head

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import json
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -71,7 +72,8 @@ from tierflow.flows.pipeline.report import (
 from tierflow.flows.pipeline.tables import write_tables
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.memory_guard import MemoryGuard
-from tierflow.flows.runtime.progress import StageProgress
+from tierflow.flows.runtime.progress import StageProgress, announce_run
+from tierflow.flows.runtime.run_names import describe_pipeline, pipeline_run_name, rename_flow_run, stage_run_name
 from tierflow.flows.runtime.run_log import tee_run_log
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.flows.runtime.tiers import Tiers, open_tiers
@@ -143,24 +145,45 @@ class StageResult:
     output: str
 
 
-@flow(name="pipeline-stage", flow_run_name="{stage}")
+def _about(job: VolumeJob) -> str:
+    """What a job is about: ``sample s1, channel 0, time point 3``."""
+    channel = f", channel {job.channel}" if job.channel is not None else ""
+    return f"sample {job.sample}{channel}, time point {job.time_point}"
+
+
+@flow(name="pipeline-stage", flow_run_name=stage_run_name)
 def op_stage(stage: str, op: str, jobs: list[VolumeJob], block_shape: tuple[int, ...], workers: int | None, config_dir: str | None,
              parent_run: int) -> list[StageResult]:
     """One stage: ``op`` on every job (input, output, params, extra inputs), in this flow run,
     with a progress artifact over all the jobs' blocks."""
+    logger = get_run_logger()
     total = sum(job.blocks for job in jobs)
-    progress = StageProgress(stage, total)
+    progress = StageProgress(stage, total, run=parent_run)
     results, reached = [], 0
     for job in jobs:
         result = op_flow.fn(op, job.input, job.output, dict(job.params), block_shape=tuple(block_shape), workers=workers,
                             config_dir=config_dir, inputs=dict(job.inputs) if job.inputs is not None else None,
-                            progress=progress.advance, parent_run=parent_run)
+                            progress=progress.advance, parent_run=parent_run, stage=stage)
         reached += job.blocks
         progress.reach(reached)
+        logger.info("stage %s: %s of %s: %d of %d block(s) computed, %d already done (op run %d)", stage, op, _about(job),
+                    result["computed"], result["blocks"], result["blocks"] - result["computed"], result["run_id"])
         results.append(StageResult(job=job, run_id=int(result["run_id"]), output=str(result["output"])))
     progress.finish()
-    get_run_logger().info("stage %s: %d operation(s), %d block(s)", stage, len(jobs), total)
+    logger.info("stage %s: %s on %d volume(s), %d block(s)", stage, op, len(jobs), total)
     return results
+
+
+def _run_name(config: TierflowConfig, spec: PipelineSpec, dataset: str, snapshot_id: str, chosen: PipelineParams) -> str:
+    """``pipeline cells demo@348ca52f sigma=1.5``: the parameters that differ from the defaults."""
+    defaults = PipelineParams.from_config(config, None, spec).model_dump(mode="json")
+    changed = {k: v for k, v in chosen.model_dump(mode="json").items() if defaults.get(k) != v}
+    return describe_pipeline(spec.name, dataset, snapshot_id, None, changed)
+
+
+def _readable(params: dict[str, Any]) -> str:
+    """``sigma=1.5, threshold=otsu, block_shape=[32, 128, 128]``."""
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "none"
 
 
 def _cached_result(db: Database, key: str, source: Tier) -> tuple[int, PipelineResult] | None:
@@ -239,7 +262,7 @@ class _PipelineRun:
 
 # -- the flow ----------------------------------------------------------------------------------
 
-@flow(name="pipeline")
+@flow(name="pipeline", flow_run_name=pipeline_run_name)
 def pipeline(
     dataset: str,
     snapshot: str | None = None,
@@ -248,6 +271,8 @@ def pipeline(
     params: dict[str, Any] | None = None,
     workers: int | None = None,
     config_dir: str | None = None,
+    force: bool = False,
+    work: str | None = None,
 ) -> PipelineResult:
     """Run the main job on a snapshot (``snapshot``: its id or a unique prefix) or on a raw
     folder (``raw_dir``: ingested first).
@@ -267,6 +292,14 @@ def pipeline(
         Parallel batches per operation (default ``[execution].max_workers``).
     config_dir
         A configs folder; default found upward.
+    force
+        Compute everything again, even if a completed run or the ledger has it: the run is not
+        served from an earlier run's result and works in a new place of its own, so every block
+        is computed, and its results are promoted to Tier 1 under this run (Tier 1 is
+        write-once: what earlier runs promoted stays as it was; the ledger keeps their rows).
+    work
+        Where on the scratch and output tiers to work (a resume of a forced run continues in
+        its place); default from the snapshot and parameters.
 
     Returns
     -------
@@ -289,19 +322,27 @@ def pipeline(
         guard.check("ingest")
         snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
     snapshot_id, snapshot_pk = _find_snapshot(db, dataset, str(snapshot))
+    name = _run_name(config, pipeline_spec, dataset, snapshot_id, chosen)
+    if raw_dir is not None or name != pipeline_run_name():
+        rename_flow_run(name)  # its snapshot is known now; a resume names only what differs from the defaults
     key = pipeline_key(dataset, snapshot_id, chosen)
+    if force and work is None:
+        work = f"{work_prefix(dataset, snapshot_id, key)}-force-{uuid.uuid4().hex[:8]}"  # nothing done there: all is computed
     recorded = {"dataset": dataset, "snapshot": snapshot_id, "pipeline": pipeline_spec.name, "spec": pipeline_spec.file,
-                "spec_digest": pipeline_spec.digest, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key}
+                "spec_digest": pipeline_spec.digest, "params": chosen.model_dump(mode="json"), "workers": workers, "key": key,
+                **({"force": True, "work": work} if force else {})}
 
-    cached = _cached_result(db, key, tiers.source)
+    cached = None if force else _cached_result(db, key, tiers.source)
     if cached is not None:
         return _serve_cached(db, recorded, *cached)
 
     with recorded_run(db, "pipeline", recorded) as run_id, tee_run_log(config, f"pipeline-{int(run_id)}") as log_path:
+        announce_run(int(run_id), name)
         run = _PipelineRun(db, int(run_id), dataset, snapshot_id, snapshot_pk, chosen, pipeline_spec, tiers, guard, workers, config_dir)
-        logger.info("pipeline %s run %d on %s/%s, parameters %s (work key %s); log %s", pipeline_spec.name, run.run, dataset,
-                    snapshot_id, recorded["params"], key, log_path)
-        result = _execute(run, config, work_prefix(dataset, snapshot_id, key), key, str(log_path))
+        logger.info("pipeline %s run %d on dataset %s, snapshot %s, parameters %s (work key %s%s); log %s", pipeline_spec.name, run.run,
+                    dataset, snapshot_id, _readable(recorded["params"]), key, ", forced: everything is computed again" if force else "",
+                    log_path)
+        result = _execute(run, config, work or work_prefix(dataset, snapshot_id, key), key, str(log_path))
         run_id.result = result.to_dict()
         logger.info("pipeline run %d: %d objects, %d tracks; report %s", run.run, result.objects, result.tracks, result.report_uri)
         return result
@@ -471,4 +512,4 @@ def resume_pipeline(run: str, *, config_dir: str | None = None) -> PipelineResul
         raise TierflowError(f"pipeline run {run} ran {spec}, which has changed since: resuming it would start over elsewhere",
                             hint=f"restore the spec as it was, or start a new run: tierflow run pipeline {spec} ...")
     return pipeline(recorded["dataset"], snapshot=recorded["snapshot"], spec=spec, params=recorded["params"],
-                    workers=recorded.get("workers"), config_dir=config_dir)
+                    workers=recorded.get("workers"), config_dir=config_dir, force=bool(recorded.get("force")), work=recorded.get("work"))

@@ -242,7 +242,15 @@ def image_block_count(jobs: Sequence[SampleImageJob], block_shape: Sequence[int]
     return int(total)
 
 
-@flow(name="pipeline-stage", flow_run_name="image")
+def image_run_name() -> str:
+    """``image: 2 samples`` (the stage's subflow)."""
+    from prefect.runtime import flow_run
+
+    jobs = (flow_run.parameters or {}).get("jobs") or []
+    return f"image: {len(jobs)} sample{'s' if len(jobs) != 1 else ''}"
+
+
+@flow(name="pipeline-stage", flow_run_name=image_run_name)
 def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], shard_shape: tuple[int, int, int] | None,
                 workers: int | None, config_dir: str | None, parent_run: int) -> list[WrittenImage]:
     """Write every sample's image and labels on the output tier (see the module docstring)."""
@@ -256,7 +264,7 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
     config = load_config(config_dir)
     db, output = open_database(load_db_config(config_dir)), open_tiers(config).output
     workers = workers or config.execution.max_workers or os.cpu_count() or 1
-    progress = StageProgress("image", image_block_count(jobs, block_shape))
+    progress = StageProgress("image", image_block_count(jobs, block_shape), run=parent_run)
     written = []
     with block_task_runner(config, workers) as runner:
         writer = _Writer(db, parent_run, output, runner, workers, progress.advance, tuple(block_shape),
@@ -289,5 +297,7 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
                 validate_ome_zarr(output.zarr_store(f"{job.key}/labels/{job.label_name}", read_only=True))
             written.append(WrittenImage(job.sample, job.name, job.key, job.shape, attributes, job.label_name))
     progress.finish()
-    get_run_logger().info("stage image: %d sample image(s) %s", len(written), [w.name for w in written])
+    get_run_logger().info("stage image: wrote %d sample image(s): %s", len(written), ", ".join(
+        f"sample {w.sample} ({len(w.attributes['tierflow']['time_points'])} time points, "
+        f"{len(w.attributes['tierflow']['channels'])} channels)" for w in written))
     return written

@@ -29,6 +29,7 @@ from tierflow.storage.db.repo.ledger import (
     done_count,
     done_in_run,
     failed_blocks,
+    latest_block_states,
     record_blocks,
 )
 from tierflow.storage.db.repo.retention import record_retention_event
@@ -83,6 +84,7 @@ __all__ = [
     "count_view_rows",
     "done_blocks",
     "failed_blocks",
+    "latest_block_states",
     "finish_run",
     "get_artifact",
     "get_run",

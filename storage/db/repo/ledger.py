@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from tierflow.storage.errors import DatabaseError
 from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["BlockAttempt", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks", "done_fingerprints",
-           "failed_blocks", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows", "settle_running"]
+__all__ = ["BlockAttempt", "BlockState", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks",
+           "done_fingerprints", "failed_blocks", "latest_block_states", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
+           "settle_running"]
 
 
 class BlockAttempt(NamedTuple):
@@ -47,26 +48,24 @@ def record_blocks(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
     return len(values)
 
 
-def done_blocks(session: Session, op_key: str, array_uri: str) -> set[str]:
-    """Ids of the blocks of one operation on one array that some run finished (one query)."""
-    return set(
-        session.scalars(
-            select(BlockRecord.block_id)
-            .where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri, BlockRecord.status == "done")
-            .distinct()
-        )
-    )
+def done_blocks(session: Session, op_key: str, array_uri: str, *, run_id: int | None = None) -> set[str]:
+    """Ids of the blocks of one operation on one array that some run (``run_id``: that run)
+    finished (one query)."""
+    query = select(BlockRecord.block_id).where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri,
+                                               BlockRecord.status == "done")
+    if run_id is not None:
+        query = query.where(BlockRecord.run_id == run_id)
+    return set(session.scalars(query.distinct()))
 
 
-def done_fingerprints(session: Session, op_key: str, array_uri: str) -> dict[str, str | None]:
+def done_fingerprints(session: Session, op_key: str, array_uri: str, *, run_id: int | None = None) -> dict[str, str | None]:
     """The input fingerprint of every done block of one operation on one array (the newest
-    done row per block; one query)."""
-    rows = session.execute(
-        select(BlockRecord.block_id, BlockRecord.input_fingerprint)
-        .where(BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri, BlockRecord.status == "done")
-        .order_by(BlockRecord.id)
-    )
-    return {block_id: fingerprint for block_id, fingerprint in rows}
+    done row per block; one query); ``run_id``: done by that run only."""
+    query = select(BlockRecord.block_id, BlockRecord.input_fingerprint).where(
+        BlockRecord.op_key == op_key, BlockRecord.array_uri == array_uri, BlockRecord.status == "done")
+    if run_id is not None:
+        query = query.where(BlockRecord.run_id == run_id)
+    return {block_id: fingerprint for block_id, fingerprint in session.execute(query.order_by(BlockRecord.id))}
 
 
 def mark_stale(session: Session, array_uris: Collection[str], *, keep_op_keys: Collection[str] = ()) -> int:
@@ -164,6 +163,28 @@ def block_attempts(session: Session, run_id: int) -> list[BlockAttempt]:
         .where(BlockRecord.run_id == run_id).order_by(BlockRecord.id)
     )
     return [BlockAttempt(*row) for row in rows]
+
+
+class BlockState(NamedTuple):
+    """The latest attempt at one block of one array in some runs (:func:`latest_block_states`)."""
+
+    run_id: int
+    op: str
+    array_uri: str
+    block_id: str
+    status: str
+
+
+def latest_block_states(session: Session, run_ids: Collection[int]) -> list[BlockState]:
+    """The latest ledger row of every (op, array, block) the runs ``run_ids`` attempted (a run
+    and the runs inside it: a pipeline's stages), in the order the blocks were first attempted."""
+    latest = (select(func.max(BlockRecord.id).label("last"), func.min(BlockRecord.id).label("first"))
+              .where(BlockRecord.run_id.in_(list(run_ids)))
+              .group_by(BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
+    rows = session.execute(
+        select(BlockRecord.run_id, BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id, BlockRecord.status)
+        .join(latest, BlockRecord.id == latest.c.last).order_by(latest.c.first))
+    return [BlockState(*row) for row in rows]
 
 
 def count_done_since(session: Session, array_uri_prefix: str, since: datetime) -> int:

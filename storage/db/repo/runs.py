@@ -136,11 +136,13 @@ def completed_runs_with_key(session: Session, flow_name: str, key: str) -> list[
     ))
 
 
-def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None) -> list[Run]:
-    """The newest runs first."""
+def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None, top_level: bool = False) -> list[Run]:
+    """The newest runs first (``top_level``: only runs not started inside another run)."""
     query = select(Run).order_by(Run.id.desc()).limit(limit)
     if flow_name:
         query = query.where(Run.flow_name == flow_name)
+    if top_level:
+        query = query.where(Run.parent_id.is_(None))
     runs = list(session.scalars(query))
     settle_runs(session, runs)
     return runs
