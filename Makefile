@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml examples/labops/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tierflow needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,formats]'
+	# every extra (README "Installing"): the server's FastAPI range, S3, SLURM, bioimage-cpp, formats
+	$(BIN)/python -m pip install --quiet -e '.[dev,all]'
 	$(BIN)/python -m pip install --quiet -e examples/labops
 	# ome-zarr-py, for the test that opens tierflow's images with its reader: without its
 	# dependencies, since its fsspec[s3] pulls s3fs/aiobotocore, whose botocore pin breaks boto3

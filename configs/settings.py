@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tierflow.configs.layers import ConfigLayers, ConfigLocation, find_config_dir, read_layers
+from tierflow.extras import require_extra
 from tierflow.storage.errors import ConfigError
 
 __all__ = [
@@ -101,6 +102,12 @@ class ExecutionSettings(_Section):
     def _positive_block_shape(self) -> ExecutionSettings:
         if any(side <= 0 for side in self.block_shape):
             raise ValueError(f"block_shape {list(self.block_shape)} must be positive on every axis")
+        return self
+
+    @model_validator(mode="after")
+    def _slurm_installed(self) -> ExecutionSettings:
+        if self.backend == "slurm":  # the `slurm` extra: missing, nothing runs (not even an ingest)
+            require_extra("slurm", ("dask_jobqueue",), '[execution].backend = "slurm"')
         return self
 
 

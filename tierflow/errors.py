@@ -41,6 +41,7 @@ __all__ = [
     "PluginError",
     "KernelOutputError",
     "PrefectServerError",
+    "MissingExtraError",
 ]
 
 
@@ -203,3 +204,9 @@ class KernelOutputError(TierflowError, ValueError):
 
 class PrefectServerError(TierflowError):
     """The managed local Prefect server could not be started, reached or stopped."""
+
+
+class MissingExtraError(TierflowError):
+    """A feature needs an optional dependency group (an extra) that is not installed, or installed
+    at a version it cannot use; the message names the feature and the package, the hint the
+    ``pip install 'tierflow[extra]'`` that fixes it."""

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from tierflow.extras import require_extra
 from tierflow.storage.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, TierError, TransferError
 from tierflow.storage.tiers.base import COPY_BUFFER, HashingReader, Leftover, ObjectInfo, Tier
 from tierflow.storage.tiers.names import check_key
@@ -142,6 +143,8 @@ class S3Tier(Tier):
     ) -> None:
         super().__init__(name, write_once=write_once)
         self.bucket, self.prefix = parse_s3_uri(root)
+        # boto3 and obstore are the `s3` extra: a missing one stops the run here, before any work
+        require_extra("s3", ("boto3", "obstore"), f"tier {name} ({root})")
         if multipart_chunksize < 5 * MIB:
             raise TierError(f"tier {name}: multipart_chunksize {multipart_chunksize} is below S3's 5 MiB minimum")
         self.endpoint_url = endpoint_url

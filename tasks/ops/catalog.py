@@ -22,6 +22,7 @@ from tierflow.tasks.ops.params import otsu_or_number
 from tierflow.tasks.ops.pyramid import downsampled_shape, pyramid_factors
 from tierflow.tasks.ops.seeds import peaks
 from tierflow.errors import InvalidParameterError
+from tierflow.extras import require_extra
 from tierflow.tasks.ops.spec import OpParams, OpSpec, finite_positive_list, grid_blocks
 
 __all__ = ["BINARY_CLOSE", "BINARY_OPEN", "BUILTIN_OPS", "CONVERT", "DISTANCE_TRANSFORM", "DOWNSAMPLE", "FEATURES", "FILL_HOLES",
@@ -85,6 +86,13 @@ class GaussianParams(OpParams):
         problem = _dtype_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_installed(cls, value: str) -> str:
+        if value == "bioimage-cpp":  # the `bioimage-cpp` extra: checked before any block is read
+            require_extra("bioimage-cpp", ("bioimage_cpp",), "the gaussian's backend 'bioimage-cpp'")
         return value
 
 
