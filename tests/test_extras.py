@@ -91,3 +91,14 @@ def test_a_client_of_a_shared_server_takes_any_fastapi() -> None:
     assert done.returncode == 0 and "entered" in done.stdout, done.stdout + done.stderr
     require_server_extra("this test's venv")  # the `server` extra is installed here: no error
     assert MissingExtraError.__module__ == "tierflow.errors"
+
+
+def test_all_is_every_extra() -> None:
+    """``tierflow[all]`` lists the other feature extras' requirements (spelled out, see pyproject.toml)."""
+    import tomllib
+
+    from conftest import REPO_ROOT
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    union = {requirement for name, requirements in extras.items() if name not in ("all", "dev") for requirement in requirements}
+    assert sorted(extras["all"]) == sorted(union)
