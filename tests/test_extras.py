@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zarr
 
 from tierflow.errors import MissingExtraError
@@ -70,12 +71,16 @@ def test_bioimage_cpp_backend_needs_its_extra(project: Path) -> None:
     assert not output.exists()
 
 
-def test_local_prefect_server_needs_the_server_extra(project: Path) -> None:
+@pytest.mark.parametrize("server", ["managed", "ephemeral"])
+def test_local_prefect_server_needs_the_server_extra(project: Path, server: str) -> None:
     source, output = project / "in.zarr", project / "smooth.zarr"
     zarr.create_array(source, shape=(4, 16, 16), chunks=(4, 16, 16), dtype="uint16")[:] = 7
-    done = _cli("op", "gaussian", "-i", str(source), "-o", str(output), "-p", "sigma=1", cwd=project, fastapi_version="0.165.0")
-    _says(done, "fails with FastAPI 0.165.0 (it needs FastAPI < 0.151)", "pip install 'tierflow[server]'", "[prefect].api_url")
+    done = _cli("op", "gaussian", "-i", str(source), "-o", str(output), "-p", "sigma=1", cwd=project, fastapi_version="0.165.0",
+                env={"TIERFLOW_PREFECT__SERVER": server})
+    _says(done, f'([prefect].server = "{server}") runs on this machine and fails with FastAPI 0.165.0', "needs FastAPI < 0.151",
+          "pip install 'tierflow[server]'", "[prefect].api_url")
     assert not output.exists()  # refused before the run started
+    assert not (project / "var" / "tier4-ephemeral" / "state" / "prefect" / "server.json").exists()  # no server was started
 
 
 def test_a_client_of_a_shared_server_takes_any_fastapi() -> None:

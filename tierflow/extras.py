@@ -47,9 +47,9 @@ def require_server_extra(feature: str) -> None:
     """Raise :class:`MissingExtraError` when the installed FastAPI is one Prefect 3.8.8's server
     cannot run with (the ``server`` extra pins the range that works).
 
-    ``feature`` is what starts a server on this machine, e.g. Prefect's ephemeral API server of a
-    run with no ``[prefect].api_url``. A client of a shared server never calls this, so its
-    install may carry any FastAPI release.
+    ``feature`` is the server started on this machine when ``[prefect].api_url`` is empty (the
+    managed server, or Prefect's ephemeral one). A client of a shared server never calls this,
+    so its install may carry any FastAPI release.
     """
     import fastapi
     from packaging.version import Version
@@ -58,6 +58,6 @@ def require_server_extra(feature: str) -> None:
     if Version(version).release >= SERVER_FASTAPI:
         limit = ".".join(map(str, SERVER_FASTAPI))
         raise MissingExtraError(
-            f"{feature} runs Prefect's server on this machine, which fails with FastAPI {version} (it needs FastAPI < {limit})",
+            f"{feature} runs on this machine and fails with FastAPI {version} (Prefect 3.8.8's server needs FastAPI < {limit})",
             hint=f"pip install 'tierflow[server]' (in the environment of {sys.executable}), "
                  "or set [prefect].api_url to a shared Prefect server")

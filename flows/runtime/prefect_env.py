@@ -192,13 +192,10 @@ def interactive_flows() -> Iterator[None]:
     """
     url = use_prefect_server()  # before Prefect is imported, where it still can be
     import prefect.context
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY  # type: ignore[attr-defined]
 
-    from tierflow.extras import require_server_extra
     from tierflow.flows.runtime.server_watchdog import tie_ephemeral_server
 
-    if not PREFECT_API_URL.value():  # Prefect starts its ephemeral server here: the `server` extra's FastAPI
-        require_server_extra("a flow run with no [prefect].api_url")
     prepare_process()
     current = prefect.context.get_settings_context()
     # as prefect.settings.temporary_settings, but the updated settings (0.1 s of pydantic

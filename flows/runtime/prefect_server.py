@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tierflow.errors import PrefectServerError
+from tierflow.extras import require_server_extra
 
 if TYPE_CHECKING:
     from tierflow.configs import DatabaseConfig, TierflowConfig
@@ -188,6 +189,9 @@ class ManagedPrefectServer:
         info = self.info()
         if info.running and info.api_url and _healthy(info.api_url):
             return info
+        # a server started from this environment needs the `server` extra's FastAPI: said here,
+        # before PostgreSQL or the server process starts (a client of a running one needs nothing)
+        require_server_extra('the managed Prefect server ([prefect].server = "managed")')
         from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -368,5 +372,6 @@ def api_url_for(config: TierflowConfig) -> str | None:
     if config.prefect.api_url:
         return config.prefect.api_url
     if config.prefect.server == "ephemeral":
+        require_server_extra('Prefect\'s ephemeral server ([prefect].server = "ephemeral")')
         return None
     return ensure_server(config).api_url
