@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tierflow.configs import load_db_config
 from tierflow.flows.cli._app import console, err_console, print_json, state
-from tierflow.flows.runtime.database import embedded_server, open_database
-from tierflow.storage.db.database import Database
-from tierflow.storage.db.migrate import current_revision, head_revision, upgrade as upgrade_schema
+
+if TYPE_CHECKING:  # the database layer (SQLAlchemy, Alembic) is imported by the commands that use it
+    from tierflow.storage.db.database import Database
 
 app = typer.Typer(help="The results database: upgrade, status, url, psql, pgpass, stop.", no_args_is_help=True)
 
@@ -22,6 +21,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def database_status(db: Database, mode: str, server: dict[str, Any] | None) -> dict[str, Any]:
     """Everything `tierflow db status` reports (the password is never part of it)."""
+    from tierflow.storage.db.migrate import current_revision, head_revision
+
     current = current_revision(db)
     head = head_revision()
     return {
@@ -37,6 +38,9 @@ def database_status(db: Database, mode: str, server: dict[str, Any] | None) -> d
 
 
 def _server_info(ctx: typer.Context) -> tuple[Any, dict[str, Any] | None]:
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import embedded_server
+
     config = load_db_config(state(ctx).config_path)
     if config.mode != "embedded":
         return config, None
@@ -52,6 +56,10 @@ def _server_info(ctx: typer.Context) -> tuple[Any, dict[str, Any] | None]:
 @app.command()
 def upgrade(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Create or migrate the schema to the newest revision (starts the embedded server)."""
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import open_database
+    from tierflow.storage.db.migrate import current_revision, upgrade as upgrade_schema
+
     config = load_db_config(state(ctx).config_path)
     db = open_database(config)
     before = current_revision(db)
@@ -69,6 +77,9 @@ def upgrade(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @app.command()
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Server, schema revision and row counts per table."""
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import open_database
+
     config = load_db_config(state(ctx).config_path)
     db = open_database(config)
     _, server = _server_info(ctx)
@@ -97,6 +108,8 @@ def url(
     as_json: JsonOption = False,
 ) -> None:
     """The database URL (postgresql://..., for psql, SQLAlchemy and pandas), the password masked."""
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import open_database
     from tierflow.flows.runtime.db_client import connection_parts
 
     config = load_db_config(state(ctx).config_path)
@@ -121,6 +134,8 @@ def psql(
     """Open psql on the results database (the password goes to psql in its environment, never on screen)."""
     import os
 
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import open_database
     from tierflow.flows.runtime.db_client import connection_parts, psql_binary
 
     config = load_db_config(state(ctx).config_path)
@@ -141,6 +156,8 @@ def pgpass(
 
     The URL to use is printed (no password in it); an entry for the same host, port, database
     and user is replaced, every other line kept."""
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import open_database
     from tierflow.flows.runtime.db_client import connection_parts, pgpass_path, update_pgpass
 
     config = load_db_config(state(ctx).config_path)
@@ -161,6 +178,9 @@ def pgpass(
 @app.command()
 def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Stop the embedded server (an external server is not tierflow's to stop)."""
+    from tierflow.configs import load_db_config
+    from tierflow.flows.runtime.database import embedded_server
+
     config = load_db_config(state(ctx).config_path)
     if as_json:
         server = embedded_server(config) if config.mode == "embedded" else None

@@ -205,7 +205,8 @@ def op(
     params = parse_params(param)
     resolved = _check_op(name, params)  # before anything heavy is imported or started
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.ops.flow import locate_input, output_location, run_op
+    from tierflow.flows.ops.cached import up_to_date  # a finished op is answered without importing Prefect
+    from tierflow.flows.ops.request import locate_input, output_location
     from tierflow.flows.execution.placement import check_output_placement, op_reads
     from tierflow.storage.geometry import fit_block_shape, parse_block_shape
     from tierflow.storage.image_meta import leading_axes
@@ -225,16 +226,19 @@ def op(
     total = _total_blocks(name, tuple(volume.shape), blocks, resolved)
 
     def run() -> dict[str, Any]:
+        from tierflow.flows.ops.flow import op_flow  # imports Prefect: only when there is work to do
         from tierflow.flows.runtime.prefect_env import interactive_flows
 
         with interactive_flows():
-            return run_op(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
-                          inputs=extras or None, mask=mask, force=force)
+            return op_flow(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
+                           inputs=extras or None, mask=mask, force=force)
 
-    from tierflow.flows.runtime.prefect_env import use_prefect_server
+    result = None if force else up_to_date(name, input, output, params, shape, state(ctx).config_path, extras or None, mask, config)
+    if result is None:
+        from tierflow.flows.runtime.prefect_env import use_prefect_server
 
-    use_prefect_server(config)  # before the progress bar: a first start shows a status line of its own
-    result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
+        use_prefect_server(config)  # before the progress bar: a first start shows a status line of its own
+        result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
     if as_json:
         print_json(result)
         return

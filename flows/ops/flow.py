@@ -20,9 +20,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tierflow.configs import load_config, load_db_config
-from tierflow.flows.execution.outputs import output_lease, stamped_op_key
+from tierflow.flows.execution.outputs import output_lease
 from tierflow.flows.execution.placement import check_output_placement, op_reads
 from tierflow.flows.execution.runners import block_task_runner, op_workers
+from tierflow.flows.ops.cached import up_to_date
 from tierflow.flows.ops.features import run_features
 from tierflow.flows.ops.label import run_label
 from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu, run_map
@@ -35,11 +36,10 @@ from tierflow.flows.runtime.run_names import describe_op, op_run_name
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.storage.db.database import Database
 from tierflow.storage.arrays import check_chunks_align
-from tierflow.storage.db.repo.ledger import done_fingerprints
 from tierflow.errors import BlockFailuresError, TierflowError
-from tierflow.storage.geometry import BlockGrid, fit_block_shape
+from tierflow.storage.geometry import fit_block_shape
 from tierflow.storage.image_meta import leading_axes
-from tierflow.tasks.blockwise import FaultHook, MapJob, block_fingerprints, blocks_to_compute, open_source
+from tierflow.tasks.blockwise import FaultHook, open_source
 from tierflow.tasks.ops.registry import get_op
 
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
@@ -47,48 +47,6 @@ __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_lo
 STAGE_RUNNERS: dict[str, Callable[[OpContext], dict[str, Any]]] = {
     "map": run_map, "label": run_label, "pyramid": run_pyramid, "features": run_features}
 """The stage runner of each kind of op (:attr:`OpSpec.kind`)."""
-
-
-def _up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None, block_shape: tuple[int, ...] | None,
-                config_dir: str | None, inputs: dict[str, str] | None, mask: str | None) -> OpResult | None:
-    """The ledger's answer for a map op whose every block is done in its output (one query),
-    or None when something is left to do (or the key cannot be known up front: Otsu)."""
-    spec = get_op(op)
-    if spec.kind != "map":
-        return None
-    try:
-        resolved = spec.resolve(params or {})
-    except ValueError:
-        return None  # the flow reports it
-    if op == "threshold" and str(resolved["value"]).lower() == "otsu":
-        return None
-    config = load_config(config_dir)
-    target = output_location(config, output)
-    source = locate_input(config, input)
-    if not target.exists():
-        return None
-    extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
-    mask_ref = locate_input(config, mask) if mask else None
-    key = op_key(op, spec.version, resolved, inputs_identity(source, extras, mask_ref))
-    if stamped_op_key(target) != key:
-        return None
-    volume = open_source(source)
-    shape = tuple(volume.shape)
-    grid = BlockGrid(shape, fit_block_shape(block_shape or config.execution.block_shape, shape, leading=leading_axes(volume.axes)),
-                     spec.halo_over(resolved, len(shape), volume.axes))
-    db = open_database(load_db_config(config_dir), migrate=True)
-    with db.session() as session:
-        done = done_fingerprints(session, key, target.uri)
-    job = MapJob(op=op, params=resolved, op_key=key, run_id=0, source=source, target=target, shape=shape, block_shape=grid.block_shape,
-                 halo=grid.halo, db=db, extras=extras, mask=mask_ref, leading=leading_axes(volume.axes))
-    if blocks_to_compute(done, block_fingerprints(job)):
-        return None
-    parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(grid.block_shape),
-                  "inputs": dict(inputs or {}), "mask": mask, "up_to_date": True}
-    with recorded_run(db, "op", parameters) as run_id:
-        result = OpResult(int(run_id), op, key, target.uri, len(grid), 0, resolved, up_to_date=True)
-        run_id.result = result.to_dict()
-    return result
 
 
 def run_op(
@@ -116,7 +74,7 @@ def run_op(
     """
     check_output_placement(load_config(config_dir), output, op_reads(input, inputs, mask))
     if fault is None and progress is None and parent_run is None and not force:
-        cached = _up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask)
+        cached = up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask)
         if cached is not None:
             return cached
     return op_flow(op, input, output, params, block_shape=block_shape, workers=workers, config_dir=config_dir, inputs=inputs, mask=mask,

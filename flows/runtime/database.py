@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from tierflow.configs import DatabaseConfig, load_db_config
 from tierflow.storage.db.database import Database, normalise_url, postgres_url
 from tierflow.storage.db.embedded import EmbeddedPostgres
-from tierflow.storage.db.migrate import current_revision, head_revision, require_current, upgrade
+from tierflow.storage.db.migrate import require_current, schema_is_current, upgrade
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -86,7 +86,7 @@ def open_database(
     if migrate and url not in _MIGRATED:
         # one query when the schema is current (a cached re-run's whole budget is ~0.2 s); the
         # locked Alembic upgrade only when it is behind
-        if current_revision(db) != head_revision():
+        if not schema_is_current(db):
             upgrade(db)
         _MIGRATED.add(url)  # once per process and server: a pipeline opens it for every operation
     elif check_schema:

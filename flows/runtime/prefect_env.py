@@ -19,9 +19,10 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tierflow.configs import TierflowConfig
+if TYPE_CHECKING:  # importing flows (and so every command line) stays cheap: configs loads pydantic
+    from tierflow.configs import TierflowConfig
 
 __all__ = ["apply_defaults", "configure_prefect", "interactive_flows", "on_prefect_server", "prefect_api", "prepare_process",
            "use_prefect_server"]

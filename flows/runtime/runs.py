@@ -41,6 +41,10 @@ def code_version() -> str:
 
 
 def _flow_run_id() -> str | None:
+    import sys
+
+    if "prefect" not in sys.modules:
+        return None  # no flow run without Prefect (a cached op is answered without importing it)
     try:
         from prefect.runtime import flow_run
 

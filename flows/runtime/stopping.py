@@ -25,9 +25,7 @@ import threading
 import time
 from types import FrameType
 
-from tierflow.flows.runtime.runs import cancel_live_runs, stop_message
-
-__all__ = ["StopRequested", "stop_message", "stop_on_signals", "stop_signal"]
+__all__ = ["StopRequested", "stop_on_signals", "stop_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESEND_WINDOW = 1.0
@@ -64,8 +62,11 @@ def _stop_ephemeral_server() -> None:
 
 
 def _cancel_runs(signum: int) -> None:
+    runs = sys.modules.get("tierflow.flows.runtime.runs")  # not imported (as by --help): no run to mark
+    if runs is None:
+        return
     try:
-        cancel_live_runs(stop_message(signum))
+        runs.cancel_live_runs(runs.stop_message(signum))
     except Exception:  # noqa: BLE001 - database away: the runs read as crashed once this process is gone
         pass
 

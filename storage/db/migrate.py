@@ -9,23 +9,29 @@ True
 
 from __future__ import annotations
 
+import ast
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from tierflow.storage.db.database import Database
 from tierflow.storage.errors import SchemaOutOfDateError
 
-__all__ = ["MIGRATIONS_DIR", "current_revision", "downgrade", "head_revision", "heads", "require_current", "upgrade"]
+if TYPE_CHECKING:  # Alembic (0.2 s to import) is imported where a migration runs or its scripts are read
+    from alembic.config import Config
+
+__all__ = ["MIGRATIONS_DIR", "current_revision", "downgrade", "head_revision", "heads", "require_current", "schema_is_current",
+           "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -33,6 +39,8 @@ def _config() -> Config:
 
 def heads() -> list[str]:
     """Every head revision of the migration scripts (there must be exactly one)."""
+    from alembic.script import ScriptDirectory
+
     return list(ScriptDirectory.from_config(_config()).get_heads())
 
 
@@ -51,6 +59,8 @@ def head_revision() -> str:
 
 
 def _run(db: Database, action: str, revision: str) -> None:
+    from alembic import command
+
     config = _config()
     try:
         with db.engine.begin() as connection:
@@ -76,6 +86,8 @@ def downgrade(db: Database, revision: str) -> None:
 
 def current_revision(db: Database) -> str | None:
     """The revision the database is at, or ``None`` before the first upgrade."""
+    from alembic.runtime.migration import MigrationContext
+
     try:
         with db.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -92,3 +104,40 @@ def require_current(db: Database) -> None:
             f"the code expects {head}",
             hint="run `tierflow db upgrade`",
         )
+
+
+@functools.cache
+def _declared_head() -> str | None:
+    """The head revision as the scripts declare it (``revision = ...``, ``down_revision = ...``,
+    read without importing them or Alembic), or None when that is not plain (a merge, a
+    computed value): then Alembic decides."""
+    revisions: dict[str, object] = {}
+    for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        values = {}
+        for node in ast.parse(script.read_text()).body:
+            if isinstance(node, ast.AnnAssign | ast.Assign) and node.value is not None:
+                targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                        values[target.id] = ast.literal_eval(node.value)
+        if not isinstance(values.get("revision"), str) or not isinstance(values.get("down_revision", None), str | None):
+            return None
+        revisions[values["revision"]] = values.get("down_revision")
+    found = set(revisions) - set(revisions.values())
+    return found.pop() if len(found) == 1 else None
+
+
+def schema_is_current(db: Database) -> bool:
+    """Whether the schema is at the head revision: one query, without importing Alembic (a
+    cached ``tierflow op`` answers in a fraction of a second; see ``benchmarks/cli.py``)."""
+    head = _declared_head()
+    if head is None:
+        return current_revision(db) == head_revision()
+    try:
+        with db.engine.connect() as connection:
+            rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except ProgrammingError:
+        return False  # no version table yet: a fresh database
+    except DBAPIError as exc:
+        raise db.unavailable(exc) from None
+    return rows == [head]

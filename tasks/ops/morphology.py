@@ -24,7 +24,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["binary_close", "binary_open", "distance_transform", "distance_halo", "fill_holes", "footprint",
            "remove_small_objects", "rank_connectivity"]
@@ -57,6 +56,8 @@ def distance_transform(mask: np.ndarray, *, max_distance: float, voxel_size: Seq
     Outside the array is not background (as SciPy); a block without any zero voxel reads
     ``max_distance`` everywhere (on the whole volume too).
     """
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     foreground = mask != 0
     if foreground.all():
         return np.full(mask.shape, max_distance, dtype=np.float32)
@@ -67,6 +68,8 @@ def distance_transform(mask: np.ndarray, *, max_distance: float, voxel_size: Seq
 def binary_open(mask: np.ndarray, *, radius: int) -> np.ndarray:
     """Opening by a ball/disk (``skimage.morphology.binary_opening``): erosion (outside counts
     as foreground), then dilation (outside counts as background); uint8."""
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     shape = footprint(radius, mask.ndim)
     eroded = ndimage.binary_erosion(mask != 0, shape, border_value=1)
     return ndimage.binary_dilation(eroded, shape, border_value=0).astype(np.uint8)
@@ -75,6 +78,8 @@ def binary_open(mask: np.ndarray, *, radius: int) -> np.ndarray:
 def binary_close(mask: np.ndarray, *, radius: int) -> np.ndarray:
     """Closing by a ball/disk (``skimage.morphology.binary_closing``): dilation (outside counts
     as background), then erosion (outside counts as foreground); uint8."""
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     shape = footprint(radius, mask.ndim)
     dilated = ndimage.binary_dilation(mask != 0, shape, border_value=0)
     return ndimage.binary_erosion(dilated, shape, border_value=1).astype(np.uint8)
@@ -83,6 +88,8 @@ def binary_close(mask: np.ndarray, *, radius: int) -> np.ndarray:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Background regions not connected (by faces) to the array's border become foreground
     (``scipy.ndimage.binary_fill_holes``); uint8."""
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     return ndimage.binary_fill_holes(mask != 0).astype(np.uint8)
 
 
@@ -108,6 +115,8 @@ def remove_small_objects(mask: np.ndarray, *, min_size: int, connectivity: int |
     In a block (``origin``, ``volume_shape`` given), an object touching one of the block's inner
     faces may continue beyond it: it is kept.
     """
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     foreground = mask != 0
     structure = ndimage.generate_binary_structure(mask.ndim, rank_connectivity(connectivity, mask.ndim))
     labels, count = ndimage.label(foreground, structure)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["peak_mask", "peaks"]
 
 
 def peak_mask(image: np.ndarray, *, min_distance: int, threshold_abs: float) -> np.ndarray:
     """Voxels equal to the maximum of their ``(2 * min_distance + 1)`` cube and above ``threshold_abs``."""
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     local_max = ndimage.maximum_filter(image, size=2 * min_distance + 1, mode="nearest")
     return (image == local_max) & (image > threshold_abs)
 
@@ -34,6 +35,8 @@ def peaks(image: np.ndarray, *, min_distance: int, threshold_abs: float, origin:
           volume_shape: Sequence[int] | None = None) -> np.ndarray:
     """Seeds of ``image`` (a block read at ``origin`` of a volume of ``volume_shape``; default: the
     whole volume), uint32: 0, or 1 + the smallest linear index of the seed's voxels."""
+    from scipy import ndimage  # imported when a kernel runs: declaring the ops stays cheap
+
     origin = tuple(origin) if origin is not None else (0,) * image.ndim
     volume_shape = tuple(volume_shape) if volume_shape is not None else image.shape
     if int(np.prod(volume_shape, dtype=np.int64)) >= 2**32:
