@@ -1,0 +1,130 @@
+"""Cheap commands (issue 15): ``--help``, the read-only commands and a cached ``tierflow op``
+start without importing Prefect (a second of start-up) or what they do not use.
+
+Each command runs in its own process, as the console script runs it, under a probe that writes
+the heavy modules the process ended with (``sys.modules`` at exit) to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import run_cli
+
+HEAVY = ("prefect", "dask", "scipy", "skimage", "alembic", "sqlalchemy", "zarr", "numpy", "boto3", "pydantic_settings")
+
+PROBE = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(m for m in sys.modules if m.partition(".")[0] in {heavy}))))
+sys.argv[0] = "tierflow"
+from tierflow.flows.cli import main
+main()
+""".format(heavy=repr(set(HEAVY)))
+
+HELP_WALK = """
+import json, sys
+import typer.main
+from tierflow.flows.cli import app
+
+def walk(command, path):
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():  # a group (typer vendors click)
+        yield from walk(sub, [*path, name])
+
+paths = list(walk(typer.main.get_command(app), []))
+for path in paths:
+    if path[:1] in (["op"], ["ops"]):
+        continue  # these list the registered ops: checked below
+    try:
+        app([*path, "--help"], prog_name="tierflow", standalone_mode=False)
+    except SystemExit:
+        pass
+print(json.dumps({"paths": len(paths), "heavy": sorted(m for m in sys.modules if m.partition(".")[0] in %r)}))
+""" % (set(HEAVY),)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_API_URL"))}
+    env.update(extra)
+    return env
+
+
+def probe(tmp_path: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[str, set[str]]:
+    """Run ``tierflow ARGS`` under the probe: its output and the heavy top-level packages it imported."""
+    out = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", PROBE, str(out), *args], cwd=cwd, env=_env(**(env or {})),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"tierflow {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout, {m.partition(".")[0] for m in json.loads(out.read_text())}
+
+
+def test_every_help_imports_only_the_command_line(project, tmp_path):
+    """``--help`` of every command and group (walked from the Typer app) in one process: nothing
+    heavy; ``op NAME --help`` and ``ops --help`` read the op registry only (numpy, no kernels)."""
+    done = subprocess.run([sys.executable, "-c", HELP_WALK], cwd=project, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["paths"] > 30  # the walk saw the whole tree (groups and their commands)
+    assert report["heavy"] == []
+    for args in (["--help"], ["op", "--help"], ["op", "gaussian", "--help"], ["ops", "--help"]):
+        text, heavy = probe(tmp_path, *args, cwd=project)
+        assert "Usage" in text
+        assert heavy <= {"numpy"}, (args, heavy)
+    assert "sigma" in probe(tmp_path, "op", "gaussian", "--help", cwd=project)[0]
+
+
+@pytest.fixture
+def cached_op(project, tmp_path, prefect_api):
+    """A tiny volume and a gaussian of it computed once (a real op run: Prefect, the ledger)."""
+    source = zarr.create_array(project / "in.zarr", shape=(8, 32, 32), chunks=(8, 32, 32), dtype="uint16")
+    source[:] = np.random.default_rng(0).integers(0, 4000, (8, 32, 32), dtype=np.uint16)
+    run_cli("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", cwd=project, env={"PREFECT_API_URL": prefect_api})
+    return project
+
+
+def test_cached_op_and_read_only_commands_never_import_prefect(cached_op, tmp_path):
+    """A finished op is answered from the ledger without Prefect (or SciPy, dask, Alembic), still
+    recorded as an ``up_to_date`` run, its output untouched; then every read-only command
+    against the same database imports no Prefect either. No Prefect server is given: a
+    command that started a flow run would start Prefect's ephemeral one."""
+    project = cached_op
+    out = project / "out.zarr"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    data = zarr.open_array(out, mode="r")[:]
+
+    text, heavy = probe(tmp_path, "op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", cwd=project)
+    assert "0 of 1 blocks computed, 1 already done" in text
+    assert not heavy & {"prefect", "scipy", "dask", "skimage", "alembic", "boto3"}, heavy
+    run_id = text.rsplit("(run ", 1)[1].rstrip(")\n")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], data)
+
+    shown, heavy = probe(tmp_path, "runs", "show", run_id, "--json", cwd=project)
+    row = json.loads(shown)
+    assert (row["flow"], row["status"], row["parameters"]["up_to_date"]) == ("op", "completed", True)
+    assert row["result"]["computed"] == 0 and row["result"]["blocks"] == 1
+    assert "prefect" not in heavy
+    for args in (["status", str(int(run_id) - 1)], ["runs", "list"], ["ops", "list"], ["ops", "show", "gaussian"],
+                 ["snapshots", "list"], ["artifacts", "list"], ["config"], ["pipelines", "list"], ["tiers"], ["db", "status"],
+                 ["db", "url"]):
+        text, heavy = probe(tmp_path, *args, cwd=project)
+        assert text.strip(), args
+        assert not heavy & {"prefect", "dask", "scipy", "skimage", "boto3"}, (args, heavy)
+    assert "gaussian" in probe(tmp_path, "status", str(int(run_id) - 1), cwd=project)[0]
+
+
+def test_schema_head_read_without_alembic_is_alembics():
+    """The cached op's schema check reads the head revision from the migration scripts without
+    importing Alembic: it must be the head Alembic itself finds."""
+    from tierflow.storage.db.migrate import _declared_head, heads
+
+    assert [_declared_head()] == heads()
