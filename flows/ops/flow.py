@@ -24,10 +24,7 @@ from tierflow.flows.execution.outputs import output_lease
 from tierflow.flows.execution.placement import check_output_placement, op_reads
 from tierflow.flows.execution.runners import block_task_runner, op_workers
 from tierflow.flows.ops.cached import up_to_date
-from tierflow.flows.ops.features import run_features
-from tierflow.flows.ops.label import run_label
-from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu, run_map
-from tierflow.flows.ops.pyramid import run_pyramid
+from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu
 from tierflow.flows.ops.request import (OpContext, content_id, inputs_identity, locate_input, op_key, output_location,
                                         resolve_location)
 from tierflow.flows.ops.result import OpResult, summary_sentence
@@ -44,9 +41,25 @@ from tierflow.tasks.ops.registry import get_op
 
 __all__ = ["BlockFailuresError", "locate_input", "op_flow", "op_key", "output_location", "resolve_location", "resume_op", "run_op"]
 
-STAGE_RUNNERS: dict[str, Callable[[OpContext], dict[str, Any]]] = {
-    "map": run_map, "label": run_label, "pyramid": run_pyramid, "features": run_features}
-"""The stage runner of each kind of op (:attr:`OpSpec.kind`)."""
+def stage_runner(kind: str) -> Callable[[OpContext], dict[str, Any]]:
+    """The stage runner of ops of ``kind`` (:attr:`OpSpec.kind`), imported when an op of that
+    kind runs: features imports pandas, label its merge, pyramid OME-Zarr, and a gaussian needs
+    none of them (``benchmarks/cli.py``)."""
+    if kind == "label":
+        from tierflow.flows.ops.label import run_label
+
+        return run_label
+    if kind == "pyramid":
+        from tierflow.flows.ops.pyramid import run_pyramid
+
+        return run_pyramid
+    if kind == "features":
+        from tierflow.flows.ops.features import run_features
+
+        return run_features
+    from tierflow.flows.ops.map import run_map
+
+    return run_map
 
 
 def run_op(
@@ -174,7 +187,7 @@ def op_flow(
                         axes=volume.axes, metadata=volume.metadata.physical)
         ctx = _keyed(ctx)
         with output_lease(db, target, ctx.op_key):  # one op key writes this output at a time
-            summary = STAGE_RUNNERS[spec.kind](ctx)
+            summary = stage_runner(spec.kind)(ctx)
         get_run_logger().info("%s", summary_sentence(describe_op(op, input, output), summary))
         result = _result(ctx, summary)
         run_id.result = result.to_dict()

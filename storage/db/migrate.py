@@ -9,8 +9,8 @@ True
 
 from __future__ import annotations
 
-import ast
 import functools
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,23 +106,22 @@ def require_current(db: Database) -> None:
         )
 
 
+_DECLARED = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(None|'[^'\n]*'|\"[^\"\n]*\")\s*$", re.MULTILINE)
+
+
 @functools.cache
 def _declared_head() -> str | None:
-    """The head revision as the scripts declare it (``revision = ...``, ``down_revision = ...``,
-    read without importing them or Alembic), or None when that is not plain (a merge, a
-    computed value): then Alembic decides."""
-    revisions: dict[str, object] = {}
+    """The head revision as the scripts declare it (``revision = '0006'``, ``down_revision =
+    '0005'``, read as text: importing Alembic, or even parsing the scripts, costs a cached op
+    more than its whole answer), or None when that is not plain (a merge, a computed value):
+    then Alembic decides."""
+    revisions: dict[str, str | None] = {}
     for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
-        values = {}
-        for node in ast.parse(script.read_text()).body:
-            if isinstance(node, ast.AnnAssign | ast.Assign) and node.value is not None:
-                targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
-                for target in targets:
-                    if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
-                        values[target.id] = ast.literal_eval(node.value)
-        if not isinstance(values.get("revision"), str) or not isinstance(values.get("down_revision", None), str | None):
+        declared = _DECLARED.findall(script.read_text())
+        values = {name: None if value == "None" else value[1:-1] for name, value in declared}
+        if len(declared) != 2 or not values.get("revision") or "down_revision" not in values:
             return None
-        revisions[values["revision"]] = values.get("down_revision")
+        revisions[values["revision"]] = values["down_revision"]
     found = set(revisions) - set(revisions.values())
     return found.pop() if len(found) == 1 else None
 

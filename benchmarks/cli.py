@@ -1,0 +1,196 @@
+"""Command overhead: whole-process wall times of ``tierflow`` commands beside ``import prefect``.
+
+    .venv/bin/python benchmarks/cli.py [--repeat 7] [--no-ephemeral] [--out benchmarks/results-cli.json]
+
+Every command runs as a user runs it (the console script, a fresh process, in a throwaway
+project with its embedded PostgreSQL already started), interleaved with the others in each of
+``--repeat`` rounds, so a busy machine slows all of them alike; the median of each is compared
+with the median of ``python -c "import prefect"`` (the yardstick). Commands:
+
+* ``python -c pass`` (the interpreter alone) and ``python -c "import prefect"``;
+* ``tierflow --help``, ``tierflow ops list``, ``tierflow status RUN``;
+* a cached ``tierflow op gaussian`` on a 32x64x64 uint16 volume (every block done: the ledger answers);
+* a new ``tierflow op gaussian`` on that volume (a new output each time) with a Prefect server
+  already up (:func:`server_up`), and, for comparison only, with Prefect's ephemeral server
+  (started by the command itself).
+
+Prints a table (command, median, ratio to ``import prefect``, target, met?) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TIERFLOW = str(Path(sys.executable).with_name("tierflow"))
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+TARGETS = {"tierflow --help": 0.3, "cached tierflow op": 0.5, "new tierflow op (server up)": 1.5}
+"""Issue 15: whole-process time as a fraction of ``import prefect``."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server_up(home: Path, timeout: float = 180) -> Iterator[str]:
+    """A Prefect server that is up before the commands run; yields its API URL.
+
+    Today a plain ``prefect server start`` on a free loopback port with its own SQLite database
+    under ``home``; once ``tierflow server start`` (a managed server) is merged, start that here instead.
+    """
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def make_project(work: Path) -> Path:
+    """A throwaway project (the committed default configs) holding a 32x64x64 uint16 volume."""
+    import numpy as np
+    import zarr
+
+    project = work / "project"
+    (project / "configs").mkdir(parents=True)
+    for default in (ROOT / "configs").glob("*.def.toml"):
+        shutil.copy(default, project / "configs" / default.name)
+    volume = zarr.create_array(str(project / "tiny.zarr"), shape=(32, 64, 64), chunks=(32, 64, 64), dtype="uint16")
+    volume[:] = np.random.default_rng(0).integers(0, 4000, (32, 64, 64), dtype=np.uint16)
+    return project
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-1500:]}")
+    return seconds, done.stdout
+
+
+def _op(output: str) -> list[str]:
+    return [TIERFLOW, "op", "gaussian", "-i", "tiny.zarr", "-o", output, "-p", "sigma=1", "--json"]
+
+
+def commands(ephemeral: bool) -> dict[str, tuple[list[str] | None, str]]:
+    """Each measured command by name: its argv (``None``: built per round) and which environment
+    it runs in (``server``: tierflow pointed at the server that is up; ``ephemeral``: no server)."""
+    table: dict[str, tuple[list[str] | None, str]] = {
+        "python -c pass": ([PYTHON, "-c", "pass"], "server"),
+        'python -c "import prefect"': ([PYTHON, "-c", "import prefect"], "server"),
+        "tierflow --help": ([TIERFLOW, "--help"], "server"),
+        "tierflow ops list": ([TIERFLOW, "ops", "list"], "server"),
+        "tierflow status RUN": (None, "server"),
+        "cached tierflow op": (_op("cached.zarr"), "server"),
+        "new tierflow op (server up)": (None, "server"),
+    }
+    if ephemeral:
+        table["new tierflow op (ephemeral server)"] = (None, "ephemeral")
+    return table
+
+
+def measure(project: Path, envs: dict[str, dict[str, str]], rounds: int, ephemeral: bool) -> dict[str, list[float]]:
+    """Every command once per round, interleaved; the wall times of each."""
+    _, first = _run(_op("cached.zarr"), project, envs["server"])  # the output the cached op finds done (and a warm server)
+    status = [TIERFLOW, "status", str(json.loads(first)["run_id"])]
+    if ephemeral:
+        _run(_op("warm-up-ephemeral.zarr"), project, envs["ephemeral"])  # the ephemeral server's first start migrates its DB
+    table = commands(ephemeral)
+    times: dict[str, list[float]] = {name: [] for name in table}
+    for round_ in range(rounds):
+        for name, (argv, env_name) in table.items():
+            if name == "tierflow status RUN":
+                argv = status
+            elif argv is None:
+                argv = _op(f"new-{env_name}-{round_}.zarr")
+            seconds, _ = _run(argv, project, envs[env_name])
+            times[name].append(seconds)
+        print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{t[-1]:.2f}" for t in times.values()), flush=True)
+    return times
+
+
+def report(times: dict[str, list[float]], rounds: int) -> dict[str, object]:
+    """The table (printed) and its figures (returned, for the JSON file)."""
+    yardstick = statistics.median(times['python -c "import prefect"'])
+    rows = []
+    print(f"\n{'command':<38} {'median s':>9} {'x import prefect':>17} {'target':>8}  met?")
+    for name, values in times.items():
+        median = statistics.median(values)
+        target = TARGETS.get(name)
+        ratio = median / yardstick
+        met = None if target is None else ratio <= target
+        rows.append({"command": name, "median_s": round(median, 3), "ratio": round(ratio, 3), "target": target, "met": met,
+                     "times_s": [round(v, 3) for v in values]})
+        print(f"{name:<38} {median:>9.3f} {ratio:>16.2f}x {'' if target is None else f'<= {target}':>8}  "
+              f"{'' if met is None else ('yes' if met else 'NO')}")
+    return {"repeat": rounds, "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=7, help="rounds; each command runs once per round, the median is reported")
+    parser.add_argument("--no-ephemeral", action="store_true", help="skip the new op with Prefect's ephemeral server")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-cli.json"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tierflow-bench-cli-"))
+    project = make_project(work)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
+    base["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    print(f"work folder {work}; starting a Prefect server...", flush=True)
+    try:
+        with server_up(work / "prefect-server") as api_url:
+            envs = {"server": {**base, "PREFECT_API_URL": api_url, "TIERFLOW_PREFECT__API_URL": api_url},
+                    "ephemeral": {**base, "PREFECT_HOME": str(work / "prefect-ephemeral")}}
+            times = measure(project, envs, args.repeat, not args.no_ephemeral)
+        results = report(times, args.repeat)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwritten to {args.out}")
+    finally:
+        subprocess.run([TIERFLOW, "db", "stop"], cwd=project, env=base, capture_output=True, timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
