@@ -110,8 +110,9 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def _op(output: str) -> list[str]:
-    return [TIERFLOW, "op", "gaussian", "-i", "tiny.zarr", "-o", output, "-p", "sigma=1", "--json"]
+def _op(output: str, *extra: str) -> list[str]:
+    """``tierflow op gaussian`` of the tiny volume, as a user types it (with its progress bar)."""
+    return [TIERFLOW, "op", "gaussian", "-i", "tiny.zarr", "-o", output, "-p", "sigma=1", *extra]
 
 
 def commands(ephemeral: bool) -> dict[str, tuple[list[str] | None, str]]:
@@ -133,7 +134,7 @@ def commands(ephemeral: bool) -> dict[str, tuple[list[str] | None, str]]:
 
 def measure(project: Path, envs: dict[str, dict[str, str]], rounds: int, ephemeral: bool) -> dict[str, list[float]]:
     """Every command once per round, interleaved; the wall times of each."""
-    _, first = _run(_op("cached.zarr"), project, envs["server"])  # the output the cached op finds done (and a warm server)
+    _, first = _run(_op("cached.zarr", "--json"), project, envs["server"])  # the output the cached op finds done (and a warm server)
     status = [TIERFLOW, "status", str(json.loads(first)["run_id"])]
     if ephemeral:
         _run(_op("warm-up-ephemeral.zarr"), project, envs["ephemeral"])  # the ephemeral server's first start migrates its DB
