@@ -10,9 +10,9 @@ with the median of ``python -c "import prefect"`` (the yardstick). Commands:
 * ``python -c pass`` (the interpreter alone) and ``python -c "import prefect"``;
 * ``tierflow --help``, ``tierflow ops list``, ``tierflow status RUN``;
 * a cached ``tierflow op gaussian`` on a 32x64x64 uint16 volume (every block done: the ledger answers);
-* a new ``tierflow op gaussian`` on that volume (a new output each time) with a Prefect server
-  already up (:func:`server_up`), and, for comparison only, with Prefect's ephemeral server
-  (started by the command itself).
+* a new ``tierflow op gaussian`` on that volume (a new output each time) with the Prefect server
+  already up (:func:`server_up`: tierflow's managed server), and, for comparison only, with
+  Prefect's ephemeral server (``[prefect] server = "ephemeral"``: started by the command itself).
 
 Prints a table (command, median, ratio to ``import prefect``, target, met?) and writes it as JSON.
 """
@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,54 +35,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TIERFLOW = str(Path(sys.executable).with_name("tierflow"))
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 TARGETS = {"tierflow --help": 0.3, "cached tierflow op": 0.5, "new tierflow op (server up)": 1.5}
 """Issue 15: whole-process time as a fraction of ``import prefect``."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
-def server_up(home: Path, timeout: float = 180) -> Iterator[str]:
-    """A Prefect server that is up before the commands run; yields its API URL.
-
-    Today a plain ``prefect server start`` on a free loopback port with its own SQLite database
-    under ``home``; once ``tierflow server start`` (a managed server) is merged, start that here instead.
-    """
-    import httpx
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "server.log", "w") as log:
-        server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+def server_up(project: Path, env: dict[str, str]) -> Iterator[str]:
+    """The Prefect server up before the commands run: tierflow's managed server (``tierflow
+    server start``, ``[prefect] server = "managed"``), stopped at the end; yields its API URL."""
+    _, started = _run([TIERFLOW, "server", "start", "--json"], project, env)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
+        yield json.loads(started)["api_url"]
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        subprocess.run([TIERFLOW, "server", "stop"], cwd=project, env=env, capture_output=True, timeout=120)
 
 
 def make_project(work: Path) -> Path:
@@ -179,11 +143,12 @@ def main() -> None:
     project = make_project(work)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TIERFLOW_", "PREFECT_"))}
     base["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    print(f"work folder {work}; starting a Prefect server...", flush=True)
+    print(f"work folder {work}; starting the Prefect server...", flush=True)
     try:
-        with server_up(work / "prefect-server") as api_url:
-            envs = {"server": {**base, "PREFECT_API_URL": api_url, "TIERFLOW_PREFECT__API_URL": api_url},
-                    "ephemeral": {**base, "PREFECT_HOME": str(work / "prefect-ephemeral")}}
+        with server_up(project, base) as api_url:
+            print(f"Prefect API {api_url}", flush=True)
+            envs = {"server": base,
+                    "ephemeral": {**base, "TIERFLOW_PREFECT__SERVER": "ephemeral", "PREFECT_HOME": str(work / "prefect-ephemeral")}}
             times = measure(project, envs, args.repeat, not args.no_ephemeral)
         results = report(times, args.repeat)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
