@@ -115,7 +115,7 @@ def test_cached_op_and_read_only_commands_never_import_prefect(cached_op, tmp_pa
     assert "prefect" not in heavy
     for args in (["status", str(int(run_id) - 1)], ["runs", "list"], ["ops", "list"], ["ops", "show", "gaussian"],
                  ["snapshots", "list"], ["artifacts", "list"], ["config"], ["pipelines", "list"], ["tiers"], ["db", "status"],
-                 ["db", "url"]):
+                 ["db", "url"], ["server", "status"]):
         text, heavy = probe(tmp_path, *args, cwd=project)
         assert text.strip(), args
         assert not heavy & {"prefect", "dask", "scipy", "skimage", "boto3"}, (args, heavy)
