@@ -252,6 +252,7 @@ def test_results_psql_url_and_pgpass_reach_the_views_without_digging_in_var(demo
     assert password not in written.stdout + written.stderr and pgpass.stat().st_mode & 0o777 == 0o600
     assert pgpass.read_text().strip().endswith(f":{password}")
     url = re.search(r"psql '(\S+)'", written.stdout).group(1)
+    assert f"PGPASSFILE={pgpass} psql" in " ".join(written.stdout.split())  # another file than ~/.pgpass must be named
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     psql = str(client_binary("psql") or "psql")
     counted = subprocess.run([psql, url, "-Atc", f"select sum(done) from stage_blocks where pipeline_run = {run}"], capture_output=True,

@@ -183,6 +183,12 @@ def test_a_custom_spec_runs_end_to_end_from_cache_and_resumed(project: Path, raw
     head = next(line for line in again.splitlines() if line.startswith("pipeline run"))
     assert f"served from cache (run {result['run_id']})" in head and head.endswith(f"-> {result['objects']} objects")  # no tracks
     assert f"look at the results: tierflow runs show {int(head.split()[2])}" in again
+    # the cached run computed nothing: its status shows the stages of the run it was served from, and says so
+    cached_status = json.loads(run_cli("status", head.split()[2], "--json", cwd=project, env=env).stdout)
+    first_status = json.loads(run_cli("status", str(result["run_id"]), "--json", cwd=project, env=env).stdout)
+    assert cached_status["served_from_run"] == result["run_id"] and cached_status["stages"] == first_status["stages"] != {}
+    shown = run_cli("runs", "show", head.split()[2], cwd=project, env=env).stdout
+    assert f"served from the cache of run {result['run_id']}" in " ".join(shown.split())
     # the same parameters with another spec is another pipeline: never served from this one
     cells = json.loads(run_cli("run", "pipeline", "--dataset", "emb", "--snapshot", result["snapshot_id"], "--param",
                                "block_shape=2,16,16", "--json", cwd=project, env=env).stdout)

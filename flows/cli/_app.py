@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -58,18 +59,24 @@ def plain_help(command: Any, ctx: Any) -> None:
     if getattr(command, "_tierflow_plain_help", False):
         return
     command._tierflow_plain_help = True
-    command.help = escape(command.help) if command.help else command.help
+    command.help = escape(_prose(command.help)) if command.help else command.help
     for param in [*command.params, command.get_help_option(ctx)]:
         if param is None:
             continue
         if getattr(param, "help", None):
-            param.help = escape(param.help)
+            param.help = escape(_prose(param.help))
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""  # a flag takes no value: show none (rich help shows the metavar as it is)
         if param.param_type_name == "argument" and param.metavar:
             param.display_type_rich = _no_type  # its metavar (RAW_DIR, RUN) is the name shown: no <str> next to it
     for sub in getattr(command, "commands", {}).values():
         plain_help(sub, ctx)
+
+
+def _prose(text: str) -> str:
+    """A docstring as help prose: its lines joined into paragraphs (the terminal wraps them, not
+    the docstring's line breaks) and reST's ``code`` shown as `code`."""
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", text).replace("``", "`")
 
 
 def _no_type(ctx: Any) -> None:

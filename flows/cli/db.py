@@ -170,7 +170,10 @@ def pgpass(
         return
     what = "updated the entry" if replaced else "added an entry"
     console.print(f"{what} for {parts.user}@{parts.host}:{parts.port}/{parts.dbname} in {path} (mode 0600)")
-    console.print(f"connect with: psql '{url}'   or   pandas.read_sql(query, sqlalchemy.create_engine('{url}'))", soft_wrap=True)
+    # libpq reads $PGPASSFILE, else ~/.pgpass: another file must be named to every client
+    where = "" if path.expanduser().resolve() == pgpass_path().resolve() else f"PGPASSFILE={path} "
+    console.print(f"connect with: {where}psql '{url}'   or   pandas.read_sql(query, sqlalchemy.create_engine('{url}'))"
+                  + (f" with PGPASSFILE={path} in the environment" if where else ""), soft_wrap=True, markup=False)
     if config.mode == "embedded":
         console.print("the embedded server keeps its port while it is free; if it moves, run `tierflow db pgpass` again")
 

@@ -185,7 +185,7 @@ def _with_progress(total: int, output_uri: str, run: Any, config_path: str | Non
 def op(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(
-        metavar="OP", help="The op (listed below; `tierflow ops list`).", autocompletion=complete.op_names)],
+        metavar="OP", help="The op (see `tierflow ops list`, or the list in this help).", autocompletion=complete.op_names)],
     input: Annotated[str, typer.Option(
         "--input", "-i", metavar="PATH|URI", help="zarr array, TIFF stack or slice folder: a path or an s3:// URI.")],
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH|URI", help="Where the zarr result goes (path or s3:// URI).")],
@@ -255,13 +255,18 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN",
     db = _database(ctx)
     with db.session() as session:
         row = _existing_run(session, run)
-        stages = _stages(session, row)
-        report = {"run": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "stages": stages}
+        served = (row.result or {}).get("served_from_run") if isinstance(row.result, dict) else None
+        # a pipeline run served from cache computed nothing: the stages are those of the run it was served from
+        stages = _stages(session, _existing_run(session, str(served)) if served is not None else row)
+        report = {"run": row.id, "flow": row.flow_name, "status": row.status, "message": row.message, "served_from_run": served,
+                  "stages": stages}
     if as_json:
         print_json(report)
         return
     console.print(f"run {row.id} ({report['flow']}): {report['status']}"
                   + (f" - {_escape(report['message'])}" if report["message"] else ""))
+    if served is not None:
+        console.print(f"served from the cache of run {served}; its stages:")
     table = Table("stage", "done", "failed", "failed blocks")
     for name, figures in stages.items():
         table.add_row(name, str(figures["done"]), str(figures["failed"]), ", ".join(sorted(figures["failed_blocks"])))

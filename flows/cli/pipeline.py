@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-run_app = typer.Typer(help="Run a flow: `tierflow run pipeline --snapshot ID`.", no_args_is_help=True)
+run_app = typer.Typer(help="Run a flow: `tierflow run pipeline [NAME] --dataset NAME --raw RAW_DIR` (or `--snapshot ID`).",
+                      no_args_is_help=True)
 pipelines_app = typer.Typer(help="Pipelines (TOML specs in configs/pipelines/): `tierflow pipelines list`.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs recorded in the results database.", no_args_is_help=True)
 
@@ -268,6 +269,12 @@ def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RU
         + (f" - {escape(report['message'])}" if report["message"] else "")
     )
     console.print(f"  parameters: {_escape(_readable(report['parameters']))}", soft_wrap=True)
+    served = (report["result"] or {}).get("served_from_run")
+    if served is not None:  # its children, artifacts and blocks are the earlier run's
+        console.print(f"  served from the cache of run {served}: its stages, artifacts and blocks are that run's "
+                      f"(`tierflow runs show {served}`, `tierflow status {served}`)")
+    if report["flow_run_id"]:
+        console.print(f"  Prefect flow run: {report['flow_run_id']}")
     if report["children"]:
         counts: dict[str, int] = {}
         for child in report["children"]:

@@ -55,12 +55,18 @@ def start(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Start the managed Prefect server unless it runs (flow runs start it on their own too)."""
     from tierflow.flows.runtime.prefect_server import ensure_server
 
+    from tierflow.flows.runtime.prefect_server import managed_server
+
     config = _config(ctx)
     _no_managed_server(config)
+    was = managed_server(config).info()
     info = ensure_server(config)
+    already = was.running and was.pid == info.pid
     if as_json:
-        print_json(info.to_dict())
+        print_json({**info.to_dict(), "already_running": already})
         return
+    if already:
+        console.print("Prefect server: already running")
     _describe(info)
     if config.prefect.server == "ephemeral":
         err_console.print(escape("note: [prefect].server = \"ephemeral\": flow runs use Prefect's own temporary server, not this one"))

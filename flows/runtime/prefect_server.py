@@ -132,6 +132,15 @@ def _announce(message: str) -> AbstractContextManager[Any]:
     return console.status(message) if console.is_terminal or console.is_jupyter else nullcontext()
 
 
+def _said_started(info: ServerInfo) -> None:
+    """One line that stays (terminal or not): a server now runs in the background, and how to stop it."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(
+        f"started the Prefect server in the background: {info.url} (pid {info.pid}; `tierflow ui` prints its URL, "
+        "`tierflow server stop` stops it)", markup=False, soft_wrap=True)
+
+
 class ManagedPrefectServer:
     """A ``prefect server start`` in the background, its files in ``root``.
 
@@ -204,7 +213,9 @@ class ManagedPrefectServer:
                 first = not self.state_file.exists()
                 message = "starting the Prefect server" + (" (first start migrates its database)…" if first else "…")
                 with _announce(message):
-                    return self._launch(database(), analytics=analytics)
+                    info = self._launch(database(), analytics=analytics)
+                _said_started(info)
+                return info
         except Timeout:
             raise PrefectServerError(
                 f"timed out waiting for the lock {self.lock_file}",
