@@ -155,7 +155,9 @@ def demo(
     console.print("\n[bold]Look at the results[/]")
     console.print("  Prefect UI:   tierflow ui   (prints its URL -> Runs, Artifacts)")
     console.print(f"  this run:     tierflow runs show {result['run_id']}")
-    console.print("  tables in SQL: tierflow db url   (object_features, track_points, track_kinematics, track_msd)")
+    console.print(f"  its objects:  tierflow results {result['run_id']}   (track ids, channel means; --format csv|parquet)")
+    console.print("  SQL:          tierflow db psql   (views pipeline_objects, track_summary, stage_blocks; tables object_features, "
+                  "track_points, track_kinematics, track_msd)", markup=False)
     if result.get("images"):
         console.print(f"  Neuroglancer: tierflow view {result['run_id']}   (serves the sample images, prints a link per sample: "
                       "channels + labels)")
