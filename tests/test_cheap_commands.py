@@ -128,3 +128,46 @@ def test_schema_head_read_without_alembic_is_alembics():
     from tierflow.storage.db.migrate import _declared_head, heads
 
     assert [_declared_head()] == heads()
+
+
+def _op_memo_run(project: Path, tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[str, set[str]]:
+    return probe(tmp_path, "op", "gaussian", "-i", "in.zarr", *args, cwd=project, env=env)
+
+
+def test_a_cached_op_is_answered_from_its_memo_until_an_input_or_a_param_changes(cached_op, tmp_path, prefect_api):
+    """Issue 15: once the ledger confirmed an op up to date, the same request is answered from
+    the op memo without zarr, SQLAlchemy or Prefect, and still recorded as an ``up_to_date`` run;
+    a rewritten input chunk, a changed mask or another parameter is never answered from it."""
+    project, env = cached_op, {"PREFECT_API_URL": prefect_api}
+    text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=1", env=env)  # the full check writes the memo
+    assert "0 of 1 blocks computed, 1 already done" in text and "zarr" in heavy
+    text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=1", env=env)
+    assert "0 of 1 blocks computed, 1 already done" in text
+    assert not heavy & {"zarr", "sqlalchemy", "prefect", "alembic", "scipy"}, heavy
+    run_id = text.rsplit("(run ", 1)[1].rstrip(")\n")
+    row = json.loads(run_cli("runs", "show", run_id, "--json", cwd=project).stdout)
+    full = json.loads(run_cli("runs", "show", str(int(run_id) - 1), "--json", cwd=project).stdout)  # the full check's run
+    assert (row["flow"], row["status"], row["parameters"]) == ("op", "completed", full["parameters"])
+    assert row["result"] == {**full["result"], "run_id": int(run_id)}
+    assert (row["result"]["computed"], row["result"]["blocks"], row["result"]["up_to_date"]) == (0, 1, True)
+    assert row["result"]["output"] == (project / "out.zarr").resolve().as_uri()
+    assert f"run {run_id} (op): completed" in run_cli("status", run_id, cwd=project).stdout
+
+    source = zarr.open_array(project / "in.zarr", mode="r+")
+    source[0, 0, :4] = [9000, 9001, 9002, 9003]  # the one chunk rewritten: new bytes, new mtime
+    text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=1", env=env)
+    assert "1 of 1 blocks computed" in text and "prefect" in heavy
+    run_cli("op", "gaussian", "-i", "in.zarr", "-o", "fresh.zarr", "-p", "sigma=1", cwd=project, env=env)
+    np.testing.assert_array_equal(zarr.open_array(project / "out.zarr", mode="r")[:], zarr.open_array(project / "fresh.zarr", mode="r")[:])
+
+    text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=2", env=env)
+    assert "1 of 1 blocks computed" in text and "prefect" in heavy
+
+    mask = zarr.create_array(project / "mask.zarr", shape=(8, 32, 32), chunks=(8, 32, 32), dtype="uint8")
+    mask[:] = 1
+    for _ in range(3):  # computed, confirmed by the full check (memo written), answered by the memo
+        text, heavy = _op_memo_run(project, tmp_path, "-o", "masked.zarr", "--mask", "mask.zarr", "-p", "sigma=1", env=env)
+    assert "0 of 1 blocks computed" in text and "zarr" not in heavy
+    mask[0, 0, 0] = 0
+    text, heavy = _op_memo_run(project, tmp_path, "-o", "masked.zarr", "--mask", "mask.zarr", "-p", "sigma=1", env=env)
+    assert "1 of 1 blocks computed" in text and "prefect" in heavy

@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 
 from tierflow.storage.db.migrate import current_revision, downgrade, head_revision, heads, upgrade, require_current
 from tierflow.storage.db.models import Base
-from tierflow.storage.db.repo import add_artifact, record_blocks, start_run
+from tierflow.storage.db.repo import add_artifact, ledger_state, record_blocks, record_memo, start_run
 from tierflow.storage.errors import SchemaOutOfDateError
 
 import pytest
@@ -50,3 +50,30 @@ def test_upgrade_downgrade_upgrade_on_a_non_empty_database(empty_db):
     assert all(count == 0 for count in counts.values())
     with db.session() as session:  # the schema is usable again after the round trip
         assert start_run(session, flow_name="again").id >= 1
+
+
+def test_op_memos_migration_0008_down_and_up(empty_db):
+    """0008 adds ``op_memos`` (the cached op's memo) and its downgrade drops only that table; a
+    memo written before the round trip is gone after it, and the table takes rows again."""
+    db = empty_db
+    upgrade(db)
+    with db.session() as session:
+        run = start_run(session, flow_name="op")
+        record_blocks(session, [{"run_id": run.id, "op": "gaussian", "op_key": "k", "array_uri": "file:///o.zarr", "block_id": "0.0.0",
+                                 "status": "done"}])
+        state = ledger_state(session, "file:///o.zarr")
+        record_memo(session, memo_key="m" * 64, op="gaussian", op_key="k", output_uri="file:///o.zarr", stat_digest="d" * 64,
+                    ledger=state, blocks=1, block_shape=(8, 32, 32))
+        record_memo(session, memo_key="m" * 64, op="gaussian", op_key="k", output_uri="file:///o.zarr", stat_digest="e" * 64,
+                    ledger=state, blocks=1, block_shape=(8, 32, 32))  # the same request again: the memo is refreshed, not doubled
+    assert state.startswith("1:1:")
+    assert db.row_counts()["op_memos"] == 1
+
+    downgrade(db, "0007")
+    assert current_revision(db) == "0007"
+    counts = db.row_counts()
+    assert "op_memos" not in counts and counts["block_ledger"] == 1 and counts["runs"] == 1
+
+    upgrade(db)
+    assert current_revision(db) == "0008" == head_revision()
+    assert db.row_counts()["op_memos"] == 0

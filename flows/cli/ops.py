@@ -205,16 +205,22 @@ def op(
     params = parse_params(param)
     resolved = _check_op(name, params)  # before anything heavy is imported or started
     from tierflow.flows.cli.data import _config
-    from tierflow.flows.ops.cached import up_to_date  # a finished op is answered without importing Prefect
-    from tierflow.flows.ops.request import locate_input, output_location
     from tierflow.flows.execution.placement import check_output_placement, op_reads
-    from tierflow.storage.geometry import fit_block_shape, parse_block_shape
-    from tierflow.storage.image_meta import leading_axes
-    from tierflow.tasks.blockwise import open_source
 
     config = _config(ctx)
     extras = parse_params(extra)
     check_output_placement(config, output, op_reads(input, extras, mask))
+    memo = None if force else _memo_request(name, resolved, input, output, params, block_shape, extras, mask, config)
+    known = _answer(memo, state(ctx).config_path) if memo is not None else None
+    if known is not None:  # the op memo answered: nothing changed since the ledger confirmed it (no zarr, SQLAlchemy or Prefect)
+        _op_summary(name, known, as_json)
+        return
+    from tierflow.flows.ops.cached import up_to_date  # a finished op is answered without importing Prefect
+    from tierflow.flows.ops.request import locate_input, output_location
+    from tierflow.storage.geometry import fit_block_shape, parse_block_shape
+    from tierflow.storage.image_meta import leading_axes
+    from tierflow.tasks.blockwise import open_source
+
     target_uri = output_location(config, output).uri  # refused here if its tier takes no writes
     volume = open_source(locate_input(config, input))
     shape = parse_block_shape(block_shape) if block_shape else None
@@ -233,17 +239,36 @@ def op(
             return op_flow(name, input, output, params, block_shape=shape, workers=workers, config_dir=state(ctx).config_path,
                            inputs=extras or None, mask=mask, force=force)
 
-    result = None if force else up_to_date(name, input, output, params, shape, state(ctx).config_path, extras or None, mask, config)
+    result = None if force else up_to_date(name, input, output, params, shape, state(ctx).config_path, extras or None, mask, config,
+                                            memo=memo)
     if result is None:
         from tierflow.flows.runtime.prefect_env import use_prefect_server
 
         use_prefect_server(config)  # before the progress bar: a first start shows a status line of its own
         result = run() if as_json or not total else _with_progress(total, target_uri, run, state(ctx).config_path)
+    _op_summary(name, result, as_json)
+
+
+def _op_summary(name: str, result: Any, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
     console.print(f"{name}: {result['computed']} of {result['blocks']} blocks computed, "
                   f"{result['blocks'] - result['computed']} already done -> {result['output']} (run {result['run_id']})")
+
+
+def _memo_request(name: str, resolved: dict[str, Any], input: str, output: str, params: dict[str, Any], block_shape: str | None,
+                  extras: dict[str, str], mask: str | None, config: Any) -> Any:
+    from tierflow.flows.ops.quick import memo_request
+    from tierflow.tasks.ops.registry import get_op
+
+    return memo_request(get_op(name), resolved, input, output, params, block_shape, extras, mask, config)
+
+
+def _answer(memo: Any, config_path: str | None) -> dict[str, Any] | None:
+    from tierflow.flows.ops.quick import answer
+
+    return answer(memo, config_path)
 
 
 def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or Prefect flow-run id.")],

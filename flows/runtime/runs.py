@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
+from tierflow.flows.runtime.version import code_version
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.locks import hold_run_lock
 from tierflow.storage.db.repo import finish_run, lock_run, run_id_of_flow_run, start_run
@@ -18,26 +15,6 @@ __all__ = ["RunRecord", "cancel_live_runs", "code_version", "recorded_run", "run
 
 _LIVE: dict[int, Database] = {}
 """The runs this process is running now (run id -> its database), for :func:`cancel_live_runs`."""
-
-
-@functools.cache
-def code_version() -> str:
-    """tierflow's version, plus the git commit when running from a checkout."""
-    try:
-        text = version("tierflow")
-    except PackageNotFoundError:
-        text = "unknown"
-    root = Path(__file__).resolve().parents[1]
-    if (root / ".git").exists():
-        try:
-            sha = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            if sha:
-                text += f"+g{sha}"
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return text
 
 
 def _flow_run_id() -> str | None:

@@ -41,6 +41,7 @@ __all__ = [
     "BlockRecord",
     "ObjectFeature",
     "ObjectIntensity",
+    "OpMemo",
     "RetentionEvent",
     "Run",
     "Snapshot",
@@ -334,3 +335,24 @@ class TrackMsd(Base):
     lag_time: Mapped[float] = mapped_column(Float)
     msd: Mapped[float] = mapped_column(Float)
     n_pairs: Mapped[int] = mapped_column(Integer)
+
+
+class OpMemo(Base):
+    """An op request the ledger confirmed up to date, so ``tierflow op`` can answer it again
+    from one query without importing zarr or SQLAlchemy (:mod:`tierflow.storage.db.quick`).
+
+    ``memo_key`` names the request (op, version, resolved parameters, absolute locations, block
+    shape); ``stat_digest`` the inputs' file stats and the output's metadata when it was
+    confirmed; ``ledger_state`` the output's ledger rows then (count, done, newest id)."""
+
+    __tablename__ = "op_memos"
+
+    memo_key: Mapped[str] = mapped_column(String(64), unique=True)
+    op: Mapped[str] = mapped_column(Text)
+    op_key: Mapped[str] = mapped_column(Text)
+    output_uri: Mapped[str] = mapped_column(Text)
+    stat_digest: Mapped[str] = mapped_column(String(64))
+    ledger_state: Mapped[str] = mapped_column(Text)
+    blocks: Mapped[int] = mapped_column(Integer)
+    block_shape: Mapped[str] = mapped_column(Text)
+    """The block shape fitted to the input (JSON list), as the run rows record it."""

@@ -19,6 +19,7 @@ from tierflow.storage.db.repo.artifacts import (
     promotable_artifacts,
 )
 from tierflow.storage.db.repo.features import SHAPE_COLUMNS, ObjectCentroid, add_object_features, count_objects, object_centroids
+from tierflow.storage.db.repo.memos import ledger_state, record_memo
 from tierflow.storage.db.repo.ledger import (
     BlockAttempt,
     block_attempts,
@@ -57,6 +58,8 @@ from tierflow.storage.db.repo.snapshots import (
 )
 
 __all__ = [
+    "ledger_state",
+    "record_memo",
     "BlockAttempt",
     "ManifestEntry",
     "OBJECTS_VIEW",
