@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,16 @@ def test_schema_head_read_without_alembic_is_alembics():
     assert [_declared_head()] == heads()
 
 
+def _settle(project: Path) -> None:
+    """Wait until every file of the project's arrays is older than the memo's racy window (a
+    memo is written only from stats that old: ``flows.ops.quick.RACY_SECONDS``)."""
+    from tierflow.flows.ops.quick import RACY_SECONDS
+
+    newest = max(path.stat().st_mtime for path in project.rglob("*") if path.is_file())
+    while time.time() - newest <= RACY_SECONDS + 0.2:
+        time.sleep(0.1)
+
+
 def _op_memo_run(project: Path, tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[str, set[str]]:
     return probe(tmp_path, "op", "gaussian", "-i", "in.zarr", *args, cwd=project, env=env)
 
@@ -139,6 +150,7 @@ def test_a_cached_op_is_answered_from_its_memo_until_an_input_or_a_param_changes
     the op memo without zarr, SQLAlchemy or Prefect, and still recorded as an ``up_to_date`` run;
     a rewritten input chunk, a changed mask or another parameter is never answered from it."""
     project, env = cached_op, {"PREFECT_API_URL": prefect_api}
+    _settle(project)
     text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=1", env=env)  # the full check writes the memo
     assert "0 of 1 blocks computed, 1 already done" in text and "zarr" in heavy
     text, heavy = _op_memo_run(project, tmp_path, "-o", "out.zarr", "-p", "sigma=1", env=env)
@@ -165,9 +177,12 @@ def test_a_cached_op_is_answered_from_its_memo_until_an_input_or_a_param_changes
 
     mask = zarr.create_array(project / "mask.zarr", shape=(8, 32, 32), chunks=(8, 32, 32), dtype="uint8")
     mask[:] = 1
-    for _ in range(3):  # computed, confirmed by the full check (memo written), answered by the memo
-        text, heavy = _op_memo_run(project, tmp_path, "-o", "masked.zarr", "--mask", "mask.zarr", "-p", "sigma=1", env=env)
+    masked = ("-o", "masked.zarr", "--mask", "mask.zarr", "-p", "sigma=1")
+    assert "1 of 1 blocks computed" in _op_memo_run(project, tmp_path, *masked, env=env)[0]
+    _settle(project)
+    assert "zarr" in _op_memo_run(project, tmp_path, *masked, env=env)[1]  # confirmed by the full check: the memo is written
+    text, heavy = _op_memo_run(project, tmp_path, *masked, env=env)
     assert "0 of 1 blocks computed" in text and "zarr" not in heavy
     mask[0, 0, 0] = 0
-    text, heavy = _op_memo_run(project, tmp_path, "-o", "masked.zarr", "--mask", "mask.zarr", "-p", "sigma=1", env=env)
+    text, heavy = _op_memo_run(project, tmp_path, *masked, env=env)
     assert "1 of 1 blocks computed" in text and "prefect" in heavy

@@ -54,7 +54,7 @@ def up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None, 
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     mask_ref = locate_input(config, mask) if mask else None
     key = op_key(op, spec.version, resolved, inputs_identity(source, extras, mask_ref))
-    digest = stat_digest(memo) if memo is not None else None  # before the check: a change during it shows later
+    digest = stat_digest(memo, settled=True) if memo is not None else None  # before the check: a change during it shows later
     if stamped_op_key(target) != key:
         return None
     volume = open_source(source)

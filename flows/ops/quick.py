@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,12 @@ from tierflow.flows.runtime.version import code_version
 from tierflow.storage.db.quick import answer_from_memo, embedded_connection
 from tierflow.tasks.ops.spec import OpSpec
 
-__all__ = ["MemoRequest", "answer", "memo_request", "stat_digest"]
+__all__ = ["RACY_SECONDS", "MemoRequest", "answer", "memo_request", "stat_digest"]
+
+RACY_SECONDS = 2.0
+"""A memo is written only if every file it digests is older than this: a file rewritten with the
+same size within one tick of a coarse file-system clock keeps its mtime, so stats taken that
+recently could not tell the rewrite (git's "racy" index entries, solved the same way)."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +77,15 @@ def memo_request(spec: OpSpec, resolved: dict[str, Any], input: str, output: str
     return MemoRequest(hashlib.sha256(text.encode()).hexdigest(), spec.name, inputs, target, parameters, resolved)
 
 
-def _file_stats(root: str) -> list[str] | None:
-    """``relative path|size|mtime_ns`` of every file under ``root`` (or of ``root`` itself)."""
+def _file_stats(root: str, newest: list[int]) -> list[str] | None:
+    """``relative path|size|mtime_ns`` of every file under ``root`` (or of ``root`` itself);
+    ``newest[0]`` is raised to the newest mtime seen."""
     try:
         top = os.stat(root)
     except OSError:
         return None
     if not os.path.isdir(root):
+        newest[0] = max(newest[0], top.st_mtime_ns)
         return [f".|{top.st_size}|{top.st_mtime_ns}"]
     lines: list[str] = []
     pending = [root]
@@ -90,24 +98,29 @@ def _file_stats(root: str) -> list[str] | None:
                     lines.append(f"{os.path.relpath(entry.path, root)}/")
                 else:
                     stat = entry.stat()
+                    newest[0] = max(newest[0], stat.st_mtime_ns)
                     lines.append(f"{os.path.relpath(entry.path, root)}|{stat.st_size}|{stat.st_mtime_ns}")
     return sorted(lines)
 
 
-def stat_digest(request: MemoRequest) -> str | None:
+def stat_digest(request: MemoRequest, *, settled: bool = False) -> str | None:
     """A digest of the inputs' file stats and the output's ``zarr.json`` (stats and bytes), or
-    None if one of them cannot be read."""
-    digest = hashlib.sha256()
+    None if one of them cannot be read (or, ``settled``: if one changed in the last
+    :data:`RACY_SECONDS`, so that a memo is written only from stats that tell every change)."""
+    digest, newest = hashlib.sha256(), [0]
     for where in request.inputs:
-        stats = _file_stats(where)
+        stats = _file_stats(where, newest)
         if stats is None:
             return None
         digest.update(f"{where}\n".encode() + "\n".join(stats).encode() + b"\n\n")
     meta = Path(request.output) / "zarr.json"
     try:
         stat = meta.stat()
+        newest[0] = max(newest[0], stat.st_mtime_ns)
         digest.update(f"{stat.st_size}|{stat.st_mtime_ns}\n".encode() + meta.read_bytes())
     except OSError:
+        return None
+    if settled and newest[0] >= time.time_ns() - int(RACY_SECONDS * 1e9):
         return None
     return digest.hexdigest()
 

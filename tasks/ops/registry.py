@@ -108,6 +108,13 @@ def _registry() -> _Registry:
     return _Registry(ops, broken)
 
 
+@cache
+def _builtin_ops() -> dict[str, OpSpec]:
+    from tierflow.tasks.ops.catalog import BUILTIN_OPS
+
+    return {spec.name: spec for spec in BUILTIN_OPS}
+
+
 def reload_ops() -> None:
     """Forget the ops found so far (the next lookup reads the entry points again)."""
     _registry.cache_clear()
@@ -138,6 +145,9 @@ def get_op(name: str) -> OpSpec:
     InvalidParameterError
         (a ``ValueError``) naming the op asked for and listing the known ones.
     """
+    builtin = _builtin_ops().get(name)
+    if builtin is not None:
+        return builtin  # no plugin can replace a built-in (see _registry): no entry point need be read or imported
     registry = _registry()
     if name in registry.ops:
         return registry.ops[name]
