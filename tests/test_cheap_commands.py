@@ -186,3 +186,24 @@ def test_a_cached_op_is_answered_from_its_memo_until_an_input_or_a_param_changes
     mask[0, 0, 0] = 0
     text, heavy = _op_memo_run(project, tmp_path, *masked, env=env)
     assert "1 of 1 blocks computed" in text and "prefect" in heavy
+
+
+def test_the_memo_never_names_what_it_cannot_check(project):
+    """S3 locations (no file stats to digest), a non-map op and Otsu's threshold (its key is
+    known only once the whole input is read) always take the full check: no memo request."""
+    from tierflow.configs import load_config
+    from tierflow.flows.ops.quick import memo_request
+    from tierflow.tasks.ops.registry import get_op
+
+    config = load_config(str(project / "configs"))
+    gaussian, threshold, label = get_op("gaussian"), get_op("threshold"), get_op("label")
+    local = memo_request(gaussian, gaussian.resolve({"sigma": "1"}), "in.zarr", "out.zarr", {"sigma": "1"}, None, {}, None, config)
+    assert local is not None and local.inputs == (str((Path.cwd() / "in.zarr").resolve()),)
+    for where in ({"input": "s3://bucket/in.zarr"}, {"output": "s3://bucket/out.zarr"}, {"mask": "s3://bucket/mask.zarr"},
+                  {"extras": {"mask": "s3://bucket/m.zarr"}}):
+        request = {"input": "in.zarr", "output": "out.zarr", "extras": {}, "mask": None, **where}
+        assert memo_request(gaussian, gaussian.resolve({"sigma": "1"}), request["input"], request["output"], {"sigma": "1"}, None,
+                            request["extras"], request["mask"], config) is None, where
+    assert memo_request(threshold, threshold.resolve({"value": "otsu"}), "in.zarr", "t.zarr", {"value": "otsu"}, None, {}, None,
+                        config) is None
+    assert memo_request(label, label.resolve({}), "in.zarr", "l.zarr", {}, None, {}, None, config) is None
