@@ -78,28 +78,31 @@ def memo_request(spec: OpSpec, resolved: dict[str, Any], input: str, output: str
 
 
 def _file_stats(root: str, newest: list[int]) -> list[str] | None:
-    """``relative path|size|mtime_ns`` of every file under ``root`` (or of ``root`` itself);
-    ``newest[0]`` is raised to the newest mtime seen."""
+    """``relative path|size|mtime_ns`` of every file under ``root`` (or of ``root`` itself),
+    following symbolic links (each folder once); ``newest[0]`` is raised to the newest mtime
+    seen. None if anything cannot be read (a dangling link, a folder that vanished)."""
     try:
         top = os.stat(root)
+        if not os.path.isdir(root):
+            newest[0] = max(newest[0], top.st_mtime_ns)
+            return [f".|{top.st_size}|{top.st_mtime_ns}"]
+        lines: list[str] = []
+        pending, seen = [root], {(top.st_dev, top.st_ino)}
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    stat = entry.stat()  # follows links
+                    relative = os.path.relpath(entry.path, root)
+                    if entry.is_dir():
+                        lines.append(f"{relative}/")
+                        if (stat.st_dev, stat.st_ino) not in seen:  # a link back up is walked once
+                            seen.add((stat.st_dev, stat.st_ino))
+                            pending.append(entry.path)
+                        continue
+                    newest[0] = max(newest[0], stat.st_mtime_ns)
+                    lines.append(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}")
     except OSError:
         return None
-    if not os.path.isdir(root):
-        newest[0] = max(newest[0], top.st_mtime_ns)
-        return [f".|{top.st_size}|{top.st_mtime_ns}"]
-    lines: list[str] = []
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
-                    pending.append(entry.path)
-                    lines.append(f"{os.path.relpath(entry.path, root)}/")
-                else:
-                    stat = entry.stat()
-                    newest[0] = max(newest[0], stat.st_mtime_ns)
-                    lines.append(f"{os.path.relpath(entry.path, root)}|{stat.st_size}|{stat.st_mtime_ns}")
     return sorted(lines)
 
 
