@@ -9,7 +9,7 @@ mtime_ns) and the output's ``zarr.json`` (its bytes hold the op key stamp), take
 check, so a change during the check shows as a different digest later.
 
 The next identical request is answered by :func:`answer` from one query over a raw psycopg2
-connection (:mod:`storage.db.quick`), when the digest and the output's ledger state are what
+connection (:mod:`storage.db.repo.quick`), when the digest and the output's ledger state are what
 the memo recorded. Anything else (an S3 location, a non-map op, Otsu's threshold, an external
 database, no server running, no memo, a changed file) answers None: the full check runs, as
 before. Why: importing zarr and SQLAlchemy alone costs more than the budget of a cached op
@@ -29,7 +29,7 @@ from typing import Any
 from tierflow.configs import TierflowConfig, load_db_config
 from tierflow.flows.ops.result import OpResult
 from tierflow.flows.runtime.version import code_version
-from tierflow.storage.db.quick import answer_from_memo, embedded_connection
+from tierflow.storage.db.repo.quick import answer_from_memo, embedded_connection
 from tierflow.tasks.ops.spec import OpSpec
 
 __all__ = ["RACY_SECONDS", "MemoRequest", "answer", "memo_request", "stat_digest"]

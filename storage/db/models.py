@@ -339,7 +339,7 @@ class TrackMsd(Base):
 
 class OpMemo(Base):
     """An op request the ledger confirmed up to date, so ``tierflow op`` can answer it again
-    from one query without importing zarr or SQLAlchemy (:mod:`tierflow.storage.db.quick`).
+    from one query without importing zarr or SQLAlchemy (:mod:`tierflow.storage.db.repo.quick`).
 
     ``memo_key`` names the request (op, version, resolved parameters, absolute locations, block
     shape); ``stat_digest`` the inputs' file stats and the output's metadata when it was

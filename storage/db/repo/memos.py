@@ -1,4 +1,4 @@
-"""Op memos: an op request the ledger confirmed up to date (see :mod:`storage.db.quick`, which
+"""Op memos: an op request the ledger confirmed up to date (see :mod:`storage.db.repo.quick`, which
 answers from them without SQLAlchemy)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["ledger_state", "record_memo"]
 
 def ledger_state(session: Session, array_uri: str) -> str:
     """``count:done:newest id`` of the ledger rows of ``array_uri``: any new attempt, or a done
-    row marked stale, changes it (:mod:`storage.db.quick` compares the same text)."""
+    row marked stale, changes it (:mod:`storage.db.repo.quick` compares the same text)."""
     done = func.count().filter(BlockRecord.status == "done")
     row = session.execute(select(func.count(), done, func.coalesce(func.max(BlockRecord.id), 0))
                           .where(BlockRecord.array_uri == array_uri)).one()

@@ -2,11 +2,12 @@
 request, checks the output's ledger is as it was when the memo was written, and records the
 ``up_to_date`` run row.
 
-Why raw SQL outside :mod:`storage.db.repo`: importing SQLAlchemy (and ``storage.db.repo``, whose
-package imports it with the ORM models) costs ~0.25-0.35 s of a process, measured with
+Why raw psycopg2 here, unlike every other module of :mod:`storage.db.repo`: importing
+SQLAlchemy (with the ORM models) costs ~0.25-0.35 s of a process, measured with
 ``benchmarks/cli.py`` and cProfile, which alone is more than half of the budget of a cached
 ``tierflow op`` (issue 15: at most half of ``import prefect``). So this one path writes its SQL
-itself with psycopg2 (~0.03 s); every other query stays in ``storage/db/repo``. The memo rows
+itself with psycopg2 (~0.03 s); every other query goes through SQLAlchemy. (The package imports
+its modules lazily, so importing this one loads no SQLAlchemy.) The memo rows
 are written by :func:`storage.db.repo.memos.record_memo`, whose ledger state this module's
 query must compare equal (same ``count:done:newest id`` text).
 
