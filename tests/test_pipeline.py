@@ -163,9 +163,12 @@ def test_the_prefect_ui_shows_progress_objects_and_the_report(demo, prefect_api)
             response.raise_for_status()
             return response.json()
 
-    _, result, _ = demo
+    from tierflow.flows.runtime.progress import progress_key
+
+    root, result, env = demo
+    flow_run = json.loads(run_cli("runs", "show", str(result["run_id"]), "--json", cwd=root, env=env).stdout)["flow_run_id"]
     for stage in ("stage", "smooth", "threshold", "label", "features", "image"):
-        progress = asyncio.run(artifacts(f"run-{result['run_id']}-{stage}-progress"))  # the run's own bars
+        progress = asyncio.run(artifacts(progress_key(result["run_id"], stage, flow_run)))  # the run's own bars
         assert progress and float(progress[0]["data"]) == 100.0, stage
     report = asyncio.run(artifacts("pipeline-report"))
     assert report and result["snapshot_id"] in report[0]["data"] and "neuroglancer" in report[0]["data"].lower()

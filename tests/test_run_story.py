@@ -101,14 +101,20 @@ def test_flow_run_names_say_what_runs(story, prefect_api):
     assert any(name.startswith("track 2 features runs (") and name.endswith("max distance 15.0") for name in named), named
 
 
+def _key(run: int, stage: str, flow_run: str) -> str:
+    from tierflow.flows.runtime.progress import progress_key
+
+    return progress_key(run, stage, flow_run)
+
+
 def test_progress_artifacts_belong_to_their_run(story, prefect_api):
     for stage in STAGES:
-        progress = _artifacts(f"run-{story['run']}-{stage}-progress")
+        progress = _artifacts(_key(story["run"], stage, story["flow_run_id"]))
         assert len(progress) == 1 and float(progress[0]["data"]) == 100.0, stage
     with story["db"].session() as session:
         track_run = session.execute(text("SELECT id FROM runs WHERE flow_name = 'track' AND parent_id = :r"),
                                     {"r": story["run"]}).scalar_one()
-    assert float(_artifacts(f"run-{track_run}-track-progress")[0]["data"]) == 100.0
+    assert float(_artifacts(_key(track_run, "track", story["flow_run_id"]))[0]["data"]) == 100.0
     promoted = _artifacts("promotion")
     assert promoted and any(r["tier1_uri"].endswith("report.json") for r in json.loads(promoted[0]["data"]))
 
@@ -171,9 +177,11 @@ def test_force_recomputes_every_block_to_the_same_results(story, prefect_api):
     pd.testing.assert_frame_equal(objects["forced"], objects["first"])
     assert f"/run-{forced['run_id']}/" in forced["promoted"]["report.json"]  # Tier 1: a new place; the first results stay
     assert Path(first["promoted"]["report.json"][len("file://"):]).is_file()
+    forced_flow_run = json.loads(run_cli("runs", "show", str(forced["run_id"]), "--json", cwd=story["root"], env=story["env"]).stdout)[
+        "flow_run_id"]
     for stage in ("smooth", "label"):  # two runs, two progress artifacts: neither updates the other's
-        assert float(_artifacts(f"run-{forced['run_id']}-{stage}-progress")[0]["data"]) == 100.0
-        assert len(_artifacts(f"run-{story['run']}-{stage}-progress")) == 1
+        assert float(_artifacts(_key(forced["run_id"], stage, forced_flow_run))[0]["data"]) == 100.0
+        assert len(_artifacts(_key(story["run"], stage, story["flow_run_id"]))) == 1
 
 
 def test_op_force_recomputes_every_block_and_names_its_run(project, prefect_api):

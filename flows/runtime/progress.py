@@ -2,8 +2,9 @@
 total, updated as batches of blocks finish), and in-process listeners (the CLI's live display,
 :func:`watch_progress`).
 
-Artifact keys belong to one run (``run-<id>-<stage>-progress``): two pipelines at once never
-show each other's bars.
+Artifact keys belong to one run (``run-<id>-<flow run>-<stage>-progress``: the tierflow run id
+and the first 8 characters of the Prefect flow run it runs under, as projects with databases of
+their own may share one Prefect server): two pipelines at once never show each other's bars.
 """
 
 from __future__ import annotations
@@ -83,11 +84,25 @@ def _flow_run_location() -> tuple[str | None, str | None]:
     return run_id, f"{str(ui).rstrip('/')}/runs/flow-run/{run_id}" if ui and run_id else None
 
 
-def progress_key(run: int | None, stage: str) -> str:
-    """The progress artifact key of ``stage`` in run ``run`` (Prefect keys: lowercase letters,
-    digits and dashes)."""
-    text = f"run-{run}-{stage}-progress" if run is not None else f"{stage}-progress"
+def progress_key(run: int | None, stage: str, root_flow_run: str | None = None) -> str:
+    """The progress artifact key of ``stage`` in run ``run`` under the Prefect flow run
+    ``root_flow_run`` (the top-level one; Prefect keys: lowercase letters, digits and dashes).
+    Run ids count per results database, so the flow run keeps two projects reporting to one
+    Prefect server apart (their run 2 is not one run)."""
+    scope = f"run-{run}-" if run is not None else ""
+    scope += f"{str(root_flow_run)[:8]}-" if root_flow_run else ""
+    text = f"{scope}{stage}-progress"
     return "".join(c if c.isalnum() else "-" for c in text.lower())
+
+
+def _root_flow_run() -> str | None:
+    """The id of the top-level Prefect flow run this code runs under (None outside one)."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.root_flow_run_id) if flow_run.id else None
+    except Exception:  # noqa: BLE001 - no flow run, no API: the key goes without it
+        return None
 
 
 class StageProgress:
@@ -106,7 +121,7 @@ class StageProgress:
         self._lock = threading.Lock()
         self._last = 0.0
         self._min_interval = min_interval
-        self.key = progress_key(run, stage)
+        self.key = progress_key(run, stage, _root_flow_run())
         self.artifact_id = create_progress_artifact(0.0, key=self.key, description=self._description(0))
         _tell(StageEvent(stage, 0, self.total, unit=unit))
 
