@@ -81,6 +81,7 @@ from tierflow.storage.arrays import array_sidecars
 from tierflow.storage.db.database import Database
 from tierflow.storage.db.repo import (
     add_artifact,
+    adopt_run,
     artifacts_by_ids,
     completed_runs_with_key,
     get_artifact,
@@ -204,9 +205,19 @@ def _cached_result(db: Database, key: str, source: Tier) -> tuple[int, PipelineR
     return None
 
 
-def _serve_cached(db: Database, recorded: dict[str, Any], served_from: int, original: PipelineResult) -> PipelineResult:
+def _adopt(db: Database, ingest_run: int | None, run_id: int) -> None:
+    """The pipeline's ingest ran before the pipeline's run row existed: record it as inside it
+    (so `tierflow runs list` shows the pipeline, and `--all` its ingest)."""
+    if ingest_run is not None:
+        with db.session() as session:
+            adopt_run(session, int(ingest_run), run_id)
+
+
+def _serve_cached(db: Database, recorded: dict[str, Any], served_from: int, original: PipelineResult, *,
+                  ingest_run: int | None = None) -> PipelineResult:
     """Record a run served by the completed run ``served_from`` (whose result is ``original``)."""
     with recorded_run(db, "pipeline", recorded) as run_id:
+        _adopt(db, ingest_run, int(run_id))
         # the runs table keeps the result with the run id of the run that computed it
         run_id.result = original.served(original.run_id, served_from).to_dict()
     get_run_logger().info("pipeline: snapshot %s with these parameters was completed by run %d: served from it",
@@ -318,9 +329,11 @@ def pipeline(
     tiers = open_tiers(config)
     guard = MemoryGuard(config.execution.memory_limit_percent)
 
+    ingest_run = None
     if raw_dir is not None:
         guard.check("ingest")
-        snapshot = ingest(raw_dir, dataset, config_dir=config_dir)["snapshot_id"]
+        ingested = ingest(raw_dir, dataset, config_dir=config_dir)  # before this run's row exists: adopted below
+        snapshot, ingest_run = ingested["snapshot_id"], ingested.get("run_id")
     snapshot_id, snapshot_pk = _find_snapshot(db, dataset, str(snapshot))
     name = _run_name(config, pipeline_spec, dataset, snapshot_id, chosen)
     if raw_dir is not None or name != pipeline_run_name():
@@ -334,9 +347,10 @@ def pipeline(
 
     cached = None if force else _cached_result(db, key, tiers.source)
     if cached is not None:
-        return _serve_cached(db, recorded, *cached)
+        return _serve_cached(db, recorded, *cached, ingest_run=ingest_run)
 
     with recorded_run(db, "pipeline", recorded) as run_id, tee_run_log(config, f"pipeline-{int(run_id)}") as log_path:
+        _adopt(db, ingest_run, int(run_id))
         announce_run(int(run_id), name)
         run = _PipelineRun(db, int(run_id), dataset, snapshot_id, snapshot_pk, chosen, pipeline_spec, tiers, guard, workers, config_dir)
         logger.info("pipeline %s run %d on dataset %s, snapshot %s, parameters %s (work key %s%s); log %s", pipeline_spec.name, run.run,

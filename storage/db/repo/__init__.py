@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     )
     from tierflow.storage.db.repo.retention import record_retention_event  # noqa: F401
     from tierflow.storage.db.repo.runs import (  # noqa: F401
+        adopt_run,
         child_runs,
         completed_runs_with_key,
         finish_run,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     )
 
 _WHERE: dict[str, str] = {
+    "adopt_run": "tierflow.storage.db.repo.runs",
     "BlockAttempt": "tierflow.storage.db.repo.ledger",
     "ManifestEntry": "tierflow.storage.db.repo.snapshots",
     "OBJECTS_VIEW": "tierflow.storage.db.repo.results",

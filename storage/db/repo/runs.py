@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, select, update
 from sqlalchemy.orm import Session
 
 from tierflow.storage.db.locks import held_run_locks
@@ -125,6 +125,12 @@ def child_runs(session: Session, parent_id: int, *, flow_name: str | None = None
     if flow_name is not None:
         query = query.where(Run.flow_name == flow_name)
     return list(session.scalars(query))
+
+
+def adopt_run(session: Session, run_id: int, parent_id: int) -> None:
+    """Record run ``run_id`` as started inside ``parent_id`` when it has no parent yet (a run made
+    before its parent's row existed: a pipeline's ingest)."""
+    session.execute(update(Run).where(Run.id == run_id, Run.parent_id.is_(None)).values(parent_id=parent_id))
 
 
 def completed_runs_with_key(session: Session, flow_name: str, key: str) -> list[Run]:
