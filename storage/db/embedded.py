@@ -27,12 +27,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from filelock import FileLock, Timeout
-from sqlalchemy.engine import URL
 
 from tierflow.storage.errors import EmbeddedServerError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["EmbeddedPostgres", "EmbeddedStatus", "client_binary"]
 
@@ -175,6 +178,8 @@ class EmbeddedPostgres:
 
     def url(self, status: EmbeddedStatus | None = None) -> URL:
         """SQLAlchemy URL of the running server (with its password: never print it unmasked)."""
+        from sqlalchemy.engine import URL  # here: status() and password() serve the op memo's raw connection without SQLAlchemy
+
         status = status or self.status()
         if not status.running or status.port is None:
             raise EmbeddedServerError(f"embedded PostgreSQL at {self.root} is not running")

@@ -43,19 +43,23 @@ RETURNING id
 
 
 def embedded_connection(root: Path, host: str, user: str, dbname: str, timeout: float = 3.0) -> Any | None:
-    """A psycopg2 connection to the running embedded server of ``root`` (its port from
-    ``postmaster.pid``, its password from ``superuser.password``), or None if it does not run."""
-    try:
-        lines = (root / "data" / "postmaster.pid").read_text().splitlines()
-        password = (root / "superuser.password").read_text().strip()
-    except OSError:
+    """A psycopg2 connection to the running embedded server of ``root`` (where and with which
+    password, as :class:`storage.db.embedded.EmbeddedPostgres` reads them), or None if it does not run."""
+    from tierflow.storage.db.embedded import EmbeddedPostgres
+    from tierflow.storage.errors import EmbeddedServerError
+
+    server = EmbeddedPostgres(root, host=host, user=user, dbname=dbname)
+    status = server.status()
+    if not status.running or status.port is None:
         return None
-    if len(lines) < 8 or not lines[3].strip().isdigit() or lines[7].strip() != "ready":
+    try:
+        password = server.password()
+    except (EmbeddedServerError, OSError):
         return None
     import psycopg2
 
     try:
-        return psycopg2.connect(host=host, port=int(lines[3]), user=user, password=password, dbname=dbname,
+        return psycopg2.connect(host=host, port=status.port, user=user, password=password, dbname=dbname,
                                 connect_timeout=max(1, int(timeout)))
     except psycopg2.Error:
         return None
