@@ -11,8 +11,11 @@ with the median of ``python -c "import prefect"`` (the yardstick). Commands:
 * ``tierflow --help``, ``tierflow ops list``, ``tierflow status RUN``;
 * a cached ``tierflow op gaussian`` on a 32x64x64 uint16 volume (every block done: the ledger answers);
 * a new ``tierflow op gaussian`` on that volume (a new output each time) with the Prefect server
-  already up (:func:`server_up`: tierflow's managed server), and, for comparison only, with
-  Prefect's ephemeral server (``[prefect] server = "ephemeral"``: started by the command itself).
+  already up (:func:`server_up`: tierflow's managed server, and the warm executor beside it that
+  runs flow-running commands in a forked child, :mod:`flows.cli.executor`), and, for comparison
+  only, the same in the command's own process (``TIERFLOW_PREFECT__EXECUTOR=false``) and with
+  Prefect's ephemeral server (``[prefect] server = "ephemeral"``: started by the command itself);
+* the cached op in its own process too (answered by the op memo, :mod:`flows.ops.quick`).
 
 Prints a table (command, median, ratio to ``import prefect``, target, met?) and writes it as JSON.
 """
@@ -43,7 +46,8 @@ TARGETS = {"tierflow --help": 0.3, "cached tierflow op": 0.5, "new tierflow op (
 @contextmanager
 def server_up(project: Path, env: dict[str, str]) -> Iterator[str]:
     """The Prefect server up before the commands run: tierflow's managed server (``tierflow
-    server start``, ``[prefect] server = "managed"``), stopped at the end; yields its API URL."""
+    server start``, ``[prefect] server = "managed"``; it waits for the warm executor too), stopped
+    at the end; yields its API URL."""
     _, started = _run([TIERFLOW, "server", "start", "--json"], project, env)
     try:
         yield json.loads(started)["api_url"]
@@ -89,7 +93,9 @@ def commands(ephemeral: bool) -> dict[str, tuple[list[str] | None, str]]:
         "tierflow ops list": ([TIERFLOW, "ops", "list"], "server"),
         "tierflow status RUN": (None, "server"),
         "cached tierflow op": (_op("cached.zarr"), "server"),
+        "cached tierflow op (own process)": (_op("cached.zarr"), "own"),
         "new tierflow op (server up)": (None, "server"),
+        "new tierflow op (server up, own process)": (None, "own"),
     }
     if ephemeral:
         table["new tierflow op (ephemeral server)"] = (None, "ephemeral")
@@ -99,6 +105,7 @@ def commands(ephemeral: bool) -> dict[str, tuple[list[str] | None, str]]:
 def measure(project: Path, envs: dict[str, dict[str, str]], rounds: int, ephemeral: bool) -> dict[str, list[float]]:
     """Every command once per round, interleaved; the wall times of each."""
     _, first = _run(_op("cached.zarr", "--json"), project, envs["server"])  # the output the cached op finds done (and a warm server)
+    _run(_op("cached.zarr"), project, envs["own"])  # its first re-run in its own process writes the op memo
     status = [TIERFLOW, "status", str(json.loads(first)["run_id"])]
     if ephemeral:
         _run(_op("warm-up-ephemeral.zarr"), project, envs["ephemeral"])  # the ephemeral server's first start migrates its DB
@@ -147,7 +154,7 @@ def main() -> None:
     try:
         with server_up(project, base) as api_url:
             print(f"Prefect API {api_url}", flush=True)
-            envs = {"server": base,
+            envs = {"server": base, "own": {**base, "TIERFLOW_PREFECT__EXECUTOR": "false"},
                     "ephemeral": {**base, "TIERFLOW_PREFECT__SERVER": "ephemeral", "PREFECT_HOME": str(work / "prefect-ephemeral")}}
             times = measure(project, envs, args.repeat, not args.no_ephemeral)
         results = report(times, args.repeat)

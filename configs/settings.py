@@ -170,6 +170,8 @@ class PrefectSettings(_Section):
     database_name: str = Field("prefect", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     startup_timeout_seconds: int = Field(300, ge=10, le=3600)
     ephemeral_startup_timeout_seconds: int = Field(120, ge=10, le=3600)
+    executor: bool = Field(True, description="A warm executor beside the managed server runs flow-running commands (Linux)")
+    executor_idle_minutes: float = Field(240, gt=0, le=7 * 24 * 60, description="The warm executor ends after this long without a command")
     analytics_enabled: bool = False
 
 

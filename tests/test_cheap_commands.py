@@ -207,3 +207,57 @@ def test_the_memo_never_names_what_it_cannot_check(project):
     assert memo_request(threshold, threshold.resolve({"value": "otsu"}), "in.zarr", "t.zarr", {"value": "otsu"}, None, {}, None,
                         config) is None
     assert memo_request(label, label.resolve({}), "in.zarr", "l.zarr", {}, None, {}, None, config) is None
+
+
+# -- the hand-over to the warm executor (flows.runtime.executor_client) ------------------------------
+
+
+def test_the_hand_over_imports_nothing_heavy_and_declines_what_it_does_not_take(tmp_path: Path) -> None:
+    """With no executor listening, `delegate` says so (the command runs in its own process) having
+    imported no Prefect, Typer, Rich, pydantic or SQLAlchemy; --debug, --help and read-only
+    commands are never handed over."""
+    code = ("import sys; from tierflow.flows.runtime.executor_client import delegate; "
+            "answers = [delegate(a) for a in (['op', 'gaussian', '-i', 'a', '-o', 'b'], ['--debug', 'op'], ['op', '--help'], "
+            "['status', '1'], ['--config', 'configs', 'run', 'pipeline'])]; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'typer', 'rich', 'pydantic', 'sqlalchemy', 'zarr'}); "
+            "print(answers, heavy)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[None, None, None, None, None] []"
+
+
+def test_which_commands_are_handed_over() -> None:
+    from tierflow.flows.runtime.executor_client import _command_of
+
+    assert _command_of(["op", "gaussian", "-i", "x"]) == (None, "op")
+    assert _command_of(["--config", "/p/configs", "run", "pipeline"]) == ("/p/configs", "run")
+    assert _command_of(["--config=/p/configs", "demo"]) == ("/p/configs", "demo")
+    assert _command_of(["--debug", "op"]) is None and _command_of(["op", "--help"]) is None
+    assert _command_of(["--version"]) is None
+
+
+def test_the_executors_name_changes_with_the_environment_and_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An executor serves only commands whose environment and code match those it imported."""
+    from tierflow.flows.runtime import executor_client
+
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    module = code / "pkg" / "mod.py"
+    module.write_text("x = 1\n")
+    monkeypatch.setattr(executor_client, "_code_roots", lambda: [str(code)])
+    env = {"PATH": "/usr/bin", "PREFECT_API_URL": "", "TIERFLOW_PREFECT__PORT": "4200", "TERM": "xterm"}
+    location = executor_client.location_key(tmp_path / "configs", tmp_path)
+    name = executor_client.socket_name(location, env)
+    assert name.startswith(b"\0tierflow-executor-") and executor_client.socket_name(location, dict(env)) == name
+    assert executor_client.socket_name(location, {**env, "TERM": "dumb", "COLUMNS": "80"}) == name  # not shaping: same
+    for changed in ({"PREFECT_API_URL": "http://other:4200/api"}, {"TIERFLOW_PREFECT__PORT": "4300"}, {"OMP_NUM_THREADS": "1"},
+                    {"PYTHONPATH": "/elsewhere"}):
+        assert executor_client.socket_name(location, {**env, **changed}) != name, changed
+    assert executor_client.socket_name(executor_client.location_key(None, tmp_path), env) != name
+    module.write_text("x = 2\n")  # an edited module (same size)
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 1_000_000))
+    assert executor_client.socket_name(location, env) != name
+    name = executor_client.socket_name(location, env)
+    (code / "pkg" / "new.py").write_text("")
+    assert executor_client.socket_name(location, env) != name

@@ -175,11 +175,147 @@ def test_cli_api_and_pipeline_runs_land_in_it_and_the_ui_shows_them(managed: Pro
     assert not missing, f"the UI at {url}/runs does not list {missing}"
 
 
+IN_PROCESS = {**MANAGED, "TIERFLOW_PREFECT__EXECUTOR": "false"}
+"""The same command in its own process: another environment, so the executor does not take it
+(and ``executor = false`` starts none)."""
+
+
+def _executor(managed: Project) -> dict:
+    executor = managed.status()["executor"]
+    assert executor is not None, "no warm executor runs beside the managed server"
+    return executor
+
+
+def _volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> np.ndarray:
+    data = np.random.default_rng(7).integers(0, 4000, shape, dtype=np.uint16)
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16")[:] = data
+    return data
+
+
+def test_flow_commands_run_in_the_warm_executor_as_in_their_own_process(managed: Project) -> None:
+    """`server start` left a warm executor; an op handed to it computes what SciPy computes on the
+    whole volume, prints what the same op prints in its own process, and fails the same way."""
+    from scipy import ndimage
+
+    executor = _executor(managed)
+    assert psutil.Process(executor["pid"]).cmdline()[1:3] == ["-m", "tierflow.flows.cli.executor"]
+    data = _volume(managed.root / "exec-in.zarr", (16, 96, 80), (8, 48, 40))
+    params = ["-p", "sigma=1.5", "-p", "mode=reflect", "-p", "truncate=4", "-p", "backend=scipy", "-p", "out_dtype=float32",
+              "--block-shape", "8,48,40"]
+    served = executor["served"]
+    warm = run_cli("op", "gaussian", "-i", "exec-in.zarr", "-o", "warm.zarr", *params, "--json", cwd=managed.root, env=MANAGED)
+    assert _executor(managed)["served"] == served + 1  # taken by the executor
+    own = run_cli("op", "gaussian", "-i", "exec-in.zarr", "-o", "own.zarr", *params, "--json", cwd=managed.root, env=IN_PROCESS)
+    assert _executor(managed)["served"] == served + 1  # not by the executor
+    reference = ndimage.gaussian_filter(data.astype(np.float32), 1.5, mode="reflect", truncate=4.0)
+    warm_out, own_out = (zarr.open_array(str(managed.root / name))[:] for name in ("warm.zarr", "own.zarr"))
+    np.testing.assert_allclose(warm_out, reference, atol=1e-3)
+    np.testing.assert_array_equal(warm_out, own_out)
+    warm_json, own_json = json.loads(warm.stdout), json.loads(own.stdout)
+    ignore = {"run_id", "output", "op_key", "flow_run_id", "started_at", "finished_at"}
+    assert ({k: v for k, v in warm_json.items() if k not in ignore and "seconds" not in k}
+            == {k: v for k, v in own_json.items() if k not in ignore and "seconds" not in k})
+    assert warm_json["computed"] == warm_json["blocks"] == 8
+    # the run's row says where it ran: the executor's child, not the `tierflow` process
+    shown = json.loads(run_cli("runs", "show", str(warm_json["run_id"]), "--json", cwd=managed.root, env=MANAGED).stdout)
+    assert shown["status"] == "completed"
+    # bad input: the same message and exit status from either process, naming the file
+    bad = [run_cli("op", "gaussian", "-i", "missing.zarr", "-o", "x.zarr", "-p", "sigma=1", cwd=managed.root, env=env, check=False)
+           for env in (MANAGED, IN_PROCESS)]
+    assert bad[0].returncode == bad[1].returncode == 1
+    assert bad[0].stderr == bad[1].stderr and "missing.zarr" in bad[0].stderr
+    assert _executor(managed)["served"] == served + 2
+
+
+def _started_run(root: Path, before: set[int], timeout: float = 300) -> int:
+    """The id of the op run that appeared since ``before`` once it has blocks done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = json.loads(run_cli("runs", "list", "--json", cwd=root, env=MANAGED).stdout)
+        new = [run for run in runs if run["id"] not in before and run["status"] == "running"]
+        if new:
+            status = json.loads(run_cli("status", str(new[0]["id"]), "--json", cwd=root, env=MANAGED).stdout)
+            if sum(stage["done"] for stage in status["stages"].values()) > 0:
+                return int(new[0]["id"])
+        time.sleep(0.3)
+    raise AssertionError("no op run got going")
+
+
+def _run_ids(root: Path) -> set[int]:
+    return {run["id"] for run in json.loads(run_cli("runs", "list", "--all", "--json", cwd=root, env=MANAGED).stdout)}
+
+
+def _op_in_background(root: Path, output: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | MANAGED
+    return subprocess.Popen([TIERFLOW, "op", "gaussian", "-i", "long-in.zarr", "-o", output, "-p", "sigma=2", "--block-shape",
+                             "8,32,32"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_and_sigkill_of_the_command_reach_its_process_in_the_executor(managed: Project) -> None:
+    _volume(managed.root / "long-in.zarr", (128, 512, 512), (32, 128, 128))  # 4,096 blocks of 8x32x32: seconds of work
+    served = _executor(managed)["served"]
+    before = _run_ids(managed.root)
+    command = _op_in_background(managed.root, "interrupted.zarr")
+    run_id = _started_run(managed.root, before)
+    command.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal
+    _, err = command.communicate(timeout=300)
+    assert command.returncode == 130, err
+    assert "SIGINT" in err
+    shown = json.loads(run_cli("runs", "show", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)
+    assert shown["status"] == "cancelled" and "SIGINT" in (shown.get("message") or ""), shown
+    assert _executor(managed)["served"] == served + 1
+
+    before = _run_ids(managed.root)
+    command = _op_in_background(managed.root, "killed.zarr")
+    run_id = _started_run(managed.root, before)
+    executor = psutil.Process(_executor(managed)["pid"])
+    children = executor.children()
+    assert children, "the op runs in a child of the executor"
+    command.kill()
+    command.communicate(timeout=60)
+    gone, alive = psutil.wait_procs(children, timeout=120)
+    assert not alive, "the command's process in the executor outlived its killed `tierflow` process"
+    status = run_cli("status", str(run_id), cwd=managed.root, env=MANAGED).stdout
+    assert "crashed" in status
+    resumed = json.loads(run_cli("resume", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)
+    assert 0 < resumed["computed"] < resumed["blocks"] == 4096  # only what the killed run left
+
+
+def test_the_executor_serves_only_its_own_user(managed: Project) -> None:
+    """Its socket is in the abstract namespace (no file permissions): SO_PEERCRED decides."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    config_dir = managed.root / "configs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | MANAGED
+    code = ("import os, socket, sys; from tierflow.flows.runtime.executor_client import read_message, send_message; "
+            "name = bytes.fromhex(sys.argv[1]); os.setgid(65534); os.setuid(65534); "
+            "s = socket.socket(socket.AF_UNIX); s.connect(name); "
+            "send_message(s, {'argv': ['op', '--help'], 'cwd': '/', 'env': {}, 'encoding': []}, [0, 1, 2]); "
+            "exec('try: print(read_message(s)[0])\\nexcept ConnectionResetError: print(None)')")
+    served = _executor(managed)["served"]
+    # the name as the `tierflow` processes of this environment compute it
+    probe = subprocess.run([sys.executable, "-c", "import sys; from tierflow.flows.runtime.executor_client import location_key, "
+                            "socket_name; from tierflow.flows.runtime.launch_env import launch_environment; from pathlib import Path; "
+                            "print(socket_name(location_key(Path(sys.argv[1]), Path(sys.argv[2])), launch_environment()).hex())",
+                            str(config_dir), str(managed.root)], env=env, capture_output=True, text=True, timeout=60, check=True)
+    name = probe.stdout.strip()
+    own = subprocess.run([sys.executable, "-c", code.replace("os.setgid(65534); os.setuid(65534); ", ""), name], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "'pid'" in own.stdout, (own.stdout, own.stderr)  # the name is right: its own user is served
+    assert _executor(managed)["served"] == served + 1
+    other = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "None", (other.stdout, other.stderr)  # connection closed, nothing run
+    assert _executor(managed)["served"] == served + 1
+
+
 def test_stop_stops_it_and_a_stale_state_file_is_not_running(managed: Project) -> None:
     status = managed.status()
     pid, port = status["pid"], status["port"]
+    executor = _executor(managed)
     out = run_cli("server", "stop", cwd=managed.root, env=MANAGED).stdout
-    assert f"pid {pid}" in out
+    assert f"pid {pid}" in out and f"warm executor (pid {executor['pid']})" in out
+    assert not psutil.pid_exists(executor["pid"]) or psutil.Process(executor["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert not (managed.state / "prefect" / "executor.json").exists() and managed.status()["executor"] is None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with socket.socket() as probe:
         probe.settimeout(2)

@@ -15,10 +15,24 @@ from typer.core import TyperGroup
 
 from tierflow.storage.errors import TierflowError
 
-__all__ = ["CliState", "PlainHelpGroup", "console", "err_console", "print_json", "state"]
+__all__ = ["CliState", "PlainHelpGroup", "console", "err_console", "print_json", "refresh_consoles", "state"]
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_CONSOLE_OPTIONS: dict[str, dict[str, Any]] = {"console": {"highlight": False, "soft_wrap": True},
+                                               "err_console": {"stderr": True, "highlight": False, "soft_wrap": True}}
+console = Console(**_CONSOLE_OPTIONS["console"])
+err_console = Console(**_CONSOLE_OPTIONS["err_console"])
+
+
+def refresh_consoles() -> None:
+    """Set the two consoles up again for the process's current stdout/stderr and environment.
+
+    A Rich console decides colours, width and terminal-ness when it is made; the warm
+    executor's children (:mod:`flows.cli.executor`) take over another process's terminal
+    after this module was imported, and every command module holds these objects by name, so
+    they are initialised again in place.
+    """
+    for name, options in _CONSOLE_OPTIONS.items():
+        globals()[name].__init__(**options)
 
 
 @dataclass

@@ -187,7 +187,9 @@ def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
     config = load_db_config(state(ctx).config_path)
     if as_json:
         server = embedded_server(config) if config.mode == "embedded" else None
-        print_json({"mode": config.mode, "root": str(server.root) if server else None, "stopped": bool(server and server.stop())})
+        prefect_pid = _stop_prefect_server(ctx, quiet=True) if server else None
+        print_json({"mode": config.mode, "root": str(server.root) if server else None, "stopped": bool(server and server.stop()),
+                    "prefect_server_pid": prefect_pid})
         return
     if config.mode != "embedded":
         console.print(f"database mode is {config.mode!r}: nothing to stop (tierflow manages only its embedded server)")
@@ -200,14 +202,15 @@ def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
         console.print(f"the embedded PostgreSQL at {server.root} was not running")
 
 
-def _stop_prefect_server(ctx: typer.Context) -> None:
+def _stop_prefect_server(ctx: typer.Context, *, quiet: bool = False) -> int | None:
     """The managed Prefect server keeps its database in this PostgreSQL: it stops first."""
     from tierflow.configs import load_config
     from tierflow.flows.runtime.prefect_server import managed_server
 
     server = managed_server(load_config(state(ctx).config_path))
     if server.info().database != "postgres":
-        return
+        return None
     pid = server.stop()
-    if pid is not None:
+    if pid is not None and not quiet:
         console.print(f"stopped the Prefect server (pid {pid}), whose database is in this PostgreSQL")
+    return pid

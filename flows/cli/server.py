@@ -38,7 +38,7 @@ def _no_managed_server(config: Any) -> None:
                           hint="empty [prefect].api_url in configs/tierflow.user.toml to use a managed local server")
 
 
-def _describe(info: Any) -> None:
+def _describe(info: Any, executor: dict[str, Any] | None = None) -> None:
     if not info.running:
         console.print(f"Prefect server: not running (files in {escape(info.root)}); it starts with the next flow run, or "
                       "`tierflow server start`")
@@ -48,26 +48,39 @@ def _describe(info: Any) -> None:
     console.print(f"  API  {info.api_url}")
     console.print(f"  database  {info.database}: {escape(info.database_url or '')}")
     console.print(f"  log  {escape(info.log)}")
+    if executor is not None:
+        console.print(f"warm executor: running, pid {executor['pid']}, {executor.get('served', 0)} commands served since "
+                      f"{executor.get('started_at')}; log {escape(executor['log'])}")
+    else:
+        console.print("warm executor: not running (the next flow-running command starts it)")
+
+
+def _executor(config: Any) -> dict[str, Any] | None:
+    from tierflow.flows.runtime.executor_client import executor_info
+
+    return executor_info(config)
 
 
 @app.command()
 def start(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Start the managed Prefect server unless it runs (flow runs start it on their own too)."""
-    from tierflow.flows.runtime.prefect_server import ensure_server
-
-    from tierflow.flows.runtime.prefect_server import managed_server
+    from tierflow.flows.runtime.executor_client import start_executor
+    from tierflow.flows.runtime.prefect_server import ensure_server, managed_server
 
     config = _config(ctx)
     _no_managed_server(config)
     was = managed_server(config).info()
     info = ensure_server(config)
     already = was.running and was.pid == info.pid
+    if config.prefect.server == "managed":
+        start_executor(config, wait=60.0)  # the commands after this one find it ready
+    executor = _executor(config)
     if as_json:
-        print_json({**info.to_dict(), "already_running": already})
+        print_json({**info.to_dict(), "already_running": already, "executor": executor})
         return
     if already:
         console.print("Prefect server: already running")
-    _describe(info)
+    _describe(info, executor)
     if config.prefect.server == "ephemeral":
         err_console.print(escape("note: [prefect].server = \"ephemeral\": flow runs use Prefect's own temporary server, not this one"))
 
@@ -80,23 +93,29 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     config = _config(ctx)
     info = managed_server(config).info()
     if as_json:
-        print_json({**info.to_dict(), "api_url_setting": config.prefect.api_url or None, "mode": config.prefect.server})
+        print_json({**info.to_dict(), "api_url_setting": config.prefect.api_url or None, "mode": config.prefect.server,
+                    "executor": _executor(config)})
         return
     if config.prefect.api_url:
         console.print(escape(f"flow runs report to [prefect].api_url = {config.prefect.api_url}"))
-    _describe(info)
+    _describe(info, _executor(config))
 
 
 @app.command()
 def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Stop the managed Prefect server (runs and their history stay in its database)."""
+    """Stop the managed Prefect server and the warm executor (runs and their history stay in its database)."""
+    from tierflow.flows.runtime.executor_client import stop_executor
     from tierflow.flows.runtime.prefect_server import managed_server
 
-    server = managed_server(_config(ctx))
+    config = _config(ctx)
+    executor_pid = stop_executor(config)
+    server = managed_server(config)
     pid = server.stop()
     if as_json:
-        print_json({"stopped": pid is not None, "pid": pid, "root": str(server.root)})
+        print_json({"stopped": pid is not None, "pid": pid, "root": str(server.root), "executor_pid": executor_pid})
         return
+    if executor_pid is not None:
+        console.print(f"stopped the warm executor (pid {executor_pid})")
     if pid is None:
         console.print(f"Prefect server: not running ({escape(str(server.root))})")
         return

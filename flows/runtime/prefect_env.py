@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:  # importing flows (and so every command line) stays cheap: configs loads pydantic
     from tierflow.configs import TierflowConfig
 
-__all__ = ["apply_defaults", "configure_prefect", "interactive_flows", "on_prefect_server", "prefect_api", "prepare_process",
-           "use_prefect_server"]
+__all__ = ["apply_defaults", "configure_prefect", "from_command_line", "interactive_flows", "on_prefect_server",
+           "prefect_api", "prepare_process", "reset_environment", "use_prefect_server"]
 
 _DEFAULTS = {
     # Clusters and CI have no internet: never try to send usage analytics (the server's, and
@@ -39,6 +39,7 @@ _DEFAULTS = {
 }
 _SET_HERE: set[str] = set()  # the variables tierflow set (the user's own are never changed)
 _CONFIG: TierflowConfig | None = None  # the configuration the CLI command loaded
+_START_EXECUTOR = False  # a command line in its own process: start the warm executor with the managed server
 
 
 def _default(name: str, value: str) -> None:
@@ -49,8 +50,32 @@ def _default(name: str, value: str) -> None:
 
 def apply_defaults() -> None:
     """Set tierflow's safe Prefect defaults where the environment has no value."""
+    from tierflow.flows.runtime.launch_env import capture
+
+    capture()  # the environment before tierflow changes anything
     for name, value in _DEFAULTS.items():
         _default(name, value)
+
+
+def reset_environment(env: dict[str, str]) -> None:
+    """Make ``env`` this process's launch environment, then apply the defaults again (a child of
+    the warm executor taking over a ``tierflow`` process's command)."""
+    global _CONFIG
+    from tierflow.flows.runtime.launch_env import replace
+
+    os.environ.clear()
+    os.environ.update(env)
+    replace(env)
+    _SET_HERE.clear()
+    _CONFIG = None
+    apply_defaults()
+
+
+def from_command_line(*, start_executor: bool) -> None:
+    """This process runs a ``tierflow`` command: with ``start_executor``, the first start (or
+    sighting) of the managed Prefect server also starts the warm executor."""
+    global _START_EXECUTOR
+    _START_EXECUTOR = start_executor
 
 
 def configure_prefect(config: TierflowConfig) -> None:
@@ -86,6 +111,7 @@ def use_prefect_server(config: TierflowConfig | None = None) -> str | None:
     str or None
         The API URL, or ``None`` for Prefect's ephemeral server (``[prefect].server = "ephemeral"``).
     """
+    global _START_EXECUTOR
     if os.environ.get("PREFECT_API_URL") and "PREFECT_API_URL" not in _SET_HERE:
         return os.environ["PREFECT_API_URL"]
     if "prefect" in sys.modules and "PREFECT_API_URL" not in _SET_HERE:
@@ -101,6 +127,12 @@ def use_prefect_server(config: TierflowConfig | None = None) -> str | None:
 
         config = _CONFIG or load_config()
     url = api_url_for(config)  # also when set here before: the server may have been stopped since
+    global _START_EXECUTOR
+    if _START_EXECUTOR and url and not config.prefect.api_url:
+        _START_EXECUTOR = False  # once per command
+        from tierflow.flows.runtime.executor_client import start_executor
+
+        start_executor(config)
     if url:  # for Prefect if not imported yet, and for the processes this one starts (Dask workers)
         _default("PREFECT_API_URL", url)
         _default("PREFECT_UI_URL", url.removesuffix("/api"))
