@@ -80,6 +80,10 @@ def test_without_a_tty_the_pipeline_prints_where_to_watch_it_and_a_line_per_stag
     lines = stderr.splitlines()
     for stage in STAGES:
         assert any(line.startswith(f"{stage}: ") and " blocks in " in line for line in lines), (stage, stderr)
+    # promotion of the results, then of the report, and the reclaiming of scratch: one line each
+    for stage, unit in (("promote", "artifacts"), ("promote report", "artifacts"), ("retention", "items deleted")):
+        said = [line for line in lines if line.startswith(f"{stage}: ")]
+        assert len(said) == 1 and f" {unit} in " in said[0], (stage, stderr)
     assert f"run {story['run']}: pipeline cells story@{story['snapshot'][:8]} sigma=1.5" in stderr
     ui = prefect_api.removesuffix("/api")
     assert f"Prefect UI: {ui}/runs/flow-run/{story['flow_run_id']}" in stderr
@@ -137,6 +141,11 @@ def test_runs_list_shows_top_level_runs_unless_all(story):
     children = [r for r in everything if r["parent"] == story["run"]]
     assert {r["flow"] for r in children} == {"ingest", "op", "track", "promote", "retention"}  # its ingest ran before its row: adopted
     assert len(everything) == len(top) + len(children)
+    # the table says how many there are beyond what it shows
+    shown = run_cli("runs", "list", "--all", "--limit", "3", cwd=story["root"]).stdout
+    assert f"3 of {len(everything)} runs (`--limit N` for more)" in " ".join(shown.split())
+    shown = run_cli("runs", "list", cwd=story["root"]).stdout
+    assert f"{len(top)} of {len(top)} top-level runs (`--all` for the runs inside them)" in " ".join(shown.split())
 
 
 def test_runs_show_folds_deleted_scratch_and_prints_text(story):
@@ -155,6 +164,16 @@ def test_a_retention_dry_run_ends_with_a_table_of_what_it_would_delete(story, pr
     table = json.loads(_artifacts("retention-dry-run")[0]["data"])
     assert [(r["uri"], r["bytes"], r["reason"]) for r in table] == [(i["uri"], i["bytes"], i["reason"]) for i in dry["plan"]]
     assert {r["action"] for r in table} == {"would be deleted"}
+
+
+def test_a_cached_pipeline_run_says_so_in_its_name(story, prefect_api):
+    again = json.loads(run_cli("run", "pipeline", "--dataset", "story", "--snapshot", story["snapshot"], "--param", "sigma=1.5",
+                               "--json", cwd=story["root"], env=story["env"]).stdout)
+    assert again["cached"] is True and again["served_from_run"] == story["run"]
+    with story["db"].session() as session:
+        flow_run = session.execute(text("SELECT flow_run_id FROM runs WHERE id = :r"), {"r": again["run_id"]}).scalar_one()
+    name = _flow_run_names([str(flow_run)])[str(flow_run)]
+    assert name == f"pipeline cells story@{story['snapshot'][:8]} sigma=1.5 (cached: run {story['run']}'s results)"
 
 
 def test_force_recomputes_every_block_to_the_same_results(story, prefect_api):

@@ -54,7 +54,7 @@ class _LiveView:
 
     def _stage(self, event: Any) -> None:
         bar, started, finished = self._stages.get(event.stage, (None, 0.0, True))
-        if finished and not event.finished:  # a stage starts (again: promote runs twice)
+        if finished and not event.finished:  # a stage starts (or starts again)
             started = time.monotonic()
             bar = self.progress.add_task(event.stage, total=event.total) if self.progress is not None else None
             finished = False

@@ -203,10 +203,11 @@ def runs_list(
     """Recent runs you started (``--all``: with the runs inside them): id, flow, status, start,
     duration, parent."""
     from tierflow.flows.cli.data import _database
-    from tierflow.storage.db.repo import list_runs
+    from tierflow.storage.db.repo import count_runs, list_runs
 
     db = _database(ctx)
     with db.session() as session:
+        total = count_runs(session, flow_name=flow, top_level=not all_runs)
         rows = [{"id": r.id, "flow": r.flow_name, "status": r.status, "started_at": r.started_at, "seconds": r.seconds,
                  "parent": r.parent_id, "flow_run_id": str(r.flow_run_id) if r.flow_run_id else None, "message": r.message}
                 for r in list_runs(session, limit=limit, flow_name=flow, top_level=not all_runs)]
@@ -218,6 +219,11 @@ def runs_list(
         table.add_row(str(r["id"]), r["flow"], r["status"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}" if r["started_at"] else "",
                       f"{r['seconds']:.1f}" if r["seconds"] is not None else "", str(r["parent"] or ""), escape((r["message"] or "")[:60]))
     console.print(table)
+    kind = "runs" if all_runs else "top-level runs"
+    more = [] if len(rows) == total else ["`--limit N` for more"]
+    if not all_runs:
+        more.append("`--all` for the runs inside them")
+    console.print(f"{len(rows)} of {total} {kind}{' of flow ' + escape(flow) if flow else ''}" + (f" ({'; '.join(more)})" if more else ""))
 
 
 def runs_show(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN", help="Run id or Prefect flow-run id.")],

@@ -75,6 +75,7 @@ def promote(
     config_dir: str | None = None,
     after_copy: AfterCopyHook | None = None,
     parent_run: int | None = None,
+    stage: str = "promote",
 ) -> dict[str, Any]:
     """Promote artifacts to Tier 1 with read-back verification.
 
@@ -88,6 +89,10 @@ def promote(
         A configs folder; default: found upward.
     after_copy
         Test-only fault injection (see :data:`storage.promotion.AfterCopyHook`).
+    parent_run
+        The run this promotion is part of (a pipeline's).
+    stage
+        The name its progress is shown under (a pipeline promotes its results, then its report).
 
     Returns
     -------
@@ -123,7 +128,7 @@ def promote(
         futures = [
             (plan, promote_artifact.submit(plan[2], plan[3], tiers["source"], plan[4], plan[5], after_copy)) for plan in plans
         ]
-        progress = StageProgress("promote", len(plans), run=int(run_id), unit="artifacts")
+        progress = StageProgress(stage, len(plans), run=int(run_id), unit="artifacts")
         for (artifact_id, uri, _, _, _, _), future in futures:
             try:
                 result = future.result()

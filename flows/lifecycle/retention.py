@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from tierflow.configs import load_config, load_db_config
 from tierflow.flows.runtime.database import open_database
+from tierflow.flows.runtime.progress import StageProgress
 from tierflow.flows.runtime.run_names import retention_run_name
 from tierflow.flows.runtime.runs import recorded_run
 from tierflow.flows.runtime.tiers import open_tiers
@@ -78,7 +79,9 @@ def retention(
             recorded_run(db, "retention", {"dry_run": False, "artifact_ids": artifact_ids}, parent_id=parent_run) as run_id,
             db.session() as session,
         ):
+            progress = StageProgress("retention", len(plan), run=int(run_id), unit="items deleted")
             apply_retention(session, tiers, plan, run_id=run_id, now=now)
+            progress.finish()
     with db.session() as session:  # what is reclaimable now (after a real run: what is left)
         later = datetime.now(UTC)
         remaining = plan if dry_run else plan_retention(session, managed, rules, later) + plan_leftovers(tiers, later)

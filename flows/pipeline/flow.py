@@ -347,6 +347,7 @@ def pipeline(
 
     cached = None if force else _cached_result(db, key, tiers.source)
     if cached is not None:
+        rename_flow_run(f"{name} (cached: run {cached[0]}'s results)")  # in the UI not a second run computing the same
         return _serve_cached(db, recorded, *cached, ingest_run=ingest_run)
 
     with recorded_run(db, "pipeline", recorded) as run_id, tee_run_log(config, f"pipeline-{int(run_id)}") as log_path:
@@ -502,7 +503,7 @@ def _report(run: _PipelineRun, draft: PipelineResult, work: str, table_ids: list
     output.put_bytes(f"{work}/report.json", json.dumps(draft.to_dict(), indent=2, default=str).encode())
     report_ids = [run.artifact("report", "report.md", "output", f"{work}/report.md", table_ids),
                   run.artifact("report", "report.json", "output", f"{work}/report.json", table_ids)]
-    final = promote(artifacts=[str(i) for i in report_ids], config_dir=run.config_dir, parent_run=run.run)
+    final = promote(artifacts=[str(i) for i in report_ids], config_dir=run.config_dir, parent_run=run.run, stage="promote report")
     report_uri = next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.json"))
     report_md = next(p["uri"] for p in final["promoted"] if p["uri"].endswith("report.md"))
     result = replace(draft, report_uri=report_uri, promoted={**draft.promoted, "report.md": report_md, "report.json": report_uri})

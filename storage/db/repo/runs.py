@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, cast, select, update
+from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from tierflow.storage.db.locks import held_run_locks
@@ -24,6 +24,7 @@ __all__ = [
     "CRASHED_MESSAGE",
     "child_runs",
     "completed_runs_with_key",
+    "count_runs",
     "finish_run",
     "get_run",
     "list_runs",
@@ -140,6 +141,16 @@ def completed_runs_with_key(session: Session, flow_name: str, key: str) -> list[
         select(Run).where(Run.flow_name == flow_name, Run.status == "completed", Run.parameters["key"].astext == key,
                           Run.result.is_not(None)).order_by(Run.id.desc())
     ))
+
+
+def count_runs(session: Session, *, flow_name: str | None = None, top_level: bool = False) -> int:
+    """How many runs :func:`list_runs` would list without a limit."""
+    query = select(func.count()).select_from(Run)
+    if flow_name:
+        query = query.where(Run.flow_name == flow_name)
+    if top_level:
+        query = query.where(Run.parent_id.is_(None))
+    return int(session.scalar(query) or 0)
 
 
 def list_runs(session: Session, *, limit: int = 50, flow_name: str | None = None, top_level: bool = False) -> list[Run]:
