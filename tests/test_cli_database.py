@@ -110,3 +110,46 @@ def test_password_stays_out_of_exceptions_and_logs(other_server, caplog):
     good = Database(other_server.url())
     good.ping()
     assert other_server.password() not in repr(good) + good.masked_url + caplog.text
+
+
+def test_managed_prefect_server_beside_an_external_results_database(project, other_server):
+    """External results DB: the managed Prefect server keeps its own database in SQLite under
+    Tier 4 state (`database = "auto"`), no embedded PostgreSQL is made, runs land in the lab's
+    server, and the second op goes to the warm executor; no password in any of it."""
+    import numpy as np
+    import psutil
+    import zarr
+
+    port = other_server.status().port
+    password = other_server.password()
+    (project / "configs" / "db.user.toml").write_text(
+        f'[database]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'dbname = "results"\nuser = "lab"\npassword = "{password}"\n'
+    )
+    managed = {"TIERFLOW_PREFECT__SERVER": "managed"}
+    zarr.create_array(str(project / "in.zarr"), shape=(8, 32, 32), chunks=(8, 32, 32), dtype="uint16")[:] = (
+        np.arange(8 * 32 * 32, dtype=np.uint16).reshape(8, 32, 32))
+    state = project / "var" / "tier4-ephemeral" / "state"
+    try:
+        started = json.loads(run_cli("server", "start", "--json", cwd=project, env=managed).stdout)
+        assert started["running"] and started["database"] == "sqlite"
+        assert (state / "prefect" / "prefect.db").is_file()
+        assert started["executor"] is not None
+        first = json.loads(run_cli("op", "gaussian", "-i", "in.zarr", "-o", "a.zarr", "-p", "sigma=1", "--json", cwd=project,
+                                   env=managed).stdout)
+        status = json.loads(run_cli("server", "status", "--json", cwd=project, env=managed).stdout)
+        assert status["executor"]["served"] == 1 and status["pid"] == started["pid"]
+        with Database(other_server.url()).engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT status, flow_run_id IS NOT NULL FROM runs WHERE id = %s" % int(first["run_id"])).all()
+        assert rows == [("completed", True)]
+        assert not (state / "postgres" / "data").exists()  # nothing embedded
+        texts = [json.dumps(started), json.dumps(status), (state / "prefect" / "server.json").read_text(),
+                 (state / "prefect" / "executor.log").read_text(), (state / "prefect" / "server.log").read_text()]
+        assert not [text for text in texts if password in text]
+    finally:
+        stopped = run_cli("server", "stop", "--json", cwd=project, env=managed, check=False)
+    done = json.loads(stopped.stdout)
+    assert done["stopped"] and done["executor_pid"] == status["executor"]["pid"]
+    for pid in (done["pid"], done["executor_pid"]):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
