@@ -43,7 +43,7 @@ def whole_volume(image: np.ndarray) -> dict[str, np.ndarray]:
     from tierflow.tasks.ops.morphology import distance_transform
     from tierflow.tasks.ops.seeds import peaks
 
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), SIGMA, mode="mirror", truncate=3.0)
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), SIGMA, mode="reflect", truncate=4.0)
     smooth = np.clip(np.rint(smooth), 0, 65535).astype(np.uint16)
     mask = smooth > threshold_otsu(smooth)
     cells, _ = ndimage.label(mask, np.ones((3, 3, 3)))

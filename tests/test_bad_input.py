@@ -95,6 +95,8 @@ BAD_INPUTS = [
     ("sigma-no-equals", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma"), ["sigma", "key=value"]),
     ("truncate-zero", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", "-p", "truncate=0"), ["truncate"]),
     ("mode-unknown", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", "-p", "mode=sideways"), ["mode", "mirror"]),
+    ("bioimage-cpp-reflect", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", "-p", "backend=bioimage-cpp"),
+     ["bioimage-cpp", "mode=mirror truncate=3", "mode='reflect'"]),
     ("out-dtype", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", "-p", "out_dtype=float99"), ["out_dtype"]),
     ("param-unknown", ("op", "gaussian", "-i", "in.zarr", "-o", "out.zarr", "-p", "sigma=1", "-p", "radius=3"), ["radius", "sigma"]),
     ("threshold-text", ("op", "threshold", "-i", "in.zarr", "-o", "out.zarr", "-p", "value=abc"), ["value", "abc", "otsu"]),

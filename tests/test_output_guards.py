@@ -205,7 +205,7 @@ def test_two_runs_with_different_parameters_never_share_an_output(project, tmp_p
     grid_blocks = 2 * 3 * 3
 
     def expected(sigma: float) -> np.ndarray:
-        smooth = ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="mirror", truncate=3.0)
+        smooth = ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="reflect", truncate=4.0)
         return np.clip(np.rint(smooth), 0, 65535).astype(np.uint16)
 
     assert first and first[0]["computed"] == grid_blocks

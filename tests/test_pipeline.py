@@ -104,7 +104,7 @@ def _reference_objects(raw: Path, sigma: float) -> pd.DataFrame:
     frames = []
     for stack in sorted(raw.glob("*/*_c0_t*.tif")):
         image = tifffile.imread(stack)
-        smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535)
+        smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="reflect", truncate=4.0)), 0, 65535)
         smooth = smooth.astype(np.uint16)
         labels, _ = ndimage.label(smooth > threshold_otsu(smooth), structure=np.ones((3, 3, 3)))
         table = pd.DataFrame(regionprops_table(labels, properties=("label", "area", "centroid")))

@@ -79,8 +79,8 @@ def _scalar(db, sql: str, **params) -> int:
 
 
 def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """The gaussian op on a whole volume (float32, mirrored edges, rounded back to uint16)."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="mirror", truncate=3.0)
+    """The gaussian op on a whole volume (float32, reflected edges, rounded back to uint16)."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="reflect", truncate=4.0)
     return np.clip(np.rint(smooth), 0, 65535).astype(np.uint16)
 
 

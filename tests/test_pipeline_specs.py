@@ -134,7 +134,7 @@ def test_pipelines_list_shows_tierflows_and_the_projects_own(project: Path) -> N
 
 def _reference(raw: Path, sample: str, time_point: int, sigma: float, level: float) -> np.ndarray:
     image = tifffile.imread(raw / sample / f"emb_c1_t{time_point:03d}.tif")
-    smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535)
+    smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="reflect", truncate=4.0)), 0, 65535)
     labels, _ = ndimage.label(smooth.astype(np.uint16) > level)
     return labels
 

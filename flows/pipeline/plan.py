@@ -45,7 +45,7 @@ __all__ = [
     "work_prefix",
 ]
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 
 
 def pipeline_key(dataset: str, snapshot_id: str, params: PipelineParams) -> str:

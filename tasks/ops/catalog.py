@@ -74,8 +74,9 @@ def _fixed_halo(p: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
 
 class GaussianParams(OpParams):
     sigma: float = Field(gt=0, le=1000, description="standard deviation in voxels")
-    truncate: float = Field(3.0, gt=0, le=20, description="kernel radius in sigmas")
-    mode: Literal["mirror", "reflect", "nearest", "constant", "wrap"] = Field("mirror", description="border handling")
+    truncate: float = Field(4.0, gt=0, le=20, description="kernel radius in sigmas (SciPy's default)")
+    mode: Literal["mirror", "reflect", "nearest", "constant", "wrap"] = Field(
+        "reflect", description="border handling (SciPy's names and default)")
     backend: Literal["opencv", "bioimage-cpp", "scipy"] = Field("opencv", description="kernel implementation")
     out_dtype: str = Field("", description="output dtype (default: the input's)",
                            json_schema_extra={"allowed": "a numpy dtype name such as uint16 or float32, or empty for the input's"})
@@ -94,6 +95,14 @@ class GaussianParams(OpParams):
         if value == "bioimage-cpp":  # the `bioimage-cpp` extra: checked before any block is read
             require_extra("bioimage-cpp", ("bioimage_cpp",), "the gaussian's backend 'bioimage-cpp'")
         return value
+
+    @model_validator(mode="after")
+    def _backend_computes_it(self) -> GaussianParams:
+        if self.backend == "bioimage-cpp" and (self.mode != "mirror" or self.truncate != 3.0):
+            raise ValueError(f"backend 'bioimage-cpp' computes only mode='mirror' with truncate=3 (asked: mode={self.mode!r}, "
+                             f"truncate={self.truncate:g}; the defaults are SciPy's, reflect and 4): pass mode=mirror truncate=3, "
+                             "or use backend opencv or scipy")
+        return self
 
 
 class ThresholdParams(OpParams):
@@ -253,7 +262,7 @@ def _pyramid_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...], params
 
 CONVERT = OpSpec("convert", "1", "map", ConvertParams, "copy an image into a new zarr array (re-chunked, re-compressed)",
                  kernel=lambda block, p: block)
-GAUSSIAN = OpSpec("gaussian", "1", "map", GaussianParams, "gaussian smoothing", kernel=_gaussian, halo=_gaussian_halo,
+GAUSSIAN = OpSpec("gaussian", "2", "map", GaussianParams, "gaussian smoothing", kernel=_gaussian, halo=_gaussian_halo,
                   out_dtype=lambda p, dtype: np.dtype(p["out_dtype"] or dtype))
 THRESHOLD = OpSpec("threshold", "1", "map", ThresholdParams, "binary mask above (or below) a value or Otsu's threshold",
                    kernel=_threshold, out_dtype=lambda p, dtype: np.dtype(np.uint8))
