@@ -120,10 +120,14 @@ def _render(spec: SyntheticSpec, cells: pd.DataFrame, channel: int, rng: np.rand
 def write_synthetic_raw(folder: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> pd.DataFrame:
     """Write ``spec`` as TIFF stacks in tierflow's raw layout under ``folder``
     (``<folder>/sample<N>/sample<N>_c<C>_t<TTT>.tif``) and return the ground truth
-    (columns sample, cell_id, parent_id, time_point, z, y, x)."""
+    (columns sample, cell_id, parent_id, time_point, z, y, x). Synthetic stacks of an earlier,
+    larger spec in that layout are removed first (the folder is ingested whole: they would be
+    taken for this spec's)."""
     import tifffile
 
     root = Path(folder)
+    for stale in root.glob("sample*/sample*_c*_t*.tif"):
+        stale.unlink()
     truths = []
     for sample_index in range(spec.samples):
         sample = f"sample{sample_index + 1}"

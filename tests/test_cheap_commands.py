@@ -228,13 +228,13 @@ def test_the_hand_over_imports_nothing_heavy_and_declines_what_it_does_not_take(
 
 
 def test_which_commands_are_handed_over() -> None:
-    from tierflow.flows.runtime.executor_client import _command_of
+    from tierflow.flows.runtime.executor_client import command_of
 
-    assert _command_of(["op", "gaussian", "-i", "x"]) == (None, "op")
-    assert _command_of(["--config", "/p/configs", "run", "pipeline"]) == ("/p/configs", "run")
-    assert _command_of(["--config=/p/configs", "demo"]) == ("/p/configs", "demo")
-    assert _command_of(["--debug", "op"]) is None and _command_of(["op", "--help"]) is None
-    assert _command_of(["--version"]) is None
+    assert command_of(["op", "gaussian", "-i", "x"]) == (None, "op")
+    assert command_of(["--config", "/p/configs", "run", "pipeline"]) == ("/p/configs", "run")
+    assert command_of(["--config=/p/configs", "demo"]) == ("/p/configs", "demo")
+    assert command_of(["--debug", "op"]) is None and command_of(["op", "--help"]) is None
+    assert command_of(["--version"]) is None
 
 
 def test_the_executors_name_changes_with_the_environment_and_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

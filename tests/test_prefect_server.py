@@ -228,16 +228,14 @@ def test_flow_commands_run_in_the_warm_executor_as_in_their_own_process(managed:
 
 
 def _started_run(root: Path, before: set[int], timeout: float = 300) -> int:
-    """The id of the op run that appeared since ``before`` once it has blocks done."""
+    """The id of the op run that appeared since ``before``, once its row says ``running``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = json.loads(run_cli("runs", "list", "--json", cwd=root, env=MANAGED).stdout)
         new = [run for run in runs if run["id"] not in before and run["status"] == "running"]
         if new:
-            status = json.loads(run_cli("status", str(new[0]["id"]), "--json", cwd=root, env=MANAGED).stdout)
-            if sum(stage["done"] for stage in status["stages"].values()) > 0:
-                return int(new[0]["id"])
-        time.sleep(0.3)
+            return int(new[0]["id"])
+        time.sleep(0.2)
     raise AssertionError("no op run got going")
 
 
@@ -245,22 +243,29 @@ def _run_ids(root: Path) -> set[int]:
     return {run["id"] for run in json.loads(run_cli("runs", "list", "--all", "--json", cwd=root, env=MANAGED).stdout)}
 
 
-def _op_in_background(root: Path, output: str) -> subprocess.Popen[str]:
+def _op_in_background(root: Path, output: str, preexec_fn=None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | MANAGED
-    return subprocess.Popen([TIERFLOW, "op", "gaussian", "-i", "long-in.zarr", "-o", output, "-p", "sigma=2", "--block-shape",
-                             "8,32,32"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 32 blocks of SciPy's gaussian with a wide kernel (~0.5 s each): seconds of work, so the
+    # signals below reach a command that is still running (checked where it matters)
+    return subprocess.Popen([TIERFLOW, "op", "gaussian", "-i", "long-in.zarr", "-o", output, "-p", "sigma=10", "-p", "backend=scipy",
+                             "--block-shape", "32,64,64"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)
 
 
 def test_ctrl_c_and_sigkill_of_the_command_reach_its_process_in_the_executor(managed: Project) -> None:
-    _volume(managed.root / "long-in.zarr", (128, 512, 512), (32, 128, 128))  # 4,096 blocks of 8x32x32: seconds of work
+    _volume(managed.root / "long-in.zarr", (64, 256, 256), (32, 64, 64))
     served = _executor(managed)["served"]
     before = _run_ids(managed.root)
     command = _op_in_background(managed.root, "interrupted.zarr")
     run_id = _started_run(managed.root, before)
-    command.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal
+    command.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal, twice: the second ends the command at once
+    try:
+        command.wait(timeout=1.5)
+    except subprocess.TimeoutExpired:
+        command.send_signal(signal.SIGINT)
     _, err = command.communicate(timeout=300)
     assert command.returncode == 130, err
-    assert "SIGINT" in err
+    assert "SIGINT" in err and "without an exit status" not in err
     shown = json.loads(run_cli("runs", "show", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)
     assert shown["status"] == "cancelled" and "SIGINT" in (shown.get("message") or ""), shown
     assert _executor(managed)["served"] == served + 1
@@ -275,10 +280,31 @@ def test_ctrl_c_and_sigkill_of_the_command_reach_its_process_in_the_executor(man
     command.communicate(timeout=60)
     gone, alive = psutil.wait_procs(children, timeout=120)
     assert not alive, "the command's process in the executor outlived its killed `tierflow` process"
-    status = run_cli("status", str(run_id), cwd=managed.root, env=MANAGED).stdout
-    assert "crashed" in status
+    status = json.loads(run_cli("status", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)
+    assert status["status"] == "crashed", status
+    left = 32 - status["stages"].get("gaussian", {}).get("done", 0)  # no stage row before its first batch ends
     resumed = json.loads(run_cli("resume", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)
-    assert 0 < resumed["computed"] < resumed["blocks"] == 4096  # only what the killed run left
+    assert resumed["computed"] == left > 0 and resumed["blocks"] == 32  # only what the killed run left
+
+    # under nohup (SIGHUP ignored) a hang-up does not end the command, and files get its umask
+    def nohup_umask_077() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.umask(0o077)
+
+    served = _executor(managed)["served"]
+    before = _run_ids(managed.root)
+    command = _op_in_background(managed.root, "hung-up.zarr", preexec_fn=nohup_umask_077)
+    run_id = _started_run(managed.root, before)
+    assert command.poll() is None, "the op ended before its hang-up: give it more work"
+    command.send_signal(signal.SIGHUP)
+    done_then = json.loads(run_cli("status", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)["stages"].get("gaussian", {}).get("done", 0)
+    _, err = command.communicate(timeout=600)
+    assert command.returncode == 0, err
+    assert json.loads(run_cli("runs", "show", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)["status"] == "completed"
+    assert done_then < 32, "every block was done by the time of the hang-up: give the op more work"
+    assert _executor(managed)["served"] == served + 1
+    modes = {oct(path.stat().st_mode & 0o777) for path in (managed.root / "hung-up.zarr").rglob("*")}
+    assert modes <= {oct(0o600), oct(0o700)}, modes
 
 
 def test_the_executor_serves_only_its_own_user(managed: Project) -> None:
@@ -290,8 +316,10 @@ def test_the_executor_serves_only_its_own_user(managed: Project) -> None:
     code = ("import os, socket, sys; from tierflow.flows.runtime.executor_client import read_message, send_message; "
             "name = bytes.fromhex(sys.argv[1]); os.setgid(65534); os.setuid(65534); "
             "s = socket.socket(socket.AF_UNIX); s.connect(name); "
-            "send_message(s, {'argv': ['op', '--help'], 'cwd': '/', 'env': {}, 'encoding': []}, [0, 1, 2]); "
-            "exec('try: print(read_message(s)[0])\\nexcept ConnectionResetError: print(None)')")
+            "from tierflow.flows.runtime.executor_client import process_settings; "
+            "request = {'argv': ['op', '--help'], 'cwd': '/', 'env': {}, 'encoding': [], **process_settings()}; "
+            "exec('try:\\n send_message(s, request, [0, 1, 2]); print(read_message(s)[0])\\n"
+            "except (ConnectionResetError, BrokenPipeError): print(None)')")
     served = _executor(managed)["served"]
     # the name as the `tierflow` processes of this environment compute it
     probe = subprocess.run([sys.executable, "-c", "import sys; from tierflow.flows.runtime.executor_client import location_key, "
@@ -306,6 +334,45 @@ def test_the_executor_serves_only_its_own_user(managed: Project) -> None:
     other = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "None", (other.stdout, other.stderr)  # connection closed, nothing run
     assert _executor(managed)["served"] == served + 1
+
+    # the other way round: another user squats the name of an executor that is not running
+    # another environment (another name: no executor of ours there; and none is started for it)
+    squatted = env | {"PREFECT_CLIENT_MAX_RETRIES": "4", "TIERFLOW_PREFECT__EXECUTOR": "false"}
+    probe = subprocess.run([sys.executable, "-c", "import sys; from tierflow.flows.runtime.executor_client import location_key, "
+                            "socket_name; from tierflow.flows.runtime.launch_env import launch_environment; from pathlib import Path; "
+                            "print(socket_name(location_key(Path(sys.argv[1]), Path(sys.argv[2])), launch_environment()).hex())",
+                            str(config_dir), str(managed.root)], env=squatted, capture_output=True, text=True, timeout=60, check=True)
+    squat = ("import os, socket, sys; from tierflow.flows.runtime.executor_client import send_message; os.setgid(65534); "
+             "os.setuid(65534); s = socket.socket(socket.AF_UNIX); s.bind(bytes.fromhex(sys.argv[1])); s.listen(); print('ready', flush=True); "
+             "c, _ = s.accept(); c.recv(1 << 20); send_message(c, {'pid': 1}); send_message(c, {'exit': 0})")
+    squatter = subprocess.Popen([sys.executable, "-c", squat, probe.stdout.strip()], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "ready"
+        done = run_cli("op", "gaussian", "-i", "exec-in.zarr", "-o", "not-squatted.zarr", "-p", "sigma=1", cwd=managed.root,
+                       env=squatted)
+        assert "held by another user (uid 65534)" in done.stderr
+        assert zarr.open_array(str(managed.root / "not-squatted.zarr")).shape == (16, 96, 80)  # computed here, not there
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_executor_false_in_the_configuration_ends_the_running_executor(managed: Project) -> None:
+    user_toml = managed.root / "configs" / "tierflow.user.toml"
+    kept = user_toml.read_text()
+    executor = psutil.Process(_executor(managed)["pid"])
+    user_toml.write_text(kept.replace("[prefect]\n", "[prefect]\nexecutor = false\n"))
+    try:
+        done = run_cli("op", "gaussian", "-i", "exec-in.zarr", "-o", "turned-off.zarr", "-p", "sigma=1", "--json", cwd=managed.root,
+                       env=MANAGED)
+        assert json.loads(done.stdout)["computed"] == json.loads(done.stdout)["blocks"]  # run in its own process
+        _, alive = psutil.wait_procs([executor], timeout=60)
+        assert not alive, "the executor runs on with [prefect].executor = false"
+        assert managed.status()["executor"] is None
+    finally:
+        user_toml.write_text(kept)
+    run_cli("server", "start", cwd=managed.root, env=MANAGED)  # a fresh one, for what follows
+    assert _executor(managed)["pid"] != executor.pid
 
 
 def test_stop_stops_it_and_a_stale_state_file_is_not_running(managed: Project) -> None:

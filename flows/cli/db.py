@@ -203,11 +203,17 @@ def stop(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 def _stop_prefect_server(ctx: typer.Context, *, quiet: bool = False) -> int | None:
-    """The managed Prefect server keeps its database in this PostgreSQL: it stops first."""
+    """The managed Prefect server keeps its database in this PostgreSQL: it stops first (and the
+    warm executor with it)."""
     from tierflow.configs import load_config
+    from tierflow.flows.runtime.executor_client import stop_executor
     from tierflow.flows.runtime.prefect_server import managed_server
 
-    server = managed_server(load_config(state(ctx).config_path))
+    config = load_config(state(ctx).config_path)
+    executor = stop_executor(config)
+    if executor is not None and not quiet:
+        console.print(f"stopped the warm executor (pid {executor})")
+    server = managed_server(config)
     if server.info().database != "postgres":
         return None
     pid = server.stop()

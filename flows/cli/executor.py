@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tierflow.flows.runtime.executor_client import read_message, send_message, socket_name
+from tierflow.flows.runtime.executor_client import command_of, read_message, send_message, socket_name
 from tierflow.flows.runtime.launch_env import launch_environment
 
 log = logging.getLogger("tierflow.executor")
@@ -136,6 +136,7 @@ class Executor:
             return
         listener.listen(64)
         listener.settimeout(POLL_SECONDS)
+        self.last_command = time.monotonic()  # idle from now, not from before the imports
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._take_over()
         self._write_state()
@@ -188,8 +189,8 @@ class Executor:
                 listener.close()
                 conn.settimeout(None)
                 _run_child(conn, request, fds)  # never returns
-            argv = request.get("argv", [])
-            log.info("command %d: `tierflow %s` in pid %d", self.served, argv[0] if argv else "", pid)
+            parsed = command_of(list(request.get("argv", [])))
+            log.info("command %d: `tierflow %s ...` in pid %d", self.served, parsed[1] if parsed else "?", pid)
             self._write_state()
         except (OSError, ValueError) as exc:
             log.warning("a connection failed: %s", exc)
@@ -211,6 +212,48 @@ def _stdio(encodings: list[str | None]) -> None:
         logging.getLogger().removeHandler(handler)
 
 
+def _take_over_process(request: dict[str, Any]) -> str | None:
+    """Take the ``tierflow`` process's umask, niceness, CPU affinity and resource limits; the
+    reason it cannot (another cgroup, a limit above this process's hard limit, a priority
+    only root may raise), or None."""
+    import resource
+
+    if request.get("cgroup") != _read_cgroup():
+        return "another cgroup (its memory and CPU limits would not apply here)"
+    try:
+        for name, (soft, hard) in request.get("rlimits", {}).items():
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        if request.get("nice") is not None and request["nice"] != os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, int(request["nice"]))
+        if request.get("affinity"):
+            os.sched_setaffinity(0, set(request["affinity"]))
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"its limits or priority cannot be taken here ({exc})"
+    os.umask(int(request.get("umask", 0o022)))
+    return None
+
+
+def _read_cgroup() -> str:
+    try:
+        return Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def _turned_off(argv: list[str]) -> bool:
+    """Whether the command's configuration no longer wants this executor (``[prefect].executor
+    = false``, or no managed server): then it is refused, and this executor ends."""
+    from tierflow.configs import load_config
+    from tierflow.flows.runtime.executor_client import command_of
+
+    parsed = command_of(argv)
+    try:
+        prefect = load_config(parsed[0] if parsed else None).prefect
+    except Exception:  # noqa: BLE001 - a configuration error is the command's to report
+        return False
+    return not prefect.executor or prefect.server != "managed" or bool(prefect.api_url)
+
+
 def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
     """Become the ``tierflow`` process of ``request`` and run its command; ends the process."""
     code = 1
@@ -218,27 +261,35 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> 
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
+        for signum in request.get("ignored_signals", []):
+            signal.signal(signum, signal.SIG_IGN)  # as in the tierflow process (nohup)
         os.chdir(request["cwd"])
         env = {str(k): str(v) for k, v in request["env"].items()}
         from tierflow.flows.runtime.prefect_env import reset_environment
 
         reset_environment(env)
+        refused = _take_over_process(request)
+        if refused is None and _turned_off(list(request["argv"])):
+            refused = "[prefect].executor is off, or no managed server"
+            os.kill(os.getppid(), signal.SIGTERM)
+        if refused is not None:
+            send_message(conn, {"refused": refused})
+            os._exit(0)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
         _stdio(request.get("encoding") or [])
         from tierflow.flows.cli._app import refresh_consoles
 
         refresh_consoles()
         finished = threading.Event()
         threading.Thread(target=_die_with_client, args=(conn, finished), daemon=True, name="tierflow-client-watch").start()
+        from tierflow.flows.runtime.stopping import on_forced_exit
+
+        on_forced_exit(lambda status: _send_exit(conn, finished, status))
         send_message(conn, {"pid": os.getpid()})
         code = _run_command(list(request["argv"]))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        finished.set()
-        _release_stdio()
-        send_message(conn, {"exit": code})
+        _send_exit(conn, finished, code)
         conn.close()
         import atexit
 
@@ -251,6 +302,17 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> 
         finally:
             os._exit(1)
     os._exit(code)
+
+
+def _send_exit(conn: socket.socket, finished: threading.Event, code: int) -> None:
+    """Flush the command's output, let go of its terminal and send its exit status (once)."""
+    if finished.is_set():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    finished.set()
+    _release_stdio()
+    send_message(conn, {"exit": code})
 
 
 def _run_command(argv: list[str]) -> int:

@@ -100,7 +100,7 @@ def main(*, in_executor: bool = False) -> None:
     from_command_line(start_executor=not in_executor)
     stop_on_signals()
     try:
-        app()
+        app(prog_name="tierflow")  # not "python -m ..." in a child of the warm executor
     except SystemExit as exc:
         signum = stop_signal()  # Typer turns a KeyboardInterrupt into exit status 130
         if signum is not None and exc.code not in (0, None):

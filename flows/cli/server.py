@@ -51,14 +51,18 @@ def _describe(info: Any, executor: dict[str, Any] | None = None) -> None:
     if executor is not None:
         console.print(f"warm executor: running, pid {executor['pid']}, {executor.get('served', 0)} commands served since "
                       f"{executor.get('started_at')}; log {escape(executor['log'])}")
+        if not executor.get("serves_this_shell", True):
+            console.print("  (for another environment or an older version of the code: the next flow-running command from here "
+                          "runs in its own process and starts a fresh one)")
     else:
         console.print("warm executor: not running (the next flow-running command starts it)")
 
 
 def _executor(config: Any) -> dict[str, Any] | None:
-    from tierflow.flows.runtime.executor_client import executor_info
+    from tierflow.flows.runtime.executor_client import executor_info, serves_this_process
 
-    return executor_info(config)
+    info = executor_info(config)
+    return None if info is None else {**info, "serves_this_shell": serves_this_process(config)}
 
 
 @app.command()

@@ -38,16 +38,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tierflow.configs import TierflowConfig
 
-__all__ = ["ROUTED_COMMANDS", "delegate", "executor_files", "executor_info", "location_key", "read_message", "send_message", "socket_name",
-           "start_executor", "stop_executor"]
+__all__ = ["ROUTED_COMMANDS", "command_of", "delegate", "executor_files", "executor_info", "location_key", "process_settings",
+           "read_message", "send_message", "serves_this_process", "socket_name", "start_executor", "stop_executor"]
 
 ROUTED_COMMANDS = frozenset({"op", "resume", "track", "ingest", "promote", "retention", "run", "demo"})
 """The commands that run flows (and so import Prefect): the ones the executor takes."""
 
-_ENV_PREFIXES = ("PREFECT_", "TIERFLOW_", "PYTHON", "DO_NOT_TRACK", "VIRTUAL_ENV", "OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_",
-                 "NUMBA_", "BLIS_", "LD_", "XDG_", "HOME", "ZARR_", "DASK_", "AWS_CONFIG_FILE", "TZ")
+_ENV_PREFIXES = ("PREFECT_", "TIERFLOW_", "PYTHON", "DO_NOT_TRACK", "OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "BLIS_",
+                 "LD_", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "HOME", "ZARR_", "DASK_", "AWS_CONFIG_FILE", "TZ")
 """Environment variables that can change what a process imports or how: the executor imported
-under one set of values serves only commands with the same values."""
+under one set of values serves only commands with the same values. Not ``VIRTUAL_ENV`` (the
+interpreter is in the digest) nor ``XDG_SESSION_ID`` and the like (they differ per login, and
+every login would start an executor of its own)."""
+_PEERCRED = struct.Struct("3i")
 _HEADER = struct.Struct("!I")
 _MAX_MESSAGE = 16 << 20
 
@@ -160,7 +163,7 @@ def read_message(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict[str, An
     return dict(json.loads(body)), fds
 
 
-def _command_of(argv: list[str]) -> tuple[str | None, str | None] | None:
+def command_of(argv: list[str]) -> tuple[str | None, str | None] | None:
     """(``--config`` value, command name) of a command line; ``None`` when it is not one for the
     executor (``--debug``, ``--help``, completion)."""
     config: str | None = None
@@ -193,7 +196,7 @@ def delegate(argv: list[str]) -> int | None:
     """
     if sys.platform != "linux":
         return None
-    parsed = _command_of(argv)
+    parsed = command_of(argv)
     if parsed is None or parsed[1] not in ROUTED_COMMANDS:
         return None
     from tierflow.configs.layers import find_config_dir
@@ -208,47 +211,117 @@ def delegate(argv: list[str]) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(socket_name(location_key(location.config_dir, location.project_root), env))
+        if not _ours(sock):
+            sock.close()
+            return None
         stdio = [0, 1, 2]
         for fd in stdio:
             os.fstat(fd)  # a closed descriptor: run here
-        send_message(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(env),
+        ignored = [int(signum) for signum in _PASSED_ON if signal.getsignal(signum) == signal.SIG_IGN]
+        send_message(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(env), "ignored_signals": ignored, **process_settings(),
                             "encoding": [getattr(stream, "encoding", None) or "utf-8" for stream in (sys.stdin, sys.stdout, sys.stderr)]},
                      stdio)
         reply, _ = read_message(sock)
     except (OSError, ValueError):
         sock.close()
         return None
-    if reply is None or "pid" not in reply:
+    if reply is None or "pid" not in reply:  # refused (another cgroup, limits it cannot take, executor turned off)
         sock.close()
         return None
-    return _wait(sock, int(reply["pid"]))
+    return _wait(sock, int(reply["pid"]), set(ignored))
+
+
+def _ours(sock: socket.socket) -> bool:
+    """Whether the process listening on ``sock`` runs as this user: an abstract socket has no
+    file permissions, so another user could bind the name once the executor is gone, and would
+    get this command's environment and terminal."""
+    _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    if uid == os.getuid():
+        return True
+    sys.stderr.write(f"warning: the tierflow executor socket of this project is held by another user (uid {uid}); "
+                     "running here, not there\n")
+    return False
+
+
+def process_settings() -> dict[str, Any]:
+    """What a process inherits besides its environment, which the executor's child takes over
+    (or refuses, and the command runs in its own process): umask, niceness, CPU affinity,
+    resource limits and cgroup (a SLURM job's or a systemd unit's memory and CPU limits)."""
+    import resource
+
+    mask = os.umask(0)
+    os.umask(mask)
+    limits = {name: list(resource.getrlimit(getattr(resource, name))) for name in dir(resource) if name.startswith("RLIMIT_")}
+    return {"umask": mask, "nice": os.getpriority(os.PRIO_PROCESS, 0), "affinity": sorted(os.sched_getaffinity(0)),
+            "rlimits": limits, "cgroup": _cgroup()}
+
+
+def _cgroup() -> str:
+    try:
+        return Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return ""
 
 
 _PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _wait(sock: socket.socket, pid: int) -> int:
-    """Pass signals on to the command's process until its exit status arrives."""
+def _wait(sock: socket.socket, pid: int, ignored: set[int]) -> int:
+    """Pass signals on to the command's process until its exit status arrives; Ctrl-Z stops it
+    with this process (and ``fg`` continues both). If it ends without a status after a signal
+    was passed on, this process ends by that signal too, as the command would have."""
+    passed: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        passed.append(signum)
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
+    def suspend(_signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT
+
+    def resume(_signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        signal.signal(signal.SIGTSTP, suspend)
+
     for signum in _PASSED_ON:
-        signal.signal(signum, forward)
+        if signum not in ignored:  # e.g. SIGHUP under nohup: the command ignores it too
+            signal.signal(signum, forward)
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, resume)
     try:
         message, _ = read_message(sock)
     except (OSError, ValueError):
         message = None
     finally:
         sock.close()
-    if message is None or "exit" not in message:
-        sys.stderr.write(f"error: the command's process (pid {pid}, forked by tierflow's warm executor) ended without an "
-                         "exit status; it was killed or crashed (`tierflow server status` names the executor's log)\n")
-        return 1
-    return int(message["exit"])
+    if message is not None and "exit" in message:
+        return int(message["exit"])
+    if passed:  # ended by the signal it was given, as this process would have been
+        signal.signal(passed[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), passed[-1])
+        return 128 + passed[-1]
+    sys.stderr.write(f"error: the command's process (pid {pid}, forked by tierflow's warm executor) ended without an "
+                     "exit status; it was killed or crashed (`tierflow server status` names the executor's log)\n")
+    return 1
+
+
+def serves_this_process(config: TierflowConfig) -> bool:
+    """Whether an executor listens for this process's environment and code (the next command
+    from this shell goes to it)."""
+    from tierflow.flows.runtime.launch_env import launch_environment
+
+    return _listening(socket_name(location_key(config.meta.config_dir, config.meta.project_root), launch_environment()))
 
 
 # -- the executor's lifecycle, for the command line and `tierflow server` ---------------------------

@@ -23,9 +23,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["StopRequested", "stop_on_signals", "stop_signal"]
+__all__ = ["StopRequested", "on_forced_exit", "stop_on_signals", "stop_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESEND_WINDOW = 1.0
@@ -33,6 +34,22 @@ RESEND_WINDOW = 1.0
 run's SIGTERM handler restores the handler it replaced and ``os.kill``s the process again."""
 _RECEIVED: list[int] = []
 _FIRST_AT: list[float] = []
+_BEFORE_EXIT: list[Callable[[int], None]] = []
+
+
+def on_forced_exit(hook: Callable[[int], None]) -> None:
+    """Call ``hook(status)`` right before the process ends with ``os._exit`` (the grace ran out,
+    or a second signal): a child of the warm executor sends its exit status on."""
+    _BEFORE_EXIT.append(hook)
+
+
+def _force_exit(status: int) -> None:
+    for hook in _BEFORE_EXIT:
+        try:
+            hook(status)
+        except Exception:  # noqa: BLE001 - on the way out: the exit must happen
+            pass
+    os._exit(status)
 
 
 class StopRequested(KeyboardInterrupt):
@@ -81,7 +98,7 @@ def _exit_after(signum: int, grace: float) -> None:
     time.sleep(grace)
     _stop_ephemeral_server()
     _say_stopped(signum)
-    os._exit(128 + signum)
+    _force_exit(128 + signum)
 
 
 def _watch(read_fd: int, grace: float) -> None:
@@ -94,7 +111,7 @@ def _watch(read_fd: int, grace: float) -> None:
                 if time.monotonic() - _FIRST_AT[0] < RESEND_WINDOW:
                     continue  # Prefect re-sends the signal to the handler it replaced: the same stop
                 _say_stopped(signum)
-                os._exit(128 + signum)  # a second signal: stop now
+                _force_exit(128 + signum)  # a second signal: stop now
             _RECEIVED.append(signum)
             _FIRST_AT.append(time.monotonic())
             # two threads: marking the runs may wait on the database, the exit must not
