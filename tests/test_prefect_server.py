@@ -297,7 +297,8 @@ def test_ctrl_c_and_sigkill_of_the_command_reach_its_process_in_the_executor(man
     run_id = _started_run(managed.root, before)
     assert command.poll() is None, "the op ended before its hang-up: give it more work"
     command.send_signal(signal.SIGHUP)
-    done_then = json.loads(run_cli("status", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)["stages"].get("gaussian", {}).get("done", 0)
+    stages = json.loads(run_cli("status", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)["stages"]
+    done_then = stages.get("gaussian", {}).get("done", 0)
     _, err = command.communicate(timeout=600)
     assert command.returncode == 0, err
     assert json.loads(run_cli("runs", "show", str(run_id), "--json", cwd=managed.root, env=MANAGED).stdout)["status"] == "completed"
@@ -343,7 +344,8 @@ def test_the_executor_serves_only_its_own_user(managed: Project) -> None:
                             "print(socket_name(location_key(Path(sys.argv[1]), Path(sys.argv[2])), launch_environment()).hex())",
                             str(config_dir), str(managed.root)], env=squatted, capture_output=True, text=True, timeout=60, check=True)
     squat = ("import os, socket, sys; from tierflow.flows.runtime.executor_client import send_message; os.setgid(65534); "
-             "os.setuid(65534); s = socket.socket(socket.AF_UNIX); s.bind(bytes.fromhex(sys.argv[1])); s.listen(); print('ready', flush=True); "
+             "os.setuid(65534); s = socket.socket(socket.AF_UNIX); s.bind(bytes.fromhex(sys.argv[1])); s.listen(); "
+             "print('ready', flush=True); "
              "c, _ = s.accept(); c.recv(1 << 20); send_message(c, {'pid': 1}); send_message(c, {'exit': 0})")
     squatter = subprocess.Popen([sys.executable, "-c", squat, probe.stdout.strip()], env=env, stdout=subprocess.PIPE, text=True)
     try:
