@@ -205,7 +205,7 @@ def test_a_deleted_or_overwritten_output_is_computed_again(project, source, tmp_
     data = zarr.open_array(source)[:]
 
     def expected(sigma):
-        return np.clip(np.rint(ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535).astype(
+        return np.clip(np.rint(ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="reflect", truncate=4.0)), 0, 65535).astype(
             np.uint16
         )
 
@@ -349,7 +349,7 @@ def test_repairing_one_input_chunk_recomputes_only_the_blocks_that_read_it(proje
     again = run()
     assert again["computed"] == len(readers) and again["skipped"] == 36 - len(readers)
     assert {r.block_id for r in ledger(again["run_id"], "done")} == readers
-    expected = np.clip(np.rint(ndimage.gaussian_filter(array[:].astype(np.float32), 2.0, mode="mirror", truncate=3.0)), 0, 65535)
+    expected = np.clip(np.rint(ndimage.gaussian_filter(array[:].astype(np.float32), 2.0, mode="reflect", truncate=4.0)), 0, 65535)
     np.testing.assert_array_equal(zarr.open_array(out)[:], expected.astype(np.uint16))
     assert run()["computed"] == 0  # and then it is up to date again
 

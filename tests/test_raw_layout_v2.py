@@ -162,7 +162,7 @@ def test_manifests_with_and_without_volumes_load() -> None:
 
 def _reference(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """cells' chain on one whole volume: gaussian, Otsu threshold, 26-connected components; areas."""
-    smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="mirror", truncate=3.0)), 0, 65535)
+    smooth = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="reflect", truncate=4.0)), 0, 65535)
     smooth = smooth.astype(np.uint16)
     labels, _ = ndimage.label(smooth > threshold_otsu(smooth), structure=np.ones((3, 3, 3)))
     return np.sort(regionprops_table(labels, properties=("area",))["area"])
