@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -14,7 +14,7 @@ from tierflow.storage.errors import DatabaseError
 from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
 __all__ = ["BlockAttempt", "BlockState", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks",
-           "done_fingerprints", "failed_blocks", "latest_block_states", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
+           "done_fingerprints", "failed_blocks", "latest_block_states", "latest_state_counts", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
            "settle_running"]
 
 
@@ -178,13 +178,48 @@ class BlockState(NamedTuple):
 def latest_block_states(session: Session, run_ids: Collection[int]) -> list[BlockState]:
     """The latest ledger row of every (op, array, block) the runs ``run_ids`` attempted (a run
     and the runs inside it: a pipeline's stages), in the order the blocks were first attempted."""
-    latest = (select(func.max(BlockRecord.id).label("last"), func.min(BlockRecord.id).label("first"))
-              .where(BlockRecord.run_id.in_(list(run_ids)))
-              .group_by(BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
+    latest = _latest_rows(run_ids)
     rows = session.execute(
         select(BlockRecord.run_id, BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id, BlockRecord.status)
-        .join(latest, BlockRecord.id == latest.c.last).order_by(latest.c.first))
+        .join(latest, BlockRecord.id == latest.c.last).where(BlockRecord.run_id.in_(list(run_ids))).order_by(latest.c.first))
     return [BlockState(*row) for row in rows]
+
+
+class StateCount(NamedTuple):
+    """How many blocks of one op in one run have one status as their latest attempt (:func:`latest_state_counts`)."""
+
+    run_id: int
+    op: str
+    status: str
+    blocks: int
+    block_ids: list[str]
+    """The blocks, for ``failed`` only (empty otherwise)."""
+
+
+def latest_state_counts(session: Session, run_ids: Collection[int]) -> list[StateCount]:
+    """:func:`latest_block_states` counted per run, op and status in the database (what ``tierflow
+    status`` shows: a run of 10^5 blocks sends a few rows, not 10^5), ordered by the first attempt
+    of their blocks; failed blocks are named."""
+    rows = session.execute(status_query(run_ids))
+    return [StateCount(run_id, op, status, int(count), list(ids or [])) for run_id, op, status, count, ids in rows]
+
+
+def status_query(run_ids: Collection[int]) -> Select[Any]:
+    """The query of :func:`latest_state_counts` (``benchmarks/scale.py`` explains it)."""
+    latest = _latest_rows(run_ids)
+    return (select(BlockRecord.run_id, BlockRecord.op, BlockRecord.status, func.count(),
+                   func.array_agg(BlockRecord.block_id).filter(BlockRecord.status == "failed"))
+            .join(latest, BlockRecord.id == latest.c.last).where(BlockRecord.run_id.in_(list(run_ids)))
+            .group_by(BlockRecord.run_id, BlockRecord.op, BlockRecord.status).order_by(func.min(latest.c.first)))
+
+
+def _latest_rows(run_ids: Collection[int]) -> Any:
+    """Per (op, array, block) of the runs: the ids of its last and first rows. The join back to
+    the ledger repeats the runs' condition (the last row is one of theirs anyway): without it,
+    PostgreSQL hashed the whole ledger to find those rows, a status read every run's rows."""
+    return (select(func.max(BlockRecord.id).label("last"), func.min(BlockRecord.id).label("first"))
+            .where(BlockRecord.run_id.in_(list(run_ids)))
+            .group_by(BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
 
 
 def count_done_since(session: Session, array_uri_prefix: str, since: datetime) -> int:
