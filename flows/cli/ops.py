@@ -312,7 +312,7 @@ def _stages(session: Any, row: Any) -> dict[str, dict[str, Any]]:
     for counted in latest_state_counts(session, list(stage_of)):  # counted in the database: a few rows, however many blocks
         name = f"{stage_of[counted.run_id]}: {counted.op}" if stage_of[counted.run_id] else counted.op
         figures = stages.setdefault(name, {"done": 0, "failed": 0, "failed_blocks": []})
-        figures["failed" if counted.status == "failed" else "done"] += counted.blocks
+        figures["failed" if counted.failed else "done"] += counted.blocks
         figures["failed_blocks"] += counted.block_ids
     return stages
 
