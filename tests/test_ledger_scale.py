@@ -129,3 +129,14 @@ def test_ledger_rows_are_copied_in_and_read_back_as_given(db: Database) -> None:
     assert len(attempts) == 301 and attempts[-1].error == tricky and attempts[0].status == "done"
     assert tuple(row) == (tricky, 0.125, 2**40, when, None, 3, "file:///a b.zarr")
     assert tuple(defaults) == (1, 1, 300)
+
+
+def test_the_embedded_server_holds_the_locks_of_large_batches(db: Database) -> None:
+    """Two concurrent batches of 12,000 blocks each hold their per-block advisory locks (a flow of
+    10^6 blocks in <= 1,000 task runs has batches of thousands): PostgreSQL's default lock table
+    (~8,000) ran out of shared memory at 16,384."""
+    first = [f"a|file:///a.zarr|{i}" for i in range(12_000)]
+    second = [f"b|file:///a.zarr|{i}" for i in range(12_000)]
+    with advisory_locks(db, first), advisory_locks(db, second):
+        with db.session() as session:
+            assert session.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")) == 24_000
