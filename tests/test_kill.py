@@ -116,6 +116,43 @@ def test_a_stop_signal_inside_a_batch_stops_within_seconds_marks_the_run_and_res
         db.dispose()
 
 
+def test_resume_after_sigkill_ends_the_killed_flow_run_in_prefect(project, prefect_api):
+    """A SIGKILLed op cannot tell the Prefect server that its flow run ended: the flow run, and
+    the task runs it had started, stay Running. ``tierflow resume`` knows the process is dead
+    and ends them as Crashed, so the server shows nothing running that nothing runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    write_volume(project / "vol.zarr", (128, 256, 256), (32, 128, 128), seed=2)
+    env = {"PREFECT_API_URL": prefect_api}
+    args = ("op", "threshold", "-i", "vol.zarr", "-o", "mask.zarr", "-p", f"value={THRESHOLD}", "--block-shape", "4,16,16",
+            "--workers", "1")
+    db = project_db(project)
+    process = spawn(project, *args, env=env)
+    try:
+        run_id = wait_for(lambda: running_run(db) or process.poll() is not None, 240, "the op run to start")
+        wait_for(lambda: _block_rows(db, run_id, "done") > 0 or process.poll() is not None, 240, "a batch to record its blocks")
+        assert process.poll() is None, f"the run ended before it could be killed: {process.communicate()}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        with db.session() as session:
+            flow_run_id = session.execute(text("SELECT flow_run_id FROM runs WHERE id = :r"), {"r": run_id}).scalar_one()
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(flow_run_id).state.type.value == "RUNNING"  # what the kill left behind
+        wait_for(lambda: advisory_locks_held(db) == 0, 60, "PostgreSQL to drop the killed command's locks")
+        resumed = json.loads(run_cli("resume", str(run_id), "--json", cwd=project, env=env).stdout)
+        assert resumed["computed"] == 32 * 16 * 16 - _block_rows(db, run_id, "done")
+        with get_client(sync_client=True) as client:
+            killed = client.read_flow_run(flow_run_id)
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        assert killed.state.type.value == "CRASHED" and f"tierflow run {run_id}" in killed.state.message
+        assert tasks and not [t for t in tasks if t.state is None or not t.state.is_final()], [(t.name, t.state) for t in tasks]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        db.dispose()
+
+
 def _block_rows(db, run_id: int, status: str) -> int:
     with db.session() as session:
         return session.execute(

@@ -301,7 +301,7 @@ def status(ctx: typer.Context, run: Annotated[str, typer.Argument(metavar="RUN",
 def _stages(session: Any, row: Any) -> dict[str, dict[str, Any]]:
     """Done / failed blocks per stage of run ``row`` and the runs inside it (the latest attempt
     of each block counts): ``smooth: gaussian`` for a pipeline's stage, the ledger's op otherwise."""
-    from tierflow.storage.db.repo import child_runs, latest_block_states
+    from tierflow.storage.db.repo import child_runs, latest_state_counts
 
     family, level = [row], [row]
     while level:
@@ -309,12 +309,11 @@ def _stages(session: Any, row: Any) -> dict[str, dict[str, Any]]:
         family += level
     stage_of = {member.id: (member.parameters or {}).get("stage") for member in family}
     stages: dict[str, dict[str, Any]] = {}
-    for block in latest_block_states(session, list(stage_of)):
-        name = f"{stage_of[block.run_id]}: {block.op}" if stage_of[block.run_id] else block.op
+    for counted in latest_state_counts(session, list(stage_of)):  # counted in the database: a few rows, however many blocks
+        name = f"{stage_of[counted.run_id]}: {counted.op}" if stage_of[counted.run_id] else counted.op
         figures = stages.setdefault(name, {"done": 0, "failed": 0, "failed_blocks": []})
-        figures[block.status if block.status in ("done", "failed") else "done"] += 1
-        if block.status == "failed":
-            figures["failed_blocks"].append(block.block_id)
+        figures["failed" if counted.failed else "done"] += counted.blocks
+        figures["failed_blocks"] += counted.block_ids
     return stages
 
 

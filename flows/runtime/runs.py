@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -134,7 +134,7 @@ def run_to_resume(db: Database, run: str, flow_name: str) -> dict[str, Any]:
         If there is no such run, it is not a ``flow_name`` run, or it is still running in a live
         process (two runs would compute the same blocks).
     """
-    from tierflow.storage.db.repo import get_run
+    from tierflow.storage.db.repo import child_runs, get_run
     from tierflow.storage.errors import TierflowError
 
     with db.session() as session:
@@ -146,4 +146,21 @@ def run_to_resume(db: Database, run: str, flow_name: str) -> dict[str, Any]:
         if row.status == "running":
             raise TierflowError(f"run {row.id} is still running on {row.host} (its process holds the run's lock)",
                                 hint=f"wait for it to end, or stop it (Ctrl-C or kill), then `tierflow resume {row.id}`")
-        return dict(row.parameters)
+        crashed = [str(r.flow_run_id) for r in [row, *child_runs(session, row.id)] if r.status == "crashed" and r.flow_run_id]
+        parameters = dict(row.parameters)
+    _crash_in_prefect(dict.fromkeys(crashed), f"tierflow run {row.id}: {row.message or 'its process ended without finishing'}")
+    return parameters
+
+
+def _crash_in_prefect(flow_run_ids: Iterable[str], message: str) -> None:
+    """End the Prefect flow runs of a dead run as Crashed (:mod:`flows.runtime.crashed_runs`); a
+    Prefect server that cannot be told is logged, not fatal: the resume goes on."""
+    import logging
+
+    from tierflow.flows.runtime.crashed_runs import crash_flow_run
+
+    for flow_run_id in flow_run_ids:
+        try:
+            crash_flow_run(flow_run_id, message)
+        except Exception as exc:  # noqa: BLE001 - the server may not know it (another server, a deleted run)
+            logging.getLogger(__name__).warning("could not mark flow run %s crashed in Prefect: %s", flow_run_id, exc)

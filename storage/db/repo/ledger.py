@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, literal, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tierflow.storage.errors import DatabaseError
 from tierflow.storage.db.models import BLOCK_STATUSES, BlockRecord
 
-__all__ = ["BlockAttempt", "BlockState", "block_attempts", "block_counts", "block_progress", "count_done_since", "done_blocks",
-           "done_fingerprints", "failed_blocks", "latest_block_states", "mark_blocks_stale", "mark_stale", "record_blocks", "running_rows",
-           "settle_running"]
+__all__ = ["BlockAttempt", "BlockState", "StateCount", "block_attempts", "block_counts", "block_progress", "count_done_since",
+           "done_blocks", "done_fingerprints", "failed_blocks", "latest_block_states", "latest_state_counts", "mark_blocks_stale",
+           "mark_stale", "record_blocks", "running_rows", "settle_running", "status_query"]
 
 
 class BlockAttempt(NamedTuple):
@@ -26,26 +27,47 @@ class BlockAttempt(NamedTuple):
     status: str
     error: str | None
 
-_COLUMNS = {column.name for column in BlockRecord.__table__.columns} - {"id", "created_at", "updated_at"}
+
+_ORDER = tuple(column.name for column in BlockRecord.__table__.columns if column.name not in ("id", "created_at", "updated_at"))
+_COLUMNS = set(_ORDER)
 
 
 def record_blocks(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert ledger rows in one statement; returns how many.
+    """Insert ledger rows with PostgreSQL's COPY (one per set of keys the rows carry); returns how many.
 
     Each row needs ``run_id, op, op_key, array_uri, block_id, status`` and may carry
-    ``attempt, host, slurm_job_id, seconds, bytes, error, started_at, finished_at``.
+    ``attempt, host, slurm_job_id, seconds, bytes, error, started_at, finished_at, input_fingerprint``.
+    COPY, not an INSERT with bound parameters: psycopg2 renders every parameter in Python, 40 µs
+    a row, the ledger's cost per block at 10^5 blocks (``benchmarks/scale.py``); COPY is a few.
     """
-    values = []
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         unknown = set(row) - _COLUMNS
         if unknown:
             raise ValueError(f"block ledger row for block {row.get('block_id')!r} has unknown keys {sorted(unknown)}")
         if row.get("status") not in BLOCK_STATUSES:
             raise ValueError(f"block {row.get('block_id')!r}: status {row.get('status')!r} not in {BLOCK_STATUSES}")
-        values.append(dict(row))
-    if values:
-        session.execute(insert(BlockRecord), values)
-    return len(values)
+        groups.setdefault(tuple(column for column in _ORDER if column in row), []).append(row)
+    session.flush()  # rows the session holds (a run just added) first: COPY bypasses the ORM
+    cursor = session.connection().connection.cursor()  # the session's transaction: committed or rolled back with it
+    try:
+        for columns, group in groups.items():
+            text = io.StringIO("".join("\t".join(_copy_text(row[c]) for c in columns) + "\n" for row in group))
+            cursor.copy_expert(f"COPY block_ledger ({', '.join(columns)}) FROM STDIN", text)
+    finally:
+        cursor.close()
+    return sum(len(group) for group in groups.values())
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (NULL as \\N; backslash, tab, newline and return escaped)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return str(value)
 
 
 def done_blocks(session: Session, op_key: str, array_uri: str, *, run_id: int | None = None) -> set[str]:
@@ -183,8 +205,56 @@ def latest_block_states(session: Session, run_ids: Collection[int]) -> list[Bloc
               .group_by(BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
     rows = session.execute(
         select(BlockRecord.run_id, BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id, BlockRecord.status)
-        .join(latest, BlockRecord.id == latest.c.last).order_by(latest.c.first))
+        .join(latest, BlockRecord.id == latest.c.last).where(BlockRecord.run_id.in_(list(run_ids))).order_by(latest.c.first))
     return [BlockState(*row) for row in rows]
+
+
+class StateCount(NamedTuple):
+    """How many blocks of one op in one run have their latest attempt failed, or not
+    (:func:`latest_state_counts`)."""
+
+    run_id: int
+    op: str
+    failed: bool
+    blocks: int
+    block_ids: list[str]
+    """The blocks, when ``failed`` (empty otherwise)."""
+
+
+def latest_state_counts(session: Session, run_ids: Collection[int]) -> list[StateCount]:
+    """:func:`latest_block_states` counted per run, op and failed-or-not in the database (what
+    ``tierflow status`` shows: a run of 10^5 blocks sends a few rows, not 10^5), ordered by the
+    first attempt of their blocks; failed blocks are named."""
+    rows = session.execute(status_query(run_ids))
+    return [StateCount(int(run_id), op, bool(failed), int(count), sorted(ids or [])) for run_id, op, failed, count, ids, _ in rows]
+
+
+def status_query(run_ids: Collection[int]) -> Select[Any]:
+    """The query of :func:`latest_state_counts`. One run's (the usual case) streams over the index
+    ``ix_block_ledger_run_block`` alone: its rows come grouped by block, with their id and status,
+    so the latest attempt of each is found without a sort or a hash of 10^5 blocks (``benchmarks/scale.py``).
+    Several runs (a pipeline's stages) may share a block: the latest row across them counts."""
+    ids = sorted({int(run_id) for run_id in run_ids})
+    if len(ids) == 1:
+        last, first = func.max(BlockRecord.id), func.min(BlockRecord.id)
+        blocks = (select(BlockRecord.op, BlockRecord.block_id, last.label("last"), first.label("first"),
+                         func.coalesce(last.filter(BlockRecord.status == "failed"), 0).label("last_failed"))
+                  .where(BlockRecord.run_id == ids[0])
+                  .group_by(BlockRecord.run_id, BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
+        failed = (blocks.c.last == blocks.c.last_failed).label("failed")
+        return (select(literal(ids[0]).label("run_id"), blocks.c.op, failed, func.count(),
+                       func.array_agg(blocks.c.block_id).filter(failed), func.min(blocks.c.first))
+                .group_by(blocks.c.op, failed).order_by(func.min(blocks.c.first)))
+    latest = (select(func.max(BlockRecord.id).label("last"), func.min(BlockRecord.id).label("first"))
+              .where(BlockRecord.run_id.in_(ids))
+              .group_by(BlockRecord.op, BlockRecord.array_uri, BlockRecord.block_id).subquery())
+    failed = (BlockRecord.status == "failed").label("failed")
+    # the join repeats the runs' condition (the last row is one of theirs anyway): without it
+    # PostgreSQL hashed the whole ledger to find those rows
+    return (select(BlockRecord.run_id, BlockRecord.op, failed, func.count(), func.array_agg(BlockRecord.block_id).filter(failed),
+                   func.min(latest.c.first))
+            .join(latest, BlockRecord.id == latest.c.last).where(BlockRecord.run_id.in_(ids))
+            .group_by(BlockRecord.run_id, BlockRecord.op, failed).order_by(func.min(latest.c.first)))
 
 
 def count_done_since(session: Session, array_uri_prefix: str, since: datetime) -> int:
