@@ -177,21 +177,30 @@ def merge_equivalences(total: int, pairs: np.ndarray) -> np.ndarray:
     pairs
         Equivalent provisional ids, ``(n, 2)``.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    smallest = _smallest_equivalent(total + 1, np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
+    # a component's smallest id is its first in provisional order: number components by it; 0 -> 0
+    final = np.cumsum(smallest == np.arange(total + 1)) - 1
+    return final[smallest].astype(np.uint64 if total >= 2**32 - 1 else np.uint32)
 
-    size = total + 1
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    # renumber components by first appearance so final ids follow provisional order; 0 -> 0
-    first_seen = np.full(component.max() + 1, -1, dtype=np.int64)
-    order = np.arange(size - 1, -1, -1)
-    first_seen[component[order]] = order
-    ranking = np.argsort(first_seen, kind="stable")
-    final = np.empty_like(ranking)
-    final[ranking] = np.arange(ranking.size)
-    lut = final[component]
-    return (lut - lut[0]).astype(np.uint64 if total >= 2**32 - 1 else np.uint32)
+
+def _smallest_equivalent(size: int, pairs: np.ndarray) -> np.ndarray:
+    """For every id below ``size``, the smallest id equivalent to it under ``pairs``.
+
+    Union-find by rounds (hook each pair's larger root under the smaller, then jump pointers to
+    the roots; the roots at least halve every round). Hand-written instead of SciPy's
+    ``csgraph.connected_components``: the same 0.2-0.3 ms on the 512 MiB benchmark's 3139 pairs,
+    but importing ``scipy.sparse.csgraph`` cost the merge 0.12 s (0.46 s on a loaded machine).
+    """
+    parent = np.arange(size)
+    first, second = pairs[:, 0], pairs[:, 1]
+    while True:
+        a, b = parent[first], parent[second]
+        apart = a != b
+        if not apart.any():
+            return parent
+        np.minimum.at(parent, np.maximum(a, b)[apart], np.minimum(a, b)[apart])
+        while not np.array_equal(grand := parent[parent], parent):
+            parent = grand
 
 
 def provisional_offsets(counts: Mapping[tuple[int, ...], int], order: Iterable[tuple[int, ...]]) -> tuple[dict[tuple[int, ...], int], int]:
