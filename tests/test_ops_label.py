@@ -54,7 +54,7 @@ def test_merged_blocks_give_the_whole_volume_partition(shape, block, connectivit
 
 
 @pytest.mark.parametrize("connectivity", [4, 8, 6, 18, 26])
-@pytest.mark.parametrize("dtype", ["uint8", "bool", ">u2", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "bool", ">u2", "float32", "float16"])
 def test_block_labels_are_scipy_labels(connectivity, dtype):
     # cc3d gives SciPy's ids (numbered by first voxel in C order), reading every non-zero value
     # as foreground; 2-D goes through cc3d's 3-D path (its 2-D binary paths mislabel such masks:
@@ -65,6 +65,8 @@ def test_block_labels_are_scipy_labels(connectivity, dtype):
         shape = tuple(int(n) for n in rng.integers(1 if trial % 4 == 0 else 5, 30, ndim))
         mask = rng.random(shape) < rng.uniform(0.2, 0.7)
         data = (mask * rng.integers(1, 250, shape)).astype(dtype)  # values other than 1: still one foreground
+        if data.dtype.kind == "f":
+            data[~mask] = -0.0  # background too
         labels, count = label_block(data, connectivity=connectivity)
         reference, expected = ndimage.label(mask, structure=ndimage.generate_binary_structure(ndim, RANKS[connectivity]))
         assert labels.dtype == np.uint32 and labels.shape == shape and count == expected
