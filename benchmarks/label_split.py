@@ -7,6 +7,8 @@ alike), with the split of tierflow's wall time over its stages and the I/O bound
 Contenders, each in its own process per round (the order rotates every round), medians printed:
 
 * ``scipy-label`` / ``cc3d-label``: the whole mask loaded (timed apart), then labelled;
+  every contender reports its process's CPU seconds beside its wall (``cpu``: what a loaded
+  machine changes least; tierflow's counts both threads);
 * ``tierflow-label``: ``run_op("label")`` as ``benchmarks/run.py`` runs it, its wall split into
   the local pass, merge (+ output creation) and relabel pass (the flow's own calls timed);
 * ``tierflow-label-before`` (``--before ROOT``): the same with another checkout's code and venv;
@@ -96,14 +98,14 @@ def _tierflow(mask: str, work: Path, configs: str) -> dict:
     for name in ("face_equivalences", "merge_equivalences"):
         setattr(label_blocks, name, timed(getattr(label_blocks, name), f"merge: {name}"))
     with interactive_flows():
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run_op("label", mask, str(work / "out-tierflow-label.zarr"), {"connectivity": 26}, block_shape=CHUNKS,
                workers=os.cpu_count(), config_dir=configs)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     merge = marks["relabel start"] - marks["local end"]  # the merge task and the output's creation
     merge_steps = {k: v for k, v in split.items() if k.startswith("merge")}
-    return {"wall": wall, "before local": marks["local start"] - started, "local": split["local"], "merge+output": merge, **merge_steps,
-            "relabel": split["relabel"], "after relabel": started + wall - marks["relabel end"]}
+    return {"wall": wall, "cpu": cpu, "before local": marks["local start"] - started, "local": split["local"], "merge+output": merge,
+            **merge_steps, "relabel": split["relabel"], "after relabel": started + wall - marks["relabel end"]}
 
 
 def _write_labels(mask: str, work: Path) -> dict:
@@ -146,7 +148,7 @@ def run_one(name: str, mask: str, work: Path, configs: str) -> dict:
     started = time.perf_counter()
     data = zarr.open_array(mask)[:]
     load = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if name == "scipy-label":
         from scipy import ndimage
 
@@ -157,7 +159,7 @@ def run_one(name: str, mask: str, work: Path, configs: str) -> dict:
         cc3d.connected_components(data, connectivity=26, binary_image=True, out_dtype=np.uint32)
     else:
         raise SystemExit(f"unknown contender {name}")
-    return {"wall": time.perf_counter() - started, "load": load}
+    return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu, "load": load}
 
 
 def profile(mask: str, work: Path) -> dict:

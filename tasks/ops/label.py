@@ -49,7 +49,7 @@ def rank_of(connectivity: int, ndim: int) -> int:
 def label_block(mask: np.ndarray, *, connectivity: int) -> tuple[np.ndarray, int]:
     """Label the non-zero voxels of one block; returns (``uint32`` labels, count).
 
-    cc3d (connected-components-3d) labels a 64x256x256 block 2-6x faster than
+    cc3d (connected-components-3d) labels a 64x256x256 block 4-8x (26-conn.; 6: 1.6-5x) faster than
     ``scipy.ndimage.label`` here, with the same ids (numbered by first voxel in C order, as
     SciPy does; checked against SciPy in the tests). It reads any non-zero voxel as foreground
     (``binary_image``), so the mask is not copied. A 2-D block is labelled as one plane of a 3-D
