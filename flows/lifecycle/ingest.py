@@ -62,6 +62,9 @@ def ingest(raw_dir: str, dataset: str, config_dir: str | None = None, parent_run
     raw = Path(raw_dir).expanduser().resolve()
     check_raw_folder(raw)
     config = load_config(config_dir)
+    from tierflow.storage.zarr_codecs import use_codec_pipeline  # imports zarr: only when it runs
+
+    use_codec_pipeline(config.execution.codec_pipeline)
     source = open_tiers(config).source
     db = open_database(load_db_config(config_dir), migrate=True)
     with recorded_run(db, "ingest", {"raw_dir": str(raw), "dataset": dataset}, parent_id=parent_run) as run_id:

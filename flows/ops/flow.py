@@ -162,6 +162,9 @@ def op_flow(
         Listing every failed block, after all other blocks are done and recorded.
     """
     config = load_config(config_dir)
+    from tierflow.storage.zarr_codecs import use_codec_pipeline  # imports zarr: only when an op runs
+
+    use_codec_pipeline(config.execution.codec_pipeline)
     check_output_placement(config, output, op_reads(input, inputs, mask))
     spec = get_op(op)
     resolved = spec.resolve(params or {})

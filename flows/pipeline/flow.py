@@ -323,6 +323,9 @@ def pipeline(
     if (snapshot is None) == (raw_dir is None):
         raise TierflowError("give exactly one of a snapshot id or a raw folder", hint="tierflow run pipeline --snapshot ID (or --raw DIR)")
     config = load_config(config_dir)
+    from tierflow.storage.zarr_codecs import use_codec_pipeline  # imports zarr: only when it runs
+
+    use_codec_pipeline(config.execution.codec_pipeline)
     pipeline_spec = find_spec(spec, config.meta.config_dir)
     chosen = PipelineParams.from_config(config, params, pipeline_spec)
     db = open_database(load_db_config(config_dir), migrate=True)

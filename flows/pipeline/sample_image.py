@@ -262,6 +262,9 @@ def image_stage(jobs: list[SampleImageJob], block_shape: tuple[int, int, int], s
     from tierflow.flows.runtime.tiers import open_tiers
 
     config = load_config(config_dir)
+    from tierflow.storage.zarr_codecs import use_codec_pipeline  # imports zarr: only when it runs
+
+    use_codec_pipeline(config.execution.codec_pipeline)
     db, output = open_database(load_db_config(config_dir)), open_tiers(config).output
     workers = workers or config.execution.max_workers or os.cpu_count() or 1
     progress = StageProgress("image", image_block_count(jobs, block_shape), run=parent_run)

@@ -1,0 +1,93 @@
+"""Which codec pipeline zarr encodes and decodes chunks with: zarrs' (Rust) for local arrays.
+
+On 2 cores the codec, not the disk or the arithmetic, bounds a block-wise op. ``zarrs``
+(zarrs-python, a zarr-python 3 codec pipeline in Rust) decodes zstd chunks several times faster
+than zarr-python's own pipeline (``benchmarks/codecs.py``, README "Codecs"). It is used here
+only for arrays in a local folder (zarr's ``LocalStore``): zarrs rebuilds an object store of its
+own from an ``ObjectStore``'s settings (tierflow's S3 tiers pass TLS roots, timeouts and retries
+that it would not see) and refuses other stores, so those keep zarr-python's pipeline
+(:class:`LocalZarrsPipeline`). The choice is ``[execution].codec_pipeline``: ``auto`` (zarrs when
+installed), ``zarrs`` or ``zarr-python``; :func:`use_codec_pipeline` applies it to this process
+and, through ``ZARR_CODEC_PIPELINE__PATH``, to the worker processes it starts (the class is
+found there through tierflow's ``zarr.codec_pipeline`` entry point). The encoded bytes are the
+same either way: arrays stay readable by any zarr v3 reader.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from tierflow.storage.errors import TierflowError
+
+__all__ = ["PIPELINES", "LocalZarrsPipeline", "active_pipeline", "use_codec_pipeline", "zarrs_installed"]
+
+PIPELINES = ("auto", "zarrs", "zarr-python")
+"""The values of ``[execution].codec_pipeline``."""
+
+DEFAULT_PATH = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+LOCAL_ZARRS_PATH = "tierflow.storage.zarr_codecs.LocalZarrsPipeline"
+
+
+def zarrs_installed() -> bool:
+    return importlib.util.find_spec("zarrs") is not None
+
+
+def _local(store: Any) -> bool:
+    from zarr.storage import LocalStore
+
+    return isinstance(store, LocalStore)
+
+
+if zarrs_installed():
+    from zarrs import ZarrsCodecPipeline as _Base
+
+    class LocalZarrsPipeline(_Base):
+        """zarrs' pipeline for arrays in a local folder; zarr-python's for every other store
+        (raising ``NotImplementedError`` here makes zarr build its own pipeline from the codecs)."""
+
+        @classmethod
+        def from_array_metadata_and_store(cls, array_metadata: Any, store: Any) -> Any:
+            if not _local(store):
+                raise NotImplementedError("zarrs is used for local arrays only")
+            return super().from_array_metadata_and_store(array_metadata, store)
+
+else:  # zarrs missing: the name still resolves (a worker's environment may name it), as zarr-python's pipeline
+    from zarr.core.codec_pipeline import BatchedCodecPipeline as _Base
+
+    class LocalZarrsPipeline(_Base):  # type: ignore[no-redef]
+        """zarr-python's pipeline (zarrs is not installed)."""
+
+
+def use_codec_pipeline(choice: str = "auto") -> str:
+    """Make ``choice`` (one of :data:`PIPELINES`) the codec pipeline of the arrays this process
+    and the worker processes it starts from now on open; returns ``"zarrs"`` or ``"zarr-python"``.
+
+    Raises
+    ------
+    TierflowError
+        For an unknown choice, or ``zarrs`` when the package is not installed.
+    """
+    import zarr
+    from zarr.registry import register_pipeline
+
+    if choice not in PIPELINES:
+        raise TierflowError(f"[execution].codec_pipeline {choice!r} is not one of {', '.join(PIPELINES)}",
+                            hint='set codec_pipeline = "auto" in configs/tierflow.user.toml (zarrs for local arrays when installed)')
+    use_zarrs = choice == "zarrs" or (choice == "auto" and zarrs_installed())
+    if use_zarrs and not zarrs_installed():
+        raise TierflowError("[execution].codec_pipeline = \"zarrs\", but the package zarrs is not installed",
+                            hint="pip install zarrs, or set codec_pipeline = \"auto\" (or \"zarr-python\")")
+    path = LOCAL_ZARRS_PATH if use_zarrs else DEFAULT_PATH
+    register_pipeline(LocalZarrsPipeline)
+    zarr.config.set({"codec_pipeline.path": path})
+    os.environ["ZARR_CODEC_PIPELINE__PATH"] = path  # worker processes (Dask, SLURM) started from here
+    return active_pipeline()
+
+
+def active_pipeline() -> str:
+    """``"zarrs"`` when local arrays opened now use zarrs' pipeline, else ``"zarr-python"``."""
+    import zarr
+
+    return "zarrs" if zarr.config.get("codec_pipeline.path") == LOCAL_ZARRS_PATH and zarrs_installed() else "zarr-python"
