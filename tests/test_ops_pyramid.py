@@ -284,3 +284,25 @@ def test_input_pieces_tile_the_region_and_cut_only_where_windows_allow(offset, s
             if chunk % factor == 0:  # never spans two input chunks
                 assert start // chunk == (start + piece.shape[axis] - 1) // chunk
     np.testing.assert_array_equal(covered, 1)  # every voxel read exactly once
+
+
+def test_level0_chunk_copy_between_local_arrays(tmp_path):
+    """Level 0 takes the source's encoded chunks as they are (a file copy between local
+    folders): the copy reads back as the source, a chunk absent from the source (all fill
+    value) removes the target's stale one, and no temporary file is left behind."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    from tierflow.tasks.pyramid_blocks import copy_chunk
+
+    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
+    source = zarr.create_array(str(tmp_path / "src.zarr"), shape=(4, 8, 8), chunks=(2, 8, 8), dtype="uint16")
+    source[:2] = data  # chunk c/1/0/0 stays absent (fill value)
+    target = zarr.create_array(str(tmp_path / "dst.zarr"), shape=(4, 8, 8), chunks=(2, 8, 8), dtype="uint16")
+    target[:] = 9  # stale chunks from an earlier run
+    copied = [copy_chunk(LocalStore(tmp_path / "src.zarr"), LocalStore(tmp_path / "dst.zarr"), key) for key in ("c/0/0/0", "c/1/0/0")]
+    assert copied[0] == (tmp_path / "src.zarr" / "c/0/0/0").stat().st_size and copied[1] == 0
+    result = zarr.open_array(str(tmp_path / "dst.zarr"), mode="r")[:]
+    assert np.array_equal(result[:2], data) and not result[2:].any()
+    assert not (tmp_path / "dst.zarr" / "c/1/0/0").exists()
+    assert not [p for p in (tmp_path / "dst.zarr").rglob("*") if p.name.endswith(".partial")]
