@@ -139,6 +139,8 @@ def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
         source = inputs["image_s3" if source == inputs["image"] else "mask_s3"]
     if kind == "gaussian-4x":
         source = inputs["image_4x"]
+    if kind.endswith("-zarr-python"):  # the same op on zarr-python's codec pipeline (README "Codecs")
+        os.environ["TIERFLOW_EXECUTION__CODEC_PIPELINE"] = "zarr-python"
     op, params = {
         "gaussian": ("gaussian", GAUSSIAN),
         "gaussian-4x": ("gaussian", GAUSSIAN),
@@ -146,7 +148,7 @@ def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
         "label": ("label", {"connectivity": CONNECTIVITY}),
         "pyramid": ("downsample", {"levels": PYRAMID_LEVELS + 1, "method": "mean"}),
         "gaussian-rerun": ("gaussian", GAUSSIAN),
-    }[kind]
+    }[kind.removesuffix("-zarr-python")]
     out = str(work / ("out-tierflow-gaussian.zarr" if kind == "gaussian-rerun" else f"out-tierflow-{kind}.zarr"))
     if on_s3:
         out = f"{inputs['s3_out']}/out-tierflow-{kind}-s3.zarr"
@@ -552,6 +554,10 @@ def main() -> None:
             "skimage-pyramid",
             "tierflow-pyramid",
             "dask-coarsen-pyramid",
+            # codec pipelines (README "Codecs"): zarrs' (the default) against zarr-python's
+            "tierflow-convert-zarr-python",
+            "tierflow-gaussian-zarr-python",
+            "tierflow-pyramid-zarr-python",
         ]
         if args.s3:
             names += ["tierflow-gaussian-s3", "tierflow-convert-s3", "tierflow-label-s3"]

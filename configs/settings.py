@@ -98,7 +98,7 @@ class ExecutionSettings(_Section):
     max_task_runs: int = Field(1000, ge=1, le=5000)
     memory_limit_percent: float = Field(90, gt=0, le=100, description="Stop a run cleanly above this share of RAM in use")
     codec_pipeline: Literal["auto", "zarrs", "zarr-python"] = Field(
-        "auto", description="zarr codec pipeline for local arrays: auto = zarrs (Rust) when installed, else zarr-python's")
+        "auto", description="zarr codec pipeline that decodes local inputs: auto = zarrs (Rust) when installed, else zarr-python's")
 
     @model_validator(mode="after")
     def _positive_block_shape(self) -> ExecutionSettings:

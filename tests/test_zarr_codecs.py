@@ -1,6 +1,7 @@
 """The codec pipeline of zarr arrays (``[execution].codec_pipeline``, storage/zarr_codecs.py):
-zarrs' for local arrays, zarr-python's for every other store; what one writes the other reads
-bit for bit; worker processes started afterwards get the same choice; a bad value is refused."""
+zarrs decodes local arrays opened read-only, zarr-python writes (atomic chunk files) and serves
+every other store; zarrs reads what zarr-python wrote bit for bit; worker processes started
+afterwards get the same choice; a bad value is refused."""
 
 from __future__ import annotations
 
@@ -42,40 +43,53 @@ def _volume() -> np.ndarray:
 
 @pytest.mark.parametrize("compressors", [[ZstdCodec(level=3)], [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)]],
                          ids=["zstd", "blosc-lz4"])
-def test_local_arrays_use_zarrs_and_stay_readable_by_zarr_python(tmp_path, compressors):
+def test_local_inputs_decode_with_zarrs_and_outputs_write_with_zarr_python(tmp_path, compressors):
     data = _volume()
     assert use_codec_pipeline("auto") == "zarrs"
     written = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(8, 16, 16), dtype=data.dtype, compressors=compressors)
-    assert _pipeline(written) == "zarrs"
+    assert _pipeline(written) == "BatchedCodecPipeline"  # writes: zarr-python's temporary file + rename
     written[:] = data
     written[3:5, 7:30, 1:2] = 7  # a partial write of several chunks
     expected = data.copy()
     expected[3:5, 7:30, 1:2] = 7
-    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[2:19, 5:47, :], expected[2:19, 5:47, :])
+    chunk = tmp_path / "a.zarr" / "c" / "0" / "0" / "0"
+    inode = chunk.stat().st_ino
+    written[0:1, 0:1, 0:1] = 9
+    expected[0, 0, 0] = 9
+    assert chunk.stat().st_ino != inode  # rewritten as a new file, not in place
+
+    reread = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert _pipeline(reread) == "zarrs"
+    assert np.array_equal(reread[2:19, 5:47, :], expected[2:19, 5:47, :])
+    assert np.array_equal(reread[:], expected)
 
     assert use_codec_pipeline("zarr-python") == "zarr-python"
-    reread = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
-    assert _pipeline(reread) == "BatchedCodecPipeline"
-    assert np.array_equal(reread[:], expected)  # zarrs' chunks, decoded by zarr-python
+    assert _pipeline(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")) == "BatchedCodecPipeline"
 
 
-@pytest.mark.parametrize("store", [lambda: MemoryStore(), lambda: ObjectStore(ObjectMemoryStore())], ids=["memory", "object-store"])
-def test_other_stores_fall_back_to_zarr_python(store):
+@pytest.mark.parametrize("stores", [lambda: (MemoryStore(),) * 2, lambda: _object_stores(ObjectMemoryStore())],
+                         ids=["memory", "object-store"])
+def test_other_stores_fall_back_to_zarr_python(stores):
     """zarrs rebuilds object stores from their settings (an S3 tier's TLS roots and timeouts
-    would be lost) and refuses some: tierflow keeps zarr-python's pipeline there."""
+    would be lost) and refuses some: tierflow keeps zarr-python's pipeline there, read-only too."""
     use_codec_pipeline("auto")
     data = _volume()
-    array = zarr.create_array(store(), shape=data.shape, chunks=(8, 16, 16), dtype=data.dtype)
-    array[:] = data
-    assert _pipeline(array) == "BatchedCodecPipeline"
-    assert np.array_equal(array[:], data)
+    writable, read_only = stores()
+    zarr.create_array(writable, shape=data.shape, chunks=(8, 16, 16), dtype=data.dtype)[:] = data
+    reread = zarr.open_array(read_only, mode="r")
+    assert _pipeline(reread) == "BatchedCodecPipeline"
+    assert np.array_equal(reread[:], data)
+
+
+def _object_stores(backend) -> tuple[ObjectStore, ObjectStore]:
+    return ObjectStore(backend), ObjectStore(backend, read_only=True)
 
 
 def test_worker_processes_get_the_choice(tmp_path):
     """A process started after the choice (a Dask worker) finds tierflow's pipeline through its
     entry point, without importing tierflow first."""
     zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 4), dtype="uint8")[:] = 5
-    probe = ("import json, sys, zarr; a = zarr.open_array(sys.argv[1]); p = a._async_array.codec_pipeline; "
+    probe = ("import json, sys, zarr; a = zarr.open_array(sys.argv[1], mode='r'); p = a._async_array.codec_pipeline; "
              "print(json.dumps([type(p).__name__, getattr(p, 'impl', None) is not None, int(a[:].sum())]))")
     for choice, expected in (("auto", ["LocalZarrsPipeline", True, 80]), ("zarr-python", ["BatchedCodecPipeline", False, 80])):
         use_codec_pipeline(choice)
