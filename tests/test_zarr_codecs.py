@@ -102,3 +102,17 @@ def test_a_bad_choice_is_refused_naming_the_key():
         use_codec_pipeline("rust")
     assert zarr.config.get("codec_pipeline.path") != "rust"
 
+
+
+def test_the_config_key_defaults_to_auto_and_refuses_other_values(project, monkeypatch):
+    from tierflow.configs import load_config
+    from tierflow.errors import ConfigError
+
+    assert load_config(project / "configs").execution.codec_pipeline == "auto"
+    monkeypatch.setenv("TIERFLOW_EXECUTION__CODEC_PIPELINE", "zarr-python")
+    assert load_config(project / "configs").execution.codec_pipeline == "zarr-python"
+    monkeypatch.delenv("TIERFLOW_EXECUTION__CODEC_PIPELINE")
+    (project / "configs" / "tierflow.user.toml").write_text('[execution]\ncodec_pipeline = "rust"\n')
+    with pytest.raises(ConfigError, match="codec_pipeline") as refused:
+        load_config(project / "configs")
+    assert "tierflow.user.toml" in str(refused.value) + str(getattr(refused.value, "hint", ""))
