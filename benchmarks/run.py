@@ -112,6 +112,9 @@ def _preimport(name: str) -> None:
 
     if name.startswith("tierflow-"):
         import tierflow.flows.ops.flow  # noqa: F401
+        import tierflow.flows.ops.label  # noqa: F401 - the stage modules, as the CLI's warm executor preloads them
+        import tierflow.flows.ops.map  # noqa: F401
+        import tierflow.flows.ops.pyramid  # noqa: F401
         from tierflow.flows.runtime.prefect_env import interactive_flows
 
         with interactive_flows():  # process start-up, as the CLI does before its first flow run
