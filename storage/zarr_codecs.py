@@ -26,7 +26,8 @@ from typing import Any
 
 from tierflow.storage.errors import TierflowError
 
-__all__ = ["PIPELINES", "LocalZarrsPipeline", "active_pipeline", "use_codec_pipeline", "zarrs_installed"]
+__all__ = ["PIPELINES", "LocalZarrsPipeline", "active_pipeline", "decodes_with_zarrs", "use_codec_pipeline", "with_zarr_python",
+           "zarrs_installed"]
 
 PIPELINES = ("auto", "zarrs", "zarr-python")
 """The values of ``[execution].codec_pipeline``."""
@@ -97,3 +98,25 @@ def active_pipeline() -> str:
     import zarr
 
     return "zarrs" if zarr.config.get("codec_pipeline.path") == LOCAL_ZARRS_PATH and zarrs_installed() else "zarr-python"
+
+
+def decodes_with_zarrs(array: Any) -> bool:
+    """Whether zarrs decodes ``array`` (a zarr ``Array``)."""
+    return getattr(array._async_array.codec_pipeline, "impl", None) is not None
+
+
+def with_zarr_python(array: Any) -> Any:
+    """``array`` decoded by zarr-python's pipeline: zarrs reports a damaged chunk as an
+    ``OSError`` (``incomplete frame``), as an unreachable store would be; zarr-python's codecs
+    raise ``RuntimeError``/``ValueError`` for damage, which tells the two apart."""
+    import copy
+
+    from zarr import Array
+    from zarr.core.array import create_codec_pipeline
+
+    if not decodes_with_zarrs(array):
+        return array
+    inner = copy.copy(array._async_array)
+    # without a store, zarr builds the pipeline from the codecs: zarr-python's (zarrs' from_codecs too)
+    object.__setattr__(inner, "codec_pipeline", create_codec_pipeline(inner.metadata))
+    return Array(inner)

@@ -80,7 +80,11 @@ class ZarrVolume:
 
                 return read_through_cache(self.array, roi, cache, (cache_key, self.uri))
             return np.asarray(self.array[roi.slices])
-        except _DECODE_ERRORS as exc:
+        except (*_DECODE_ERRORS, OSError) as exc:
+            from tierflow.storage.zarr_codecs import decodes_with_zarrs  # imports zarrs (and zarr): not at start-up
+
+            if isinstance(exc, OSError) and not decodes_with_zarrs(self.array):
+                raise  # an unreachable store (zarrs reports damaged chunks as OSError too: damaged_chunks tells)
             bad = damaged_chunks(self.array, roi)
             if not bad:
                 raise
@@ -92,7 +96,11 @@ class ZarrVolume:
 
 
 def damaged_chunks(array: Any, roi: Roi) -> list[str]:
-    """The store keys of the chunks (shards) of a zarr ``array`` under ``roi`` that cannot be decoded."""
+    """The store keys of the chunks (shards) of a zarr ``array`` under ``roi`` that cannot be
+    decoded (by zarr-python's codecs, whose errors tell damage from I/O, see :func:`with_zarr_python`)."""
+    from tierflow.storage.zarr_codecs import with_zarr_python
+
+    array = with_zarr_python(array)
     grid = tuple(getattr(array, "shards", None) or array.chunks)
     bad = []
     for index in itertools.product(*(range(o // c, (e - 1) // c + 1) for o, e, c in zip(roi.offset, roi.end, grid, strict=True))):
