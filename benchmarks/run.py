@@ -300,13 +300,21 @@ def agreement(name: str, inputs: dict, work: Path) -> str | None:
     return "max |diff| per level " + ", ".join(f"{_max_abs_difference(ref, level):g}" for ref, level in zip(reference, levels, strict=True))
 
 
+def _remove_output(name: str, out: str, inputs: dict) -> None:
+    """Every repeat is a first run: the output and label's merge state go (on S3 too)."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(f"{out}.tierflow-label", ignore_errors=True)
+    if name.endswith("-s3"):
+        for prefix in (f"out/out-{name}.zarr/", f"out/out-{name}.zarr.tierflow-label/"):
+            _scratch(inputs).delete_prefix(prefix)
+
+
 def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
     import zarr
 
     image, mask = inputs["image"], inputs["mask"]
     out = str(work / f"out-{name}.zarr")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(f"{out}.tierflow-label", ignore_errors=True)  # label's merge state: every repeat is a first run
+    _remove_output(name, out, inputs)
     _preimport(name)  # import time is not the contender's work
     started = time.perf_counter()
     extra: dict = {}
