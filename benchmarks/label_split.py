@@ -217,25 +217,10 @@ def measure(command: list[str], env: dict, timeout: float) -> dict:
 
 def _server(work: Path, configs: Path, env: dict) -> subprocess.Popen:
     """A Prefect server and the results database, as ``benchmarks/run.py`` starts them."""
-    import urllib.request
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from run import _warm_up_server
+    from run import start_server
 
-    port = 4200 + os.getpid() % 500
-    command = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(env["PREFECT_API_URL"] + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    _warm_up_server(work, configs, env)
-    return server
+    return start_server(work, configs, env)
 
 
 def main() -> None:

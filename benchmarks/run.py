@@ -460,6 +460,28 @@ def s3_inputs(work: Path, configs: Path, inputs: dict) -> Iterator[None]:
         server.stop()
 
 
+def start_server(work: Path, configs: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A ``prefect server start`` on a port of its own (``env`` gets its ``PREFECT_API_URL``), the
+    results database migrated, and the server warmed up; the caller terminates it."""
+    import urllib.request
+
+    port = 4200 + os.getpid() % 500
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(env["PREFECT_API_URL"] + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    subprocess.run([str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    _warm_up_server(work, configs, env)
+    return server
+
+
 def _warm_up_server(work: Path, configs: Path, env: dict[str, str]) -> None:
     """One tiny op before the contenders: a Prefect server's first flow run pays its one-off
     start-up (registering the flow, warming its database: ~1.5 s here), which a long-lived
@@ -523,31 +545,9 @@ def main() -> None:
         inputs["image_4x"] = make_inputs(work, args.size_mib * 4)["image"]
 
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
-    port = 4200 + os.getpid() % 500
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    server = start_server(work, configs, env)
     stack = ExitStack()
     try:
-        import urllib.request
-
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(env["PREFECT_API_URL"] + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        subprocess.run(
-            [str(Path(sys.executable).with_name("tierflow")), "--config", str(configs), "db", "upgrade"],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        _warm_up_server(work, configs, env)
         names = [
             "scipy-gaussian",
             "tierflow-gaussian",

@@ -117,6 +117,8 @@ def test_managed_prefect_server_beside_an_external_results_database(project, oth
     Tier 4 state (`database = "auto"`), no embedded PostgreSQL is made, runs land in the lab's
     server, and the second op goes to the warm executor; no password in any of it."""
     import numpy as np
+    import sqlite3
+
     import psutil
     import zarr
 
@@ -132,8 +134,10 @@ def test_managed_prefect_server_beside_an_external_results_database(project, oth
     state = project / "var" / "tier4-ephemeral" / "state"
     try:
         started = json.loads(run_cli("server", "start", "--json", cwd=project, env=managed).stdout)
-        assert started["running"] and started["database"] == "sqlite"
-        assert (state / "prefect" / "prefect.db").is_file()
+        assert started["running"] is True
+        assert started["database"] == "sqlite"
+        prefect_db = state / "prefect" / "prefect.db"
+        assert prefect_db.is_file()
         assert started["executor"] is not None
         first = json.loads(run_cli("op", "gaussian", "-i", "in.zarr", "-o", "a.zarr", "-p", "sigma=1", "--json", cwd=project,
                                    env=managed).stdout)
@@ -141,8 +145,12 @@ def test_managed_prefect_server_beside_an_external_results_database(project, oth
         assert status["executor"]["served"] == 1 and status["pid"] == started["pid"]
         with Database(other_server.url()).engine.connect() as connection:
             rows = connection.exec_driver_sql(
-                "SELECT status, flow_run_id IS NOT NULL FROM runs WHERE id = %s" % int(first["run_id"])).all()
-        assert rows == [("completed", True)]
+                "SELECT status, flow_run_id::text FROM runs WHERE id = %s" % int(first["run_id"])).all()
+        assert len(rows) == 1 and rows[0][0] == "completed"
+        # the flow run is in Prefect's own SQLite file (read directly, not through the server)
+        with sqlite3.connect(f"file:{prefect_db}?mode=ro", uri=True) as prefect:
+            found = prefect.execute("SELECT state_type FROM flow_run WHERE id = ?", (rows[0][1],)).fetchall()
+        assert found == [("COMPLETED",)]
         assert not (state / "postgres" / "data").exists()  # nothing embedded
         texts = [json.dumps(started), json.dumps(status), (state / "prefect" / "server.json").read_text(),
                  (state / "prefect" / "executor.log").read_text(), (state / "prefect" / "server.log").read_text()]
