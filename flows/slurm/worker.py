@@ -163,6 +163,7 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
         self.scheduler = SlurmScheduler()
         self._followed: set[UUID] = set()
         self._reconciled: set[UUID] = set()
+        """Ids of the Crashed states already compared with SLURM's account (each is looked at once)."""
 
     async def run(self, flow_run: FlowRun, configuration: SlurmJobConfiguration,
                   task_status: anyio.abc.TaskStatus[str] | None = None) -> SlurmWorkerResult:
@@ -267,10 +268,12 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
         return await super().get_and_submit_flow_runs()
 
     async def _reconcile_crashed_runs(self) -> None:
-        """A job cancelled while no worker watched (``scancel`` by an administrator) takes its flow
-        run down with SIGTERM, and the engine in the job may report Crashed before it dies: once,
-        for each recently crashed run of this pool, ask SLURM how its job ended and record a
-        cancelled job as Cancelled (what happened), not Crashed."""
+        """The engine in a job reports Crashed ("aborted by a termination signal") on the SIGTERM of
+        ``scancel`` or of the time limit, and on a loaded node that report can reach the API after
+        the worker recorded SLURM's account, or while no worker watched: on every poll, each new
+        Crashed state of this pool's recent runs is compared once with how SLURM says the job ended;
+        a cancelled job becomes Cancelled, any other end Crashed with SLURM's reason (TIMEOUT,
+        OUT_OF_MEMORY, ...) before the engine's words."""
         from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
                                                     WorkPoolFilterName)
         from prefect.client.schemas.sorting import FlowRunSort
@@ -287,17 +290,31 @@ class SlurmWorker(BaseWorker[SlurmJobConfiguration, SlurmVariables, SlurmWorkerR
             self._logger.warning(f"Could not list this pool's crashed flow runs: {exc}")
             return
         for flow_run in runs:
-            job_id = flow_run.infrastructure_pid
-            if flow_run.id in self._reconciled or flow_run.id in self._followed or not job_id or not job_id.isdigit():
+            job_id, state = flow_run.infrastructure_pid, flow_run.state
+            if state is None or state.id in self._reconciled or flow_run.id in self._followed or not job_id or not job_id.isdigit():
                 continue
-            self._reconciled.add(flow_run.id)
-            job = await anyio.to_thread.run_sync(self.scheduler.job, job_id)
-            if job is None or not job.ended or (job.name and job.name != job_name(flow_run.id)):
-                continue
-            outcome = job_outcome(job_id, job)
-            if outcome.state == "Cancelled":
-                await self.client.set_flow_run_state(flow_run.id, Cancelled(message=outcome.message), force=True)
-                self.get_flow_run_logger(flow_run).info(f"{outcome.message} (the flow had reported Crashed)")
+            await self._reconcile_crashed_run(flow_run, job_id)
+
+    async def _reconcile_crashed_run(self, flow_run: FlowRun, job_id: str) -> None:
+        state = flow_run.state
+        if f"SLURM job {job_id} " in (state.message or ""):  # already SLURM's account
+            self._reconciled.add(state.id)
+            return
+        job = await anyio.to_thread.run_sync(self.scheduler.job, job_id)
+        if job is not None and not job.ended:  # still COMPLETING: ask again on the next poll
+            return
+        self._reconciled.add(state.id)
+        if job is None or (job.name and job.name != job_name(flow_run.id)):
+            return
+        outcome = job_outcome(job_id, job)
+        logger = self.get_flow_run_logger(flow_run)
+        if outcome.state == "Cancelled":
+            await self.client.set_flow_run_state(flow_run.id, Cancelled(message=outcome.message), force=True)
+            logger.info(f"{outcome.message} (the flow had reported Crashed)")
+        elif outcome.state == "Crashed":
+            message = f"{outcome.message} (the flow run said: {state.message})"
+            await self.client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+            logger.error(message)
 
     async def _adopt_running_jobs(self) -> None:
         """Follow the runs of this pool that have a SLURM job nobody follows (the worker was
