@@ -99,6 +99,7 @@ class ExecutionSettings(_Section):
     memory_limit_percent: float = Field(90, gt=0, le=100, description="Stop a run cleanly above this share of RAM in use")
     codec_pipeline: Literal["auto", "zarrs", "zarr-python"] = Field(
         "auto", description="zarr codec pipeline that decodes local inputs: auto = zarrs (Rust) when installed, else zarr-python's")
+    shard_outputs: bool = Field(False, description="Write op outputs as zarr v3 shards of the block shape holding small chunks")
 
     @model_validator(mode="after")
     def _positive_block_shape(self) -> ExecutionSettings:

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from tierflow.storage.errors import TierError, TierflowError
+from tierflow.storage.geometry import inner_chunks
 from tierflow.storage.tiers.base import Tier
 
 __all__ = ["LABEL_STATE_SUFFIX", "ArrayLocation", "ChunkWriter", "array_sidecars", "check_chunks_align", "check_writable",
-           "create_output_array"]
+           "create_output_array", "output_layout"]
 
 LABEL_STATE_SUFFIX = ".tierflow-label"
 """Label's merge state lives beside its output array, under ``<array key>.tierflow-label/<op key>/``."""
@@ -113,11 +114,11 @@ def _compressors(codec: str) -> Any:
 
 
 def check_chunks_align(location: ArrayLocation, block_shape: Sequence[int]) -> None:
-    """Refuse an existing output array whose chunks are not ``block_shape``, before anything
-    is written.
+    """Refuse an existing output array whose chunks (shards, when sharded) are not
+    ``block_shape``, before anything is written.
 
-    A block op writes each block as whole chunks of an output created with chunks = block
-    shape; into an array chunked otherwise, a block would straddle chunks that its neighbours
+    Every block writes exactly one chunk (or shard) of its output, which the output is created
+    with; into an array chunked otherwise, a block would straddle chunks that its neighbours
     also write, and concurrent writers would corrupt each other's chunks (or, with a block shape
     that is a multiple of the chunks, reuse an array the run would not have created). A missing
     output, or one of another number of axes (refused by :func:`create_output_array`), passes.
@@ -129,17 +130,30 @@ def check_chunks_align(location: ArrayLocation, block_shape: Sequence[int]) -> N
     """
     if not location.exists():
         return
-    chunks = tuple(int(c) for c in location.open(read_only=True).chunks)
+    array = location.open(read_only=True)
+    chunks = tuple(int(c) for c in (array.shards or array.chunks))
     block_shape = tuple(int(b) for b in block_shape)
     if len(chunks) != len(block_shape) or chunks == block_shape:
         return
+    what = "shards" if array.shards else "chunks"
     straddle = any(b % c for b, c in zip(block_shape, chunks, strict=True))
     raise TierflowError(
-        f"{location.uri} exists with chunks {chunks}, but this run writes blocks of {block_shape}"
-        + (": blocks would straddle its chunks, and concurrent writers would corrupt each other's chunks" if straddle
-           else ": the output is written with chunks = block shape"),
-        hint=f"run with --block-shape {','.join(map(str, chunks))} (its chunks), or choose another output, or delete {location.uri} first",
+        f"{location.uri} exists with {what} {chunks}, but this run writes blocks of {block_shape}"
+        + (f": blocks would straddle its {what}, and concurrent writers would corrupt each other's {what}" if straddle
+           else f": the output is written with {what} = block shape"),
+        hint=f"run with --block-shape {','.join(map(str, chunks))} (its {what}), or choose another output, or delete {location.uri} first",
     )
+
+
+def output_layout(block_shape: Sequence[int], *, sharded: bool) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """``(chunks, shards)`` of an op output written block by block: one chunk per block, or
+    (``sharded``) one shard per block holding the small chunks of :func:`inner_chunks`."""
+    block_shape = tuple(int(b) for b in block_shape)
+    return (inner_chunks(block_shape), block_shape) if sharded else (block_shape, None)
+
+
+def _layout(array: Any) -> str:
+    return f"chunks {tuple(array.chunks)}" + (f" in shards {tuple(array.shards)}" if array.shards else "")
 
 
 def create_output_array(
@@ -152,10 +166,12 @@ def create_output_array(
     attributes: Mapping[str, Any] | None = None,
     fill_value: Any = 0,
     codecs_like: Any = None,
+    shards: Sequence[int] | None = None,
 ) -> Any:
-    """Create the output array, or reuse an existing one of the same shape, dtype and chunks
-    (a resumed or repeated run writes into it). ``codecs_like``: take the serializer,
-    compressors, filters and fill value of that array instead of ``compression``.
+    """Create the output array, or reuse an existing one of the same shape, dtype, chunks and
+    shards (a resumed or repeated run writes into it). ``codecs_like``: take the serializer,
+    compressors, filters and fill value of that array instead of ``compression``. ``shards``:
+    zarr v3 shards of that shape holding ``chunks`` (see :func:`output_layout`).
 
     Raises
     ------
@@ -166,11 +182,14 @@ def create_output_array(
 
     if location.exists():
         array = location.open(read_only=False)
-        if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype) or tuple(array.chunks) != tuple(chunks):
+        shards = None if shards is None else tuple(int(s) for s in shards)
+        if (tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype) or tuple(array.chunks) != tuple(chunks)
+                or array.shards != shards):
+            wanted = f"chunks {tuple(chunks)}" + (f" in shards {shards}" if shards else "")
             raise TierflowError(
-                f"{location.uri} exists as {array.shape} {array.dtype} chunks {array.chunks}, "
-                f"not {tuple(shape)} {np.dtype(dtype)} chunks {tuple(chunks)}",
-                hint="choose another output, or delete the old array first",
+                f"{location.uri} exists as {array.shape} {array.dtype} {_layout(array)}, not {tuple(shape)} {np.dtype(dtype)} {wanted}",
+                hint="choose another output, or delete the old array first ([execution].shard_outputs decides whether op outputs "
+                     "are sharded)",
             )
         wanted = json.loads(json.dumps(dict(attributes or {}), default=str))
         if any(array.attrs.get(key) != value for key, value in wanted.items()):
@@ -186,6 +205,7 @@ def create_output_array(
         store=location.tier.zarr_store(location.key),
         shape=tuple(shape),
         chunks=tuple(chunks),
+        shards=None if shards is None else tuple(shards),
         dtype=np.dtype(dtype),
         **codecs,
         fill_value=fill_value,

@@ -15,7 +15,7 @@ from itertools import product
 
 from tierflow.storage.errors import InvalidParameterError, TierflowError
 
-__all__ = ["Block", "BlockGrid", "Roi", "fit_block_shape", "normalise_halo", "parse_block_shape"]
+__all__ = ["Block", "BlockGrid", "Roi", "fit_block_shape", "inner_chunks", "normalise_halo", "parse_block_shape"]
 
 
 def parse_block_shape(text: str | Sequence[int], *, key: str = "--block-shape", ndim: int | None = None) -> tuple[int, ...]:
@@ -192,3 +192,9 @@ class BlockGrid:
                 index = list(block.index)
                 index[axis] += 1
                 yield axis, self.block_at(index)
+
+
+def inner_chunks(shard_shape: Sequence[int]) -> tuple[int, ...]:
+    """The chunks inside a shard: each axis cut in 4 (or 2) where that leaves at least 8
+    voxels, so a shard object holds up to 64 chunks that a viewer reads one by one."""
+    return tuple(next((s // k for k in (4, 2) if s % k == 0 and s // k >= 8), s) for s in shard_shape)

@@ -33,6 +33,7 @@ from ome_zarr_models.v05.labels import LabelsAttrs
 from ome_zarr_models.v05.multiscales import Dataset, Multiscale
 
 from tierflow.storage.errors import TierflowError
+from tierflow.storage.geometry import inner_chunks
 from tierflow.storage.image_meta import ImageMetadata
 
 __all__ = [
@@ -141,12 +142,6 @@ def label_attributes(name: str, scale: PhysicalScale, scales: Sequence[Sequence[
 def labels_attributes(names: Sequence[str]) -> dict[str, Any]:
     """The ``labels`` group's attributes: the names of the image's label groups."""
     return {"ome": LabelsAttrs(version="0.5", labels=list(names)).model_dump(mode="json", by_alias=True, exclude_none=True)}
-
-
-def inner_chunks(shard_shape: Sequence[int]) -> tuple[int, ...]:
-    """The chunks inside a shard: each axis cut in 4 (or 2) where that leaves at least 8
-    voxels, so a shard object holds up to 64 chunks that a viewer reads one by one."""
-    return tuple(next((s // k for k in (4, 2) if s % k == 0 and s // k >= 8), s) for s in shard_shape)
 
 
 def check_shard_alignment(array: str, shape: Sequence[int], block_shape: Sequence[int], shard_shape: Sequence[int] | None) -> None:

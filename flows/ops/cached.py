@@ -14,7 +14,7 @@ from typing import Any
 from tierflow.configs import TierflowConfig, load_config, load_db_config
 from tierflow.flows.execution.outputs import stamped_op_key
 from tierflow.flows.ops.quick import MemoRequest, stat_digest
-from tierflow.flows.ops.request import inputs_identity, locate_input, op_key, output_location
+from tierflow.flows.ops.request import inputs_identity, layout_identity, locate_input, op_key, output_location
 from tierflow.flows.ops.result import OpResult
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.runs import recorded_run
@@ -53,7 +53,7 @@ def up_to_date(op: str, input: str, output: str, params: dict[str, Any] | None, 
         return None
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     mask_ref = locate_input(config, mask) if mask else None
-    key = op_key(op, spec.version, resolved, inputs_identity(source, extras, mask_ref))
+    key = op_key(op, spec.version, resolved, inputs_identity(source, extras, mask_ref) + layout_identity(config, spec))
     digest = stat_digest(memo, settled=True) if memo is not None else None  # before the check: a change during it shows later
     if stamped_op_key(target) != key:
         return None

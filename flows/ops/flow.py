@@ -25,7 +25,7 @@ from tierflow.flows.execution.placement import check_output_placement, op_reads
 from tierflow.flows.execution.runners import block_task_runner, op_workers
 from tierflow.flows.ops.cached import up_to_date
 from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu
-from tierflow.flows.ops.request import (OpContext, content_id, inputs_identity, locate_input, op_key, output_location,
+from tierflow.flows.ops.request import (OpContext, content_id, inputs_identity, layout_identity, locate_input, op_key, output_location,
                                         resolve_location)
 from tierflow.flows.ops.result import OpResult, summary_sentence
 from tierflow.flows.runtime.database import open_database
@@ -227,12 +227,12 @@ def _keyed(ctx: OpContext) -> OpContext:
     if spec.kind == "map":
         check_chunks_align(ctx.target, ctx.block_shape)  # before Otsu reads the input or any block runs
         params = resolve_otsu(spec.name, ctx.params, ctx.source, ctx.shape, ctx.dtype, ctx.block_shape, ctx.workers)
-        key = op_key(spec.name, spec.version, params, inputs_identity(ctx.source, ctx.extras, ctx.mask))
+        key = op_key(spec.name, spec.version, params, inputs_identity(ctx.source, ctx.extras, ctx.mask) + layout_identity(ctx.config, spec))
         return replace(ctx, params=params, op_key=key)
     if ctx.mask is not None:
         raise TierflowError(f"{spec.name} takes no --mask", hint="mask its input first: tierflow op mask ... --with mask=...")
     content = "|".join([content_id(ctx.source), *(f"{n}={content_id(r)}" for n, r in sorted(ctx.extras.items()))])
-    return replace(ctx, op_key=op_key(spec.name, spec.version, ctx.params, content))
+    return replace(ctx, op_key=op_key(spec.name, spec.version, ctx.params, content + layout_identity(ctx.config, spec)))
 
 
 def _result(ctx: OpContext, summary: dict[str, Any]) -> OpResult:

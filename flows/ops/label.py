@@ -50,7 +50,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
             if stage == "merge":
                 summary.update(runner.submit(label_merge, parameters={"job": job}).result())
                 claim_output(db, target, op_key, lambda: create_output_array(
-                    target, shape=shape, dtype=summary["dtype"], chunks=block_shape,
+                    target, shape=shape, dtype=summary["dtype"], chunks=ctx.output_layout[0], shards=ctx.output_layout[1],
                     attributes={"tierflow": {"op": "label", "version": ctx.spec.version, "connectivity": connectivity, "op_key": op_key,
                                              **({"metadata": ctx.metadata} if ctx.metadata else {})}},
                 ), keep_op_keys=[job.stage_key("local"), job.stage_key("merge")])

@@ -99,8 +99,9 @@ def run_map(ctx: OpContext) -> dict[str, Any]:
         made["axes"] = ctx.axes  # what the next op reads the output's axes from
     if ctx.metadata:
         made["metadata"] = ctx.metadata  # voxel size, units, channel names: an output keeps its input's
+    chunks, shards = ctx.output_layout
     stale = claim_output(db, target, key, lambda: create_output_array(
-        target, shape=ctx.shape, dtype=out_dtype, chunks=ctx.block_shape, compression=ctx.params.get("compression", "lz4"),
+        target, shape=ctx.shape, dtype=out_dtype, chunks=chunks, shards=shards, compression=ctx.params.get("compression", "lz4"),
         attributes={"tierflow": made}))
     if stale:
         logger.info("%s was deleted or overwritten since %d ledger block(s) were done there: computing them again", target.uri, stale)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tierflow.configs import TierflowConfig
 from tierflow.flows.runtime.tiers import s3_tier_of
-from tierflow.storage.arrays import ArrayLocation, check_writable
+from tierflow.storage.arrays import ArrayLocation, check_writable, output_layout
 from tierflow.storage.db.database import Database
 from tierflow.storage.image_meta import leading_axes
 from tierflow.storage.local_copy import local_copy
@@ -23,7 +23,8 @@ from tierflow.storage.tiers import PosixTier
 from tierflow.tasks.blockwise import FaultHook, SourceRef, source_fingerprint
 from tierflow.tasks.ops.spec import OpSpec
 
-__all__ = ["OpContext", "content_id", "inputs_identity", "locate_input", "op_key", "output_location", "resolve_location"]
+__all__ = ["OpContext", "content_id", "inputs_identity", "layout_identity", "locate_input", "op_key", "output_location", "resolve_location",
+           "sharded_output"]
 
 
 def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
@@ -74,6 +75,19 @@ def inputs_identity(source: SourceRef, extras: dict[str, SourceRef], mask: Sourc
                      f"mask={source_fingerprint(mask).identity}" if mask else ""])
 
 
+def sharded_output(config: TierflowConfig | None, spec: OpSpec) -> bool:
+    """Whether ``spec``'s output is written as shards (``[execution].shard_outputs``): map ops and
+    label; downsample writes its levels unsharded (a sharded pyramid: a pipeline's
+    ``shard_shape``)."""
+    return config is not None and config.execution.shard_outputs and spec.kind in ("map", "label")
+
+
+def layout_identity(config: TierflowConfig | None, spec: OpSpec) -> str:
+    """What the op key adds for a sharded output (nothing otherwise: unsharded keys are unchanged),
+    so that a cached unsharded output never answers a sharded request."""
+    return "|sharded" if sharded_output(config, spec) else ""
+
+
 def op_key(op: str, version: str, params: dict[str, Any], content: str) -> str:
     """The cache key of an operation on an input."""
     text = json.dumps({"op": op, "version": version, "params": params, "input": content}, sort_keys=True, default=str)
@@ -116,6 +130,17 @@ class OpContext:
     """The input's physical metadata (scale, units, channel names) that outputs keep."""
     force: bool = False
     """Compute every block, even those the ledger has done (``--force``)."""
+
+    @property
+    def sharded(self) -> bool:
+        """The output is written as shards of the block shape (``[execution].shard_outputs``;
+        map ops and label)."""
+        return sharded_output(self.config, self.spec)
+
+    @property
+    def output_layout(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """``(chunks, shards)`` of the output (:func:`storage.arrays.output_layout`)."""
+        return output_layout(self.block_shape, sharded=self.sharded)
 
     @property
     def leading(self) -> int:
