@@ -19,7 +19,9 @@ samples the RSS of that process tree every 50 ms for its peak. Contenders:
 * tierflow's peak RSS on a volume 4x larger (memory must stay bounded);
 * with ``--s3``: the gaussian, the copy and the label once more with input and output on S3 (a
   SeaweedFS ``weed mini`` on loopback, the test suite's harness; the scratch tier in a bucket),
-  with the objects written and the throughput (input MiB / s).
+  the gaussian and the label also with sharded outputs (``[execution].shard_outputs``: one shard
+  of 16x64x64 chunks per block), with the objects written, the throughput (input MiB / s) and
+  the CPU seconds of the contender and of the S3 server (which shares the machine's cores).
 
 Every contender's output is checked against the reference (SciPy / scikit-image on the whole
 volume, computed once, untimed): max abs difference for filters and pyramids (per level),
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -144,14 +147,17 @@ def _run_tierflow(kind: str, inputs: dict, work: Path, configs: str) -> dict:
         source = inputs["image_4x"]
     if kind.endswith("-zarr-python"):  # the same op on zarr-python's codec pipeline (README "Codecs")
         os.environ["TIERFLOW_EXECUTION__CODEC_PIPELINE"] = "zarr-python"
+    if kind.endswith("-sharded"):  # the output as one shard of small chunks per block
+        os.environ["TIERFLOW_EXECUTION__SHARD_OUTPUTS"] = "true"
     op, params = {
         "gaussian": ("gaussian", GAUSSIAN),
         "gaussian-4x": ("gaussian", GAUSSIAN),
         "convert": ("convert", {"compression": "lz4"}),  # the gaussian's output codec (Blosc-LZ4)
+        "convert-zstd": ("convert", {"compression": "zstd"}),  # the copy as it was: zstd 3 out (and zarr-python's pipeline)
         "label": ("label", {"connectivity": CONNECTIVITY}),
         "pyramid": ("downsample", {"levels": PYRAMID_LEVELS + 1, "method": "mean"}),
         "gaussian-rerun": ("gaussian", GAUSSIAN),
-    }[kind.removesuffix("-zarr-python")]
+    }[kind.removesuffix("-zarr-python").removesuffix("-sharded")]
     out = str(work / ("out-tierflow-gaussian.zarr" if kind == "gaussian-rerun" else f"out-tierflow-{kind}.zarr"))
     if on_s3:
         out = f"{inputs['s3_out']}/out-tierflow-{kind}-s3.zarr"
@@ -212,7 +218,9 @@ NOT_PEERS = {"bioimage-py-gaussian": "mirror borders, truncate 3", "bioimage-py-
 
 
 def _family(name: str) -> str | None:
-    base = name.removesuffix("-s3")
+    base = name
+    for suffix in ("-s3", "-sharded", "-zarr-python", "-zstd"):  # the same computation, another layout, codec or pipeline
+        base = base.removesuffix(suffix)
     return next((family for family, names in FAMILY.items() if base in names), None)
 
 
@@ -383,12 +391,20 @@ def run_contender(name: str, inputs: dict, work: Path, configs: str) -> dict:
 # -- parent -----------------------------------------------------------------------------------
 
 
+PIN_CORES: list[int] = []
+"""``--pin``: the contenders' core and the S3 server's core."""
+
+
 def measure(name: str, inputs: dict, work: Path, configs: str, env: dict, timeout: float) -> dict:
     import psutil
 
     command = [sys.executable, __file__, "--one", name, "--inputs", json.dumps(inputs), "--work", str(work), "--configs", configs]
+    s3_server = psutil.Process(inputs["s3_server_pid"]) if name.endswith("-s3") and inputs.get("s3_server_pid") else None
+    server_cpu = sum(s3_server.cpu_times()[:2]) if s3_server else 0.0
+    children_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
     began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    pin = (lambda: os.sched_setaffinity(0, {PIN_CORES[0]})) if PIN_CORES else None  # --pin: the contender on core 0 only
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=pin)
     peak, deadline = 0, time.monotonic() + timeout
     handle = psutil.Process(process.pid)
     while process.poll() is None:
@@ -408,6 +424,9 @@ def measure(name: str, inputs: dict, work: Path, configs: str, env: dict, timeou
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mib"] = peak / 2**20
     result["process_wall"] = process_wall  # whole process: interpreter, imports, the work, exit
+    result["cpu_s"] = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - children_cpu  # the contender's process, user + system
+    if s3_server:  # what the S3 server spent of the same 2 cores
+        result["s3_server_cpu_s"] = sum(s3_server.cpu_times()[:2]) - server_cpu
     return result
 
 
@@ -439,6 +458,9 @@ def s3_inputs(work: Path, configs: Path, inputs: dict) -> Iterator[None]:
     (work / "seaweed-tls").mkdir()
     server = SeaweedServer(binary, work / "seaweed", make_tls_files(work / "seaweed-tls"))
     server.start()
+    inputs["s3_server_pid"] = server.pid
+    if PIN_CORES:  # --pin: every thread of the S3 server on the other core, as if on a machine of its own
+        subprocess.run(["taskset", "-a", "-p", "-c", str(PIN_CORES[1]), str(server.pid)], check=True, stdout=subprocess.DEVNULL)
     try:
         endpoint = server.endpoint(https=False)
         bucket = endpoint.new_bucket()
@@ -517,6 +539,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[])
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--pin", action="store_true",
+                        help="each contender on core 0 only and the S3 server on core 1 (S3 against local disk without sharing cores)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the median wall time is reported")
     parser.add_argument("--merge", action="store_true", help="update the --out file with these contenders' results")
     parser.add_argument("--out", default="benchmarks/results.json")
@@ -527,6 +551,8 @@ def main() -> None:
     parser.add_argument("--work")
     parser.add_argument("--configs")
     args = parser.parse_args()
+    if args.pin:
+        PIN_CORES[:] = [0, 1]
     if args.one:
         print(json.dumps(run_contender(args.one, json.loads(args.inputs), Path(args.work), args.configs)))
         return
@@ -567,11 +593,13 @@ def main() -> None:
             "dask-coarsen-pyramid",
             # codec pipelines (README "Codecs"): zarrs' (the default) against zarr-python's
             "tierflow-convert-zarr-python",
+            "tierflow-convert-zstd-zarr-python",  # the copy before the codec work: zstd 3 written, zarr-python's pipeline
             "tierflow-gaussian-zarr-python",
             "tierflow-pyramid-zarr-python",
         ]
         if args.s3:
-            names += ["tierflow-gaussian-s3", "tierflow-convert-s3", "tierflow-label-s3"]
+            names += ["tierflow-gaussian-s3", "tierflow-gaussian-sharded-s3", "tierflow-convert-s3", "tierflow-label-s3",
+                      "tierflow-label-sharded-s3"]
             stack.enter_context(s3_inputs(work, configs, inputs))
         names = [n for n in names if n not in args.skip and (args.only is None or n in args.only)]
         results = {name: run_repeats(name, inputs, work, str(configs), env, args) for name in names}
@@ -620,8 +648,11 @@ def run_repeats(name: str, inputs: dict, work: Path, configs: str, env: dict, ar
 
 def _line(name: str, result: dict) -> str:
     if "error" in result:
-        return f"{name:28s} {result['error']}"
-    text = f"{name:28s} {result['wall']:7.2f} s (whole process {result['process_wall']:6.2f} s), peak RSS {result['peak_rss_mib']:5.0f} MiB"
+        return f"{name:34s} {result['error']}"
+    text = f"{name:34s} {result['wall']:7.2f} s (whole process {result['process_wall']:6.2f} s), peak RSS {result['peak_rss_mib']:5.0f} MiB"
+    if "cpu_s" in result:
+        server = result.get("s3_server_cpu_s")
+        text += f", CPU {result['cpu_s']:.2f} s" + (f" + S3 server {server:.2f} s" if server is not None else "")
     if result.get("agreement"):
         text += f"  [{result['agreement']}]"
     if result.get("not_a_peer"):
@@ -637,13 +668,15 @@ def report(results: dict, size_mib: int) -> None:
         x, y = wall(a), wall(b)
         return f"{x / y:.2f}x" if x and y else "n/a"
 
-    print(f"\n{'contender':28s} {'in-process':>10s}  {'whole process':>13s}  agreement with the reference")
+    print(f"\n{'contender':34s} {'in-process':>10s}  {'whole process':>13s}  agreement with the reference")
     for name, result in results.items():
         if "error" not in result:
-            print(f"{name:28s} {result['wall']:9.2f}s  {result.get('process_wall', float('nan')):12.2f}s  "
+            print(f"{name:34s} {result['wall']:9.2f}s  {result.get('process_wall', float('nan')):12.2f}s  "
                   f"{result.get('agreement') or '-'}" + (f" (not a peer: {result['not_a_peer']})" if result.get("not_a_peer") else ""))
     print(f"\nratios on {size_mib} MiB, in-process (target in brackets):")
     print(f"  gaussian: tierflow / block-wise copy   {ratio('tierflow-gaussian', 'tierflow-convert')}  [<= 1.1]")
+    print(f"  copy: zstd + zarr-python / lz4 + zarrs {ratio('tierflow-convert-zstd-zarr-python', 'tierflow-convert')} faster  [>= 1.5]")
+    print(f"  copy: lz4, zarr-python / zarrs decode  {ratio('tierflow-convert-zarr-python', 'tierflow-convert')} faster")
     print(f"  gaussian: tierflow / dask-image        {ratio('tierflow-gaussian', 'dask-image-gaussian')}  [<= 0.5]")
     print(f"  gaussian: tierflow / SciPy in memory   {ratio('tierflow-gaussian', 'scipy-gaussian')}  [<= 1.1]")
     print(f"  gaussian: tierflow / bioimage-py       {ratio('tierflow-gaussian', 'bioimage-py-gaussian')}  (not a peer)")
@@ -653,8 +686,8 @@ def report(results: dict, size_mib: int) -> None:
     print(f"  label:    tierflow / dask-image        {ratio('tierflow-label', 'dask-image-label')}")
     print(f"  pyramid:  tierflow / dask coarsen      {ratio('tierflow-pyramid', 'dask-coarsen-pyramid')}  [<= 0.5]")
     print(f"  pyramid:  tierflow / scikit-image      {ratio('tierflow-pyramid', 'skimage-pyramid')}")
-    for kind in ("gaussian", "convert", "label"):
-        local, remote = f"tierflow-{kind}", f"tierflow-{kind}-s3"
+    for kind in ("gaussian", "gaussian-sharded", "convert", "label", "label-sharded"):
+        local, remote = f"tierflow-{kind.removesuffix('-sharded')}", f"tierflow-{kind}-s3"
         if wall(remote):
             print(f"  S3 / local disk, {kind:9s}           {ratio(remote, local)}  ({size_mib / wall(remote):.0f} MiB/s of input on S3, "
                   f"{size_mib / wall(local):.0f} MiB/s local)" if wall(local) else f"  {kind} on S3: {size_mib / wall(remote):.0f} MiB/s")

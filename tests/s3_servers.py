@@ -690,6 +690,11 @@ class SeaweedServer:
             self.stop()
             raise RuntimeError(f"{error}\n{_log_tail(self.log)}") from None
 
+    @property
+    def pid(self) -> int | None:
+        """The ``weed mini`` process (benchmarks count its CPU time), or None before start."""
+        return None if self._process is None else self._process.pid
+
     def _alive(self) -> bool:
         """Tell whether the server process is still running."""
         return self._process is not None and self._process.poll() is None
