@@ -192,7 +192,10 @@ def _level(ctx: OpContext, level: int, shapes: list[tuple[int, ...]], factors: l
     with ctx.db.session() as session:
         done = set() if ctx.force else done_blocks(session, f"{ctx.op_key}:level{level}", location.uri)  # forced: every block again
     remaining = [b.block_id for b in job.grid if b.block_id not in done]
-    batches = plan_batches(job.grid, remaining, max_batches=ctx.max_batches, min_batches=2 * ctx.workers)
+    # one batch per worker at least (map ops take two): a pyramid level is short, and each task run
+    # costs client and Prefect-server CPU on the same cores (512 MiB, 2 cores: 1.09 s against 1.18 s
+    # with two per worker, medians of 6 interleaved runs)
+    batches = plan_batches(job.grid, remaining, max_batches=ctx.max_batches, min_batches=ctx.workers)
     if 0 < len(batches) < ctx.workers:  # the top levels: too few blocks to keep every worker busy
         job = dataclasses.replace(job, threads=ctx.workers // len(batches))
     return job, batches
