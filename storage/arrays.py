@@ -19,8 +19,8 @@ from tierflow.storage.errors import TierError, TierflowError
 from tierflow.storage.geometry import inner_chunks
 from tierflow.storage.tiers.base import Tier
 
-__all__ = ["LABEL_STATE_SUFFIX", "ArrayLocation", "ChunkWriter", "array_sidecars", "check_chunks_align", "check_writable",
-           "create_output_array", "output_layout"]
+__all__ = ["LABEL_STATE_SUFFIX", "ArrayLocation", "ChunkWriter", "array_sidecars", "check_chunks_align", "check_output_layout",
+           "check_writable", "create_output_array", "output_layout"]
 
 LABEL_STATE_SUFFIX = ".tierflow-label"
 """Label's merge state lives beside its output array, under ``<array key>.tierflow-label/<op key>/``."""
@@ -152,6 +152,31 @@ def output_layout(block_shape: Sequence[int], *, sharded: bool) -> tuple[tuple[i
     return (inner_chunks(block_shape), block_shape) if sharded else (block_shape, None)
 
 
+def check_output_layout(location: ArrayLocation, *, shape: Sequence[int], chunks: Sequence[int], shards: Sequence[int] | None) -> None:
+    """Refuse, before any work, an existing output of another shape or layout than the run
+    would create it with (:func:`create_output_array` checks the same when it reuses the array;
+    an op that creates its output late, as label after its local pass, calls this first).
+
+    Raises
+    ------
+    TierflowError
+        Naming the output, its shape and layout, the run's, and what to do.
+    """
+    if not location.exists():
+        return
+    array = location.open(read_only=True)
+    shards = None if shards is None else tuple(int(s) for s in shards)
+    if tuple(array.shape) != tuple(shape) or tuple(array.chunks) != tuple(chunks) or array.shards != shards:
+        raise _layout_error(location, array, f"{tuple(shape)} chunks {tuple(chunks)}" + (f" in shards {shards}" if shards else ""))
+
+
+def _layout_error(location: ArrayLocation, array: Any, wanted: str) -> TierflowError:
+    return TierflowError(
+        f"{location.uri} exists as {array.shape} {array.dtype} {_layout(array)}, not {wanted}",
+        hint="choose another output, or delete the old array first ([execution].shard_outputs decides whether op outputs are sharded)",
+    )
+
+
 def _layout(array: Any) -> str:
     return f"chunks {tuple(array.chunks)}" + (f" in shards {tuple(array.shards)}" if array.shards else "")
 
@@ -185,12 +210,8 @@ def create_output_array(
         shards = None if shards is None else tuple(int(s) for s in shards)
         if (tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype) or tuple(array.chunks) != tuple(chunks)
                 or array.shards != shards):
-            wanted = f"chunks {tuple(chunks)}" + (f" in shards {shards}" if shards else "")
-            raise TierflowError(
-                f"{location.uri} exists as {array.shape} {array.dtype} {_layout(array)}, not {tuple(shape)} {np.dtype(dtype)} {wanted}",
-                hint="choose another output, or delete the old array first ([execution].shard_outputs decides whether op outputs "
-                     "are sharded)",
-            )
+            raise _layout_error(location, array, f"{tuple(shape)} {np.dtype(dtype)} chunks {tuple(chunks)}"
+                                + (f" in shards {shards}" if shards else ""))
         wanted = json.loads(json.dumps(dict(attributes or {}), default=str))
         if any(array.attrs.get(key) != value for key, value in wanted.items()):
             # rewrite only on change: zarr.json's mtime is part of the array's content id, which

@@ -138,3 +138,19 @@ def test_an_output_of_the_other_layout_is_refused_before_any_work(place, volume,
     other = run_cli("op", "gaussian", "-i", source, "-o", place.uri("sharded.zarr"), "-p", "sigma=2", "--block-shape", "16,16,16",
                     cwd=place.project, env={**env, **SHARDED}, check=False)
     assert other.returncode == 1 and f"exists with shards {BLOCK}" in other.stderr, other.stderr
+
+
+def test_label_refuses_an_output_of_the_other_layout_before_its_local_pass(place, volume, prefect_api):
+    source, data = volume
+    env = {"PREFECT_API_URL": prefect_api}
+    _op(place, "threshold", "-i", source, "-o", place.uri("mask.zarr"), "-p", f"value={int(np.median(data))}", env=env)
+    _op(place, "label", "-i", place.uri("mask.zarr"), "-o", place.uri("labels.zarr"), env=env)
+    before = place.objects("labels.zarr")
+    done = _op(place, "label", "-i", place.uri("mask.zarr"), "-o", place.uri("labels.zarr"), "-p", "connectivity=6",
+               env={**env, **SHARDED}, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert place.uri("labels.zarr") in done.stderr and f"chunks {INNER} in shards {BLOCK}" in done.stderr, done.stderr
+    assert place.objects("labels.zarr") == before
+    # nothing of the new run's local pass was stored: only the first run's merge state is there
+    state = place.objects("labels.zarr.tierflow-label")
+    assert len({name.split("/")[0] for name in state}) == 1, state

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-from tierflow.storage.arrays import create_output_array
+from tierflow.storage.arrays import check_output_layout, create_output_array
 from tierflow.storage.db.repo.ledger import done_blocks, done_count, mark_blocks_stale
 from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import BlockGrid
@@ -37,6 +37,7 @@ def run_label(ctx: OpContext) -> dict[str, Any]:
         raise TierflowError(f"label: connectivity {connectivity} is not one of {sorted(CONNECTIVITIES.get(ndim, {}))} for {ndim}-D input")
     job = LabelJob(op_key=op_key, run_id=run_id, source=source, target=target, shape=tuple(shape), block_shape=tuple(block_shape),
                    connectivity=connectivity, db=db, fault=fault, force=ctx.force)
+    check_output_layout(target, shape=shape, chunks=ctx.output_layout[0], shards=ctx.output_layout[1])  # before the local pass
     grid = BlockGrid(shape, block_shape)
     all_ids = [b.block_id for b in grid]
     summary: dict[str, Any] = {"blocks": len(grid), "connectivity": connectivity}
