@@ -167,14 +167,20 @@ def check_output_layout(location: ArrayLocation, *, shape: Sequence[int], chunks
     array = location.open(read_only=True)
     shards = None if shards is None else tuple(int(s) for s in shards)
     if tuple(array.shape) != tuple(shape) or tuple(array.chunks) != tuple(chunks) or array.shards != shards:
-        raise _layout_error(location, array, f"{tuple(shape)} chunks {tuple(chunks)}" + (f" in shards {shards}" if shards else ""))
+        raise _layout_error(location, array, f"{tuple(shape)} chunks {tuple(chunks)}" + (f" in shards {shards}" if shards else ""),
+                            sharded=shards is not None)
 
 
-def _layout_error(location: ArrayLocation, array: Any, wanted: str) -> TierflowError:
-    return TierflowError(
-        f"{location.uri} exists as {array.shape} {array.dtype} {_layout(array)}, not {wanted}",
-        hint="choose another output, or delete the old array first ([execution].shard_outputs decides whether op outputs are sharded)",
-    )
+def _layout_error(location: ArrayLocation, array: Any, wanted: str, *, sharded: bool) -> TierflowError:
+    """The refusal of an existing output; the hint says which setting writes into it when only
+    sharding differs (``sharded``: whether this run writes shards)."""
+    hint = "choose another output, or delete the old array first"
+    if bool(array.shards) != sharded:
+        value = "true" if array.shards else "false"
+        hint = (f"{location.uri} is {'sharded' if array.shards else 'not sharded'} and this run writes it "
+                f"{'sharded' if sharded else 'unsharded'} ([execution].shard_outputs): set shard_outputs = {value} "
+                f"(TIERFLOW_EXECUTION__SHARD_OUTPUTS={value} for one command) to write into it, or {hint}")
+    return TierflowError(f"{location.uri} exists as {array.shape} {array.dtype} {_layout(array)}, not {wanted}", hint=hint)
 
 
 def _layout(array: Any) -> str:
@@ -211,7 +217,7 @@ def create_output_array(
         if (tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype) or tuple(array.chunks) != tuple(chunks)
                 or array.shards != shards):
             raise _layout_error(location, array, f"{tuple(shape)} {np.dtype(dtype)} chunks {tuple(chunks)}"
-                                + (f" in shards {shards}" if shards else ""))
+                                + (f" in shards {shards}" if shards else ""), sharded=shards is not None)
         wanted = json.loads(json.dumps(dict(attributes or {}), default=str))
         if any(array.attrs.get(key) != value for key, value in wanted.items()):
             # rewrite only on change: zarr.json's mtime is part of the array's content id, which

@@ -154,3 +154,40 @@ def test_label_refuses_an_output_of_the_other_layout_before_its_local_pass(place
     # nothing of the new run's local pass was stored: only the first run's merge state is there
     state = place.objects("labels.zarr.tierflow-label")
     assert len({name.split("/")[0] for name in state}) == 1, state
+
+
+def test_a_refused_layout_keeps_the_outputs_ledger(place, volume, prefect_api):
+    source, _ = volume
+    env = {"PREFECT_API_URL": prefect_api}
+    _op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env={**env, **SHARDED})
+    refused = _op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env=env, check=False)
+    assert refused.returncode == 1 and f"chunks {INNER} in shards {BLOCK}" in refused.stderr, refused.stderr
+    assert "set shard_outputs = true" in refused.stderr  # which setting writes into it
+    again = json.loads(_op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1",
+                           env={**env, **SHARDED}).stdout)
+    assert again["computed"] == 0, again  # the refused run made no done block stale
+
+
+def test_a_failed_sharded_run_resumes_sharded_whatever_the_setting(place, volume, prefect_api):
+    from tierflow.flows.ops.flow import BlockFailuresError, run_op
+
+    source, data = volume
+    broken = {"0.1.0", "1.0.1"}
+
+    def fault(block_id):  # fault injection (the only fake): these blocks fail on every attempt
+        if block_id in broken:
+            raise RuntimeError(f"injected fault in block {block_id}")
+
+    with pytest.raises(BlockFailuresError) as info:
+        run_op("gaussian", source, place.uri("smooth.zarr"), {"sigma": 1.5}, block_shape=BLOCK, workers=2,
+               config_dir=str(place.project / "configs"), fault=fault, shard_outputs=True)
+    assert set(info.value.block_ids) == broken
+    # the setting is off in the configuration: the run's record says sharded, and resume writes so
+    shown = run_cli("runs", "show", str(info.value.run_id), "--json", cwd=place.project).stdout
+    assert '"shard_outputs": true' in shown, shown
+    resumed = json.loads(run_cli("resume", str(info.value.run_id), "--json", cwd=place.project,
+                                 env={"PREFECT_API_URL": prefect_api}).stdout)
+    assert resumed["computed"] == len(broken), resumed
+    smooth = _check_sharded(place, "smooth.zarr")
+    expected = cast_output(ndimage.gaussian_filter(data.astype(np.float32), 1.5, mode="reflect", truncate=4.0), "uint16")
+    assert np.abs(smooth[:].astype(np.int64) - expected).max() <= 1

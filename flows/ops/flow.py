@@ -26,13 +26,13 @@ from tierflow.flows.execution.runners import block_task_runner, op_workers
 from tierflow.flows.ops.cached import up_to_date
 from tierflow.flows.ops.map import check_extra_inputs, resolve_otsu
 from tierflow.flows.ops.request import (OpContext, content_id, inputs_identity, layout_identity, locate_input, op_key, output_location,
-                                        resolve_location)
+                                        resolve_location, sharded_output, with_shard_outputs)
 from tierflow.flows.ops.result import OpResult, summary_sentence
 from tierflow.flows.runtime.database import open_database
 from tierflow.flows.runtime.run_names import describe_op, op_run_name
 from tierflow.flows.runtime.runs import recorded_run, run_to_resume
 from tierflow.storage.db.database import Database
-from tierflow.storage.arrays import check_chunks_align
+from tierflow.storage.arrays import check_chunks_align, check_output_layout
 from tierflow.errors import BlockFailuresError, TierflowError
 from tierflow.storage.geometry import fit_block_shape
 from tierflow.storage.image_meta import leading_axes
@@ -77,6 +77,7 @@ def run_op(
     parent_run: int | None = None,
     slurm_scheduler: Any = None,
     force: bool = False,
+    shard_outputs: bool | None = None,
 ) -> OpResult:
     """Run ``op`` block-wise from ``input`` to ``output`` (see :func:`op_flow`, the Prefect flow).
 
@@ -85,13 +86,15 @@ def run_op(
     (recorded as an ``op`` run with ``up_to_date``); otherwise the ``op`` flow runs.
     ``force=True`` computes every block again (see :func:`op_flow`).
     """
-    check_output_placement(load_config(config_dir), output, op_reads(input, inputs, mask))
+    config = with_shard_outputs(load_config(config_dir), shard_outputs)
+    check_output_placement(config, output, op_reads(input, inputs, mask))
     if fault is None and progress is None and parent_run is None and not force:
-        cached = up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask)
+        cached = up_to_date(op, input, output, params, block_shape, config_dir, inputs, mask, config=config)
         if cached is not None:
             return cached
     return op_flow(op, input, output, params, block_shape=block_shape, workers=workers, config_dir=config_dir, inputs=inputs, mask=mask,
-                   fault=fault, progress=progress, parent_run=parent_run, slurm_scheduler=slurm_scheduler, force=force)
+                   fault=fault, progress=progress, parent_run=parent_run, slurm_scheduler=slurm_scheduler, force=force,
+                   shard_outputs=shard_outputs)
 
 
 @flow(name="op", flow_run_name=op_run_name)
@@ -111,6 +114,7 @@ def op_flow(
     slurm_scheduler: Any = None,
     force: bool = False,
     stage: str | None = None,
+    shard_outputs: bool | None = None,
 ) -> OpResult:
     """Run ``op`` block-wise from ``input`` to ``output``.
 
@@ -150,6 +154,9 @@ def op_flow(
     stage
         The pipeline stage this op runs in (recorded with the run: ``tierflow status`` of the
         pipeline names it).
+    shard_outputs
+        Write a map op's or label's output as one zarr v3 shard of small chunks per block (None:
+        ``[execution].shard_outputs``); a sharded run records it, and ``resume`` writes the same.
 
     Returns
     -------
@@ -161,7 +168,7 @@ def op_flow(
     BlockFailuresError
         Listing every failed block, after all other blocks are done and recorded.
     """
-    config = load_config(config_dir)
+    config = with_shard_outputs(load_config(config_dir), shard_outputs)
     from tierflow.storage.zarr_codecs import use_codec_pipeline  # imports zarr: only when an op runs
 
     use_codec_pipeline(config.execution.codec_pipeline)
@@ -179,7 +186,7 @@ def op_flow(
     extras = {name: locate_input(config, where) for name, where in (inputs or {}).items()}
     parameters = {"op": op, "input": input, "output": output, "params": dict(params or {}), "block_shape": list(shape_blocks),
                   "workers": workers, "inputs": dict(inputs or {}), "mask": mask, **({"force": True} if force else {}),
-                  **({"stage": stage} if stage else {})}
+                  **({"stage": stage} if stage else {}), **({"shard_outputs": True} if sharded_output(config, spec) else {})}
     with recorded_run(db, "op", parameters, parent_id=parent_run) as run_id:
         ctx = OpContext(spec, db, int(run_id), "", source, target, tuple(volume.shape), volume.dtype, shape_blocks, resolved, workers,
                         config.execution.max_task_runs if spec.kind == "map" else config.execution.max_task_runs // 8,
@@ -226,6 +233,8 @@ def _keyed(ctx: OpContext) -> OpContext:
     check_extra_inputs(ctx)
     if spec.kind == "map":
         check_chunks_align(ctx.target, ctx.block_shape)  # before Otsu reads the input or any block runs
+        # and its layout: refused here, not by claim_output after it made the output's ledger rows stale
+        check_output_layout(ctx.target, shape=ctx.shape, chunks=ctx.output_layout[0], shards=ctx.output_layout[1])
         params = resolve_otsu(spec.name, ctx.params, ctx.source, ctx.shape, ctx.dtype, ctx.block_shape, ctx.workers)
         key = op_key(spec.name, spec.version, params, inputs_identity(ctx.source, ctx.extras, ctx.mask) + layout_identity(ctx.config, spec))
         return replace(ctx, params=params, op_key=key)
@@ -256,4 +265,5 @@ def resume_op(run: str, *, config_dir: str | None = None, fault: FaultHook | Non
         recorded["op"], recorded["input"], recorded["output"], recorded.get("params") or {},
         block_shape=tuple(recorded["block_shape"]), workers=recorded.get("workers"), config_dir=config_dir,
         inputs=recorded.get("inputs") or None, mask=recorded.get("mask"), fault=fault,
+        shard_outputs=bool(recorded.get("shard_outputs", False)),  # the layout the run started writing
     )

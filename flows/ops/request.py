@@ -24,7 +24,7 @@ from tierflow.tasks.blockwise import FaultHook, SourceRef, source_fingerprint
 from tierflow.tasks.ops.spec import OpSpec
 
 __all__ = ["OpContext", "content_id", "inputs_identity", "layout_identity", "locate_input", "op_key", "output_location", "resolve_location",
-           "sharded_output"]
+           "sharded_output", "with_shard_outputs"]
 
 
 def resolve_location(config: TierflowConfig, where: str) -> ArrayLocation:
@@ -80,6 +80,14 @@ def sharded_output(config: TierflowConfig | None, spec: OpSpec) -> bool:
     label; downsample writes its levels unsharded (a sharded pyramid: a pipeline's
     ``shard_shape``)."""
     return config is not None and config.execution.shard_outputs and spec.kind in ("map", "label")
+
+
+def with_shard_outputs(config: TierflowConfig, shard_outputs: bool | None) -> TierflowConfig:
+    """``config`` with ``[execution].shard_outputs`` set to ``shard_outputs`` (None: as it is),
+    for a run that names its layout (a resume writes the layout its run was started with)."""
+    if shard_outputs is None or config.execution.shard_outputs == shard_outputs:
+        return config
+    return config.model_copy(update={"execution": config.execution.model_copy(update={"shard_outputs": shard_outputs})})
 
 
 def layout_identity(config: TierflowConfig | None, spec: OpSpec) -> str:

@@ -164,7 +164,8 @@ def op_stage(stage: str, op: str, jobs: list[VolumeJob], block_shape: tuple[int,
     for job in jobs:
         result = op_flow.fn(op, job.input, job.output, dict(job.params), block_shape=tuple(block_shape), workers=workers,
                             config_dir=config_dir, inputs=dict(job.inputs) if job.inputs is not None else None,
-                            progress=progress.advance, parent_run=parent_run, stage=stage)
+                            progress=progress.advance, parent_run=parent_run, stage=stage,
+                            shard_outputs=False)  # stage outputs are scratch; the sample image is sharded by shard_shape
         reached += job.blocks
         progress.reach(reached)
         logger.info("stage %s: %s of %s: %d of %d block(s) computed, %d already done (op run %d)", stage, op, _about(job),
