@@ -119,8 +119,8 @@ def test_a_sharded_gaussian_and_label_equal_scipy_and_store_one_object_per_block
     assert len(pairs) == count + 1 and {a for a, _ in pairs} == set(range(count + 1))  # the same partition
 
 
-def test_an_output_of_the_other_layout_is_refused_before_any_work(place, volume, prefect_api):
-    source, data = volume
+def test_an_output_of_the_other_layout_is_refused_before_any_work_and_keeps_its_ledger(place, volume, prefect_api):
+    source, _ = volume
     env = {"PREFECT_API_URL": prefect_api}
     _op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env=env)
     before = place.objects("smooth.zarr")
@@ -130,14 +130,22 @@ def test_an_output_of_the_other_layout_is_refused_before_any_work(place, volume,
     assert done.returncode == 1 and "Traceback" not in done.stderr
     first = done.stderr.strip().splitlines()[0]
     assert place.uri("smooth.zarr") in first and f"chunks {BLOCK}" in first and f"chunks {INNER} in shards {BLOCK}" in first, done.stderr
-    assert "shard_outputs" in done.stderr
+    assert "set shard_outputs = false" in done.stderr  # the setting that writes into it
     assert place.objects("smooth.zarr") == before
     np.testing.assert_array_equal(place.read("smooth.zarr")[:], before_values)
-    # and a sharded output written with another block shape names its shards
+    again = json.loads(_op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env=env).stdout)
+    assert again["computed"] == 0, again  # the refused run made no done block stale
+    # the other way round: a sharded output refuses an unsharded run, and another block shape
     _op(place, "gaussian", "-i", source, "-o", place.uri("sharded.zarr"), "-p", "sigma=1", env={**env, **SHARDED})
+    refused = _op(place, "gaussian", "-i", source, "-o", place.uri("sharded.zarr"), "-p", "sigma=1", env=env, check=False)
+    assert refused.returncode == 1 and f"chunks {INNER} in shards {BLOCK}" in refused.stderr, refused.stderr
+    assert "set shard_outputs = true" in refused.stderr
     other = run_cli("op", "gaussian", "-i", source, "-o", place.uri("sharded.zarr"), "-p", "sigma=2", "--block-shape", "16,16,16",
                     cwd=place.project, env={**env, **SHARDED}, check=False)
     assert other.returncode == 1 and f"exists with shards {BLOCK}" in other.stderr, other.stderr
+    again = json.loads(_op(place, "gaussian", "-i", source, "-o", place.uri("sharded.zarr"), "-p", "sigma=1",
+                           env={**env, **SHARDED}).stdout)
+    assert again["computed"] == 0, again
 
 
 def test_label_refuses_an_output_of_the_other_layout_before_its_local_pass(place, volume, prefect_api):
@@ -154,18 +162,6 @@ def test_label_refuses_an_output_of_the_other_layout_before_its_local_pass(place
     # nothing of the new run's local pass was stored: only the first run's merge state is there
     state = place.objects("labels.zarr.tierflow-label")
     assert len({name.split("/")[0] for name in state}) == 1, state
-
-
-def test_a_refused_layout_keeps_the_outputs_ledger(place, volume, prefect_api):
-    source, _ = volume
-    env = {"PREFECT_API_URL": prefect_api}
-    _op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env={**env, **SHARDED})
-    refused = _op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1", env=env, check=False)
-    assert refused.returncode == 1 and f"chunks {INNER} in shards {BLOCK}" in refused.stderr, refused.stderr
-    assert "set shard_outputs = true" in refused.stderr  # which setting writes into it
-    again = json.loads(_op(place, "gaussian", "-i", source, "-o", place.uri("smooth.zarr"), "-p", "sigma=1",
-                           env={**env, **SHARDED}).stdout)
-    assert again["computed"] == 0, again  # the refused run made no done block stale
 
 
 def test_a_failed_sharded_run_resumes_sharded_whatever_the_setting(place, volume, prefect_api):
